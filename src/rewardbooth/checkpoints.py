@@ -1,0 +1,124 @@
+"""The output folder: refusing to clobber it, resumable checkpoints inside it, and the resume rules.
+
+Layout of a run folder::
+
+    model_index.json unet/ vae/ text_encoder/ ...   the result, a stock diffusers pipeline (written last)
+    critic.safetensors                              the trained critic (DPG only)
+    config.yaml                                     the resolved config of the run
+    metrics.jsonl                                   one JSON line per logged step
+    samples/step_000000.png ...                     validation grids
+    checkpoints/step_000200/ ...                    accelerate states: models, optimizers, LR schedule, RNG
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+from accelerate import Accelerator
+
+from rewardbooth.config import Config, to_dict
+from rewardbooth.errors import UserError
+
+CHECKPOINT_PREFIX = "step_"
+STATE_FILE = "train_state.json"
+# Keys that may differ between a run and its resumption without changing what is trained.
+RESUMABLE_CHANGES = {"train.resume", "train.overwrite", "train.max_steps", "train.checkpoint_every",
+                     "train.checkpoints_total_limit", "train.log_every", "train.report_to"}
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    folder = output_dir / "checkpoints"
+    found = [p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if (p / STATE_FILE).is_file()] if folder.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)))
+
+
+def check_output_dir(config: Config) -> Path | None:
+    """Decide, before anything is written, whether the run may use its output folder.
+
+    Returns the checkpoint to resume from, or None for a fresh start. Raises UserError otherwise.
+    """
+    output_dir = Path(config.train.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"output path {str(output_dir)!r} is a file; set train.output_dir to a folder")
+    occupied = output_dir.is_dir() and any(output_dir.iterdir())
+    if config.train.resume:
+        checkpoint = _find_resume_checkpoint(config, output_dir, occupied)
+        if checkpoint is not None:
+            _check_same_run(config, output_dir)
+        return checkpoint
+    if occupied and not config.train.overwrite:
+        raise UserError(f"output folder {str(output_dir)!r} is not empty; pass train.resume=latest to continue "
+                        f"it, train.overwrite=true to replace it, or choose another train.output_dir")
+    if occupied and not (output_dir / "config.yaml").is_file():
+        raise UserError(f"refusing to overwrite {str(output_dir)!r}: it does not look like a RewardBooth run "
+                        f"(no config.yaml); choose an empty train.output_dir")
+    return None
+
+
+def _find_resume_checkpoint(config: Config, output_dir: Path, occupied: bool) -> Path | None:
+    if config.train.resume != "latest":
+        checkpoint = Path(config.train.resume)
+        if not (checkpoint / STATE_FILE).is_file():
+            raise UserError(f"train.resume={config.train.resume!r} is not a checkpoint folder (no {STATE_FILE}); "
+                            f"use 'latest' or a folder under {output_dir / 'checkpoints'}")
+        return checkpoint
+    checkpoints = list_checkpoints(output_dir)
+    if checkpoints:
+        return checkpoints[-1]
+    if occupied:
+        raise UserError(f"train.resume=latest but {str(output_dir)!r} holds no checkpoint; pass "
+                        f"train.overwrite=true (without resume) to start it again")
+    return None  # nothing to resume yet: a fresh start, so preemptible jobs can always pass resume=latest
+
+
+def _check_same_run(config: Config, output_dir: Path) -> None:
+    saved_file = output_dir / "config.yaml"
+    if not saved_file.is_file():
+        return
+    saved, current = yaml.safe_load(saved_file.read_text()), to_dict(config)
+    for section, values in current.items():
+        if section == "validation":
+            continue
+        for key, value in values.items():
+            name = f"{section}.{key}"
+            old = saved.get(section, {}).get(key)
+            if name not in RESUMABLE_CHANGES and old != value:
+                raise UserError(f"cannot resume: {name} was {old!r} in this run and is {value!r} now; "
+                                f"resume with the same setting or start a new train.output_dir")
+
+
+def prepare_output_dir(config: Config, resuming: bool) -> Path:
+    output_dir = Path(config.train.output_dir)
+    if config.train.overwrite and not resuming and output_dir.is_dir():
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return output_dir
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> Path:
+    """Write the full training state atomically: a checkpoint folder either exists whole or not at all."""
+    final = output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:06d}"
+    partial = final.with_name(final.name + ".partial")
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (partial / STATE_FILE).write_text(json.dumps({"step": step}))
+        if final.exists():
+            shutil.rmtree(final)
+        partial.rename(final)
+        for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> int:
+    """Restore the state saved by save_checkpoint; returns the step to continue from."""
+    accelerator.load_state(str(checkpoint))
+    return json.loads((checkpoint / STATE_FILE).read_text())["step"]

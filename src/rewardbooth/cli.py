@@ -1,0 +1,124 @@
+"""The `rewardbooth` command: train, generate, bench, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from rewardbooth.errors import UserError
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for our progress bars: no per-call pipeline bars or library chatter."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+
+
+def _add_train(commands) -> None:
+    from rewardbooth.config import preset_names
+
+    parser = commands.add_parser("train", help="personalize a model (DreamBooth, optionally with DPG)",
+                                 description="Fine-tune a model on a subject. CONFIG is a YAML/TOML file or a "
+                                             f"preset ({', '.join(preset_names())}); then section.key=value "
+                                             "overrides, e.g. data.instance_dir=photos/ train.max_steps=400.")
+    parser.add_argument("config", help="config file or preset name")
+    parser.add_argument("overrides", nargs="*", help="section.key=value")
+    parser.add_argument("--help-config", action="store_true", help="list every config key and exit")
+
+
+def _add_generate(commands) -> None:
+    parser = commands.add_parser("generate", help="sample images from a model folder, hub id or 'tiny'")
+    parser.add_argument("model", help="diffusers folder (e.g. a train output), hub id, or 'tiny'")
+    parser.add_argument("--prompt", action="append", default=[], help="prompt (repeat for several)")
+    parser.add_argument("--num-images", type=int, default=4, help="images per prompt")
+    parser.add_argument("--seed", type=int, default=0, help="image k uses seed+k")
+    parser.add_argument("--steps", type=int, default=25, help="sampler steps")
+    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    parser.add_argument("--resolution", type=int, default=None, help="pixels (default: the model's)")
+    parser.add_argument("--output", type=Path, default=Path("generated"), help="folder for PNGs and grid.png")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing files of the same names")
+
+
+def _add_bench(commands) -> None:
+    parser = commands.add_parser("bench", help="time baseline vs DPG steps (ratios of median time and memory)")
+    parser.add_argument("--model", default="tiny", help="'tiny', 'sd15-random' or a diffusers folder")
+    parser.add_argument("--resolution", type=int, default=None, help="pixels (default 64 tiny, 512 otherwise)")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (after warm-up)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
+                        help="default: fp16 on CUDA, no on CPU")
+    parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON here")
+
+
+def _add_demo(commands) -> None:
+    parser = commands.add_parser("demo", help="end-to-end demo on the built-in tiny model (no download)")
+    parser.add_argument("--output", type=Path, default=Path("rewardbooth-demo"), help="demo folder")
+    parser.add_argument("--steps", type=int, default=30, help="training steps")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rewardbooth", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_generate, _add_bench, _add_demo):
+        add(commands)
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.command == "train":
+        from rewardbooth.config import describe, load_config
+
+        if args.help_config:
+            print(describe())
+            return
+        from rewardbooth.train import train
+
+        output_dir = train(load_config(args.config, args.overrides))
+        print(f"done: {output_dir}")
+    elif args.command == "generate":
+        from rewardbooth.generate import generate
+
+        paths = generate(args.model, args.prompt, args.output, num_images=args.num_images, seed=args.seed,
+                         num_inference_steps=args.steps, guidance_scale=args.guidance,
+                         resolution=args.resolution, overwrite=args.overwrite)
+        print(f"wrote {len(paths)} images and {args.output / 'grid.png'}")
+    elif args.command == "bench":
+        from rewardbooth.bench import run_bench
+
+        run_bench(model=args.model, resolution=args.resolution, batch_size=args.batch_size, steps=args.steps,
+                  warmup=args.warmup, mixed_precision=args.mixed_precision, output=args.output)
+    elif args.command == "demo":
+        from rewardbooth.demo import run_demo
+
+        run_demo(args.output, steps=args.steps, overwrite=args.overwrite)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_libraries()
+    try:
+        run(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

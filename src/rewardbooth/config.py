@@ -1,0 +1,299 @@
+"""One frozen config tree: loaded from a YAML/TOML file or a shipped preset, then `section.key=value` overrides.
+
+Every field's ``help`` is its documentation (shown by ``rewardbooth train --help-config``). Numbers that follow
+from others (effective batch size, steps per epoch) are computed and logged by the trainer, not stored here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from rewardbooth.errors import UserError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+def _field(default: Any, help: str) -> Any:
+    if isinstance(default, (list, dict)):
+        raise TypeError("use tuples for sequence defaults so configs stay immutable")
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    pretrained: str = _field("tiny", "diffusers folder, hub id, or a built-in: 'tiny', 'sd15-random'")
+    revision: str | None = _field(None, "hub revision (branch, tag or commit)")
+    variant: str | None = _field(None, "weight variant to load, e.g. 'fp16'")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    instance_dir: str | None = _field(None, "folder of 3-6 photos of the subject")
+    instance_prompt: str = _field("a photo of sks dog", "training prompt; must contain the identifier")
+    identifier: str = _field("sks", "rare token that names the subject inside prompts")
+    class_prompt: str = _field("a photo of dog", "prompt of the subject's class, for prior preservation")
+    prior_preservation: bool = _field(False, "add a class-image batch with the prior loss (DreamBooth)")
+    num_class_images: int = _field(100, "class images generated once with the base model and cached")
+    class_dir: str | None = _field(None, "class-image cache folder (default: under ~/.cache/rewardbooth)")
+    class_generation_steps: int = _field(25, "sampler steps used to generate class images")
+    resolution: int = _field(512, "training resolution in pixels; a multiple of the VAE factor")
+    center_crop: bool = _field(True, "center crop after resizing the short side (else resize the whole image)")
+    random_flip: bool = _field(True, "random horizontal flips")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str = _field("dreambooth", "base method: which parameters train and how the result is saved")
+    train_text_encoder: bool = _field(False, "also fine-tune the text encoder")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    name: Literal["baseline", "dpg"] = _field("dpg", "'baseline' = plain denoising loss, 'dpg' = with critic")
+    reward: str = _field("look_forward", "reward that scores the look-forward prediction x0_hat")
+    instance_weight: float = _field(1.0, "w_inst: weight of the instance denoising loss")
+    prior_weight: float = _field(1.0, "w_prior: weight of the prior-preservation loss")
+    critic_weight: float = _field(1.0, "lambda: weight of the -Q(s, a) policy term")
+    gamma: float = _field(1.0, "discount: the policy term at timestep t is weighted by gamma**t")
+
+
+@dataclass(frozen=True)
+class CriticConfig:
+    name: str = _field("conv", "critic architecture (registry name or 'pkg.mod:factory')")
+    input: Literal["state_action", "residual"] = _field(
+        "residual", "'state_action' = [x_t, a]; 'residual' = (x0_hat - x0)^2 as in the released code"
+    )
+    hidden_channels: int = _field(64, "width of the critic's conv trunk")
+    num_layers: int = _field(3, "conv layers in the critic's trunk")
+    condition_on_text: bool = _field(False, "also feed the pooled text embedding to the critic")
+    optimizer: Literal["adamw", "sgd"] = _field("adamw", "critic optimizer")
+    lr: float = _field(1e-4, "critic learning rate")
+    weight_decay: float = _field(0.0, "critic weight decay")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    output_dir: str = _field("outputs/run", "where the pipeline, critic, samples, logs and checkpoints go")
+    overwrite: bool = _field(False, "allow writing into a non-empty output folder (deletes its contents)")
+    resume: str | None = _field(None, "'latest' or a checkpoint folder to continue from")
+    seed: int = _field(0, "seed for every random draw of the run")
+    max_steps: int = _field(400, "optimizer steps")
+    batch_size: int = _field(1, "instance images per process per micro-step")
+    gradient_accumulation_steps: int = _field(1, "micro-steps per optimizer step")
+    lr: float = _field(5e-6, "policy (UNet / text encoder) learning rate")
+    lr_scheduler: str = _field("constant", "diffusers scheduler name: constant, linear, cosine, ...")
+    lr_warmup_steps: int = _field(0, "warm-up steps of the LR schedule")
+    adam_beta1: float = _field(0.9, "AdamW beta1")
+    adam_beta2: float = _field(0.999, "AdamW beta2")
+    adam_weight_decay: float = _field(1e-2, "AdamW weight decay")
+    adam_epsilon: float = _field(1e-8, "AdamW epsilon")
+    use_8bit_adam: bool = _field(False, "bitsandbytes AdamW8bit for the policy (needs CUDA)")
+    max_grad_norm: float = _field(1.0, "gradient clipping of the policy")
+    mixed_precision: Literal["no", "fp16", "bf16"] = _field("no", "autocast precision; trainable weights stay fp32")
+    gradient_checkpointing: bool = _field(False, "trade compute for memory in the UNet / text encoder")
+    cache_latents: bool = _field(True, "encode the training images with the VAE once, not every step")
+    checkpoint_every: int = _field(200, "save a resumable checkpoint every N steps (0 = never)")
+    checkpoints_total_limit: int = _field(2, "keep at most this many checkpoints")
+    log_every: int = _field(1, "log metrics every N steps")
+    report_to: Literal["auto", "tensorboard", "none"] = _field("auto", "tracker ('auto' = tensorboard if installed)")
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    every: int = _field(100, "write a sample grid every N steps (and at steps 0 and last; 0 = never)")
+    prompts: tuple[str, ...] = _field((), "validation prompts (default: the instance prompt)")
+    num_images: int = _field(2, "images per prompt")
+    num_inference_steps: int = _field(25, "sampler steps")
+    guidance_scale: float = _field(7.5, "classifier-free guidance scale")
+    seed: int = _field(1234, "seed of the validation samples (fixed across steps)")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+
+def preset_names() -> list[str]:
+    return sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))
+
+
+def load_config(source: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Build a Config from a file or preset name, then apply ``section.key=value`` overrides."""
+    tree = _read_source(source) if source is not None else {}
+    for override in overrides:
+        key, value = _parse_override(override)
+        section, _, name = key.partition(".")
+        tree.setdefault(section, {})
+        if not isinstance(tree[section], dict) or not name:
+            raise UserError(f"override {override!r}: keys look like 'section.key=value', e.g. 'train.max_steps=100'")
+        tree[section][name] = value
+    return from_dict(tree)
+
+
+def from_dict(tree: dict[str, Any]) -> Config:
+    return _build(Config, tree, prefix="")
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    def plain(value: Any) -> Any:
+        return list(value) if isinstance(value, tuple) else value
+
+    return {f.name: {k: plain(v) for k, v in dataclasses.asdict(getattr(config, f.name)).items()}
+            for f in dataclasses.fields(config)}
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def describe(config_type: type = Config) -> str:
+    """Every key with its default and help: the text of ``--help-config``."""
+    lines = []
+    for section in dataclasses.fields(config_type):
+        lines.append(f"{section.name}:")
+        for f in dataclasses.fields(section.default_factory()):
+            lines.append(f"  {section.name}.{f.name} = {f.default!r}  # {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def _read_source(source: str | Path) -> dict[str, Any]:
+    path = Path(source)
+    if not path.exists() and str(source) in preset_names():
+        path = PRESET_DIR / f"{source}.yaml"
+    if not path.is_file():
+        raise UserError(f"config {str(source)!r} not found: give a YAML/TOML file or a preset ({', '.join(preset_names())})")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            tree = tomllib.loads(text)
+        else:
+            tree = yaml.safe_load(text) or {}
+    except Exception as error:  # noqa: BLE001 - any parse error is the user's file
+        raise UserError(f"config {str(path)!r} is not valid {path.suffix.lstrip('.') or 'YAML'}: {error}".replace("\n", " ")) from None
+    if not isinstance(tree, dict):
+        raise UserError(f"config {str(path)!r} must be a mapping of sections (model:, data:, train:, ...)")
+    return tree
+
+
+def _parse_override(override: str) -> tuple[str, Any]:
+    key, sep, raw = override.partition("=")
+    if not sep:
+        raise UserError(f"override {override!r} has no '=': write it as section.key=value")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    return key.strip(), value
+
+
+def _build(cls: type, tree: Any, prefix: str) -> Any:
+    if not isinstance(tree, dict):
+        raise UserError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {tree!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(tree) - set(fields))
+    if unknown:
+        raise UserError(f"unknown config key '{prefix}{unknown[0]}': known keys are {', '.join(prefix + k for k in fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in tree.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value, prefix=f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(value, hint, f"{prefix}{name}")
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"bad value {value!r} for {key}: allowed values are {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise UserError(f"bad value {value!r} for {key}: expected a list")
+        return tuple(_coerce(item, args[0], key) for item in items)
+    if hint in _SCALARS:
+        return _coerce_scalar(value, hint, key)
+    raise TypeError(f"config field {key} has an unsupported type {hint}")
+
+
+# (key, test, what the key must be): checked before a run touches anything.
+_RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
+    ("data.resolution", lambda v: v >= 8, "at least 8"),
+    ("data.num_class_images", lambda v: v >= 1, "at least 1"),
+    ("data.class_generation_steps", lambda v: v >= 1, "at least 1"),
+    ("objective.gamma", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("objective.instance_weight", lambda v: v >= 0, "non-negative"),
+    ("objective.prior_weight", lambda v: v >= 0, "non-negative"),
+    ("objective.critic_weight", lambda v: v >= 0, "non-negative"),
+    ("critic.hidden_channels", lambda v: v >= 1, "at least 1"),
+    ("critic.num_layers", lambda v: v >= 0, "non-negative"),
+    ("critic.lr", lambda v: v > 0, "positive"),
+    ("train.max_steps", lambda v: v >= 1, "at least 1"),
+    ("train.batch_size", lambda v: v >= 1, "at least 1"),
+    ("train.gradient_accumulation_steps", lambda v: v >= 1, "at least 1"),
+    ("train.lr", lambda v: v > 0, "positive"),
+    ("train.lr_warmup_steps", lambda v: v >= 0, "non-negative"),
+    ("train.checkpoint_every", lambda v: v >= 0, "non-negative (0 = never)"),
+    ("train.checkpoints_total_limit", lambda v: v >= 1, "at least 1"),
+    ("train.log_every", lambda v: v >= 1, "at least 1"),
+    ("validation.every", lambda v: v >= 0, "non-negative (0 = never)"),
+    ("validation.num_images", lambda v: v >= 1, "at least 1"),
+    ("validation.num_inference_steps", lambda v: v >= 1, "at least 1"),
+]
+
+
+def check_values(config: Config) -> None:
+    """Range checks a type cannot express; raises UserError naming the key and the allowed values."""
+    for key, test, requirement in _RANGES:
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if not test(value):
+            raise UserError(f"bad value {value!r} for {key}: it must be {requirement}")
+    if not config.data.instance_dir:
+        raise UserError("data.instance_dir is not set: pass data.instance_dir=PATH to a folder of 3-6 subject photos")
+
+
+def _to_float(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    try:
+        return float(value)  # YAML 1.1 reads "1e-6" as a string
+    except (TypeError, ValueError):
+        return None
+
+
+# type -> (accepts value?, convert, what to say when it does not)
+_SCALARS: dict[type, tuple[typing.Callable[[Any], bool], typing.Callable[[Any], Any], str]] = {
+    bool: (lambda v: isinstance(v, bool), bool, "allowed values are true, false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), int, "expected an integer"),
+    float: (lambda v: not isinstance(v, bool) and _to_float(v) is not None, _to_float, "expected a number"),
+    str: (lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool), str, "expected a string"),
+}
+
+
+def _coerce_scalar(value: Any, hint: type, key: str) -> Any:
+    accepts, convert, expected = _SCALARS[hint]
+    if not accepts(value):
+        raise UserError(f"bad value {value!r} for {key}: {expected}")
+    return convert(value)

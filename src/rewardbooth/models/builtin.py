@@ -1,0 +1,84 @@
+"""Architectures built in code with random weights: `tiny` for tests and smoke runs, `sd15-random` for timing.
+
+Random weights of the SD-1.5 architecture time exactly like the real ones, so `bench --model sd15-random`
+gives real-scale step costs on a machine with no access to the weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from rewardbooth.config import ModelConfig
+from rewardbooth.models.loaders import StableDiffusionParts, loaders
+
+# SD-1.x noise schedule ("scaled_linear", Rombach et al. 2022, configs/stable-diffusion/v1-inference.yaml).
+SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                   clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable-character table (Radford et al. 2019)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    characters = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            characters.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, characters)))
+
+
+def make_character_tokenizer() -> CLIPTokenizer:
+    """A CLIPTokenizer with no merges: every byte is a token (514 ids). Real class, real save/load."""
+    symbols = list(_bytes_to_unicode().values())
+    vocab = {symbol: index for index, symbol in enumerate(symbols + [s + "</w>" for s in symbols])}
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def _text_config(tokenizer: CLIPTokenizer, **sizes) -> CLIPTextConfig:
+    return CLIPTextConfig(vocab_size=len(tokenizer), max_position_embeddings=77,
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id, **sizes)
+
+
+def _build(unet_kwargs: dict, vae_kwargs: dict, text_sizes: dict, source: str, seed: int = 0):
+    # A fixed seed makes every process (and every resumed run) build bit-identical weights.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tokenizer = make_character_tokenizer()
+        unet = UNet2DConditionModel(**unet_kwargs)
+        vae = AutoencoderKL(**vae_kwargs)
+        text_encoder = CLIPTextModel(_text_config(tokenizer, **text_sizes))
+    return StableDiffusionParts(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                scheduler=DDIMScheduler(**SD_SCHEDULE), source=source)
+
+
+@loaders.register("tiny")
+def load_tiny(config: ModelConfig) -> StableDiffusionParts:
+    """~0.5 M parameters, VAE factor 4: a 64 px image is a 4x16x16 latent. Random weights, for tests."""
+    unet = dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
+    vae = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 32),
+               down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+               layers_per_block=1, norm_num_groups=8, sample_size=64)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    return _build(unet, vae, text, source="tiny")
+
+
+@loaders.register("sd15-random")
+def load_sd15_random(config: ModelConfig) -> StableDiffusionParts:
+    """The Stable Diffusion 1.5 architecture (860 M UNet, ViT-L/14 text tower, f=8 VAE), random weights."""
+    unet = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # the rest are SD-1.5 defaults
+    vae = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+               down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+               layers_per_block=2, sample_size=512, scaling_factor=0.18215)
+    text = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                projection_dim=768, hidden_act="quick_gelu")
+    return _build(unet, vae, text, source="sd15-random")

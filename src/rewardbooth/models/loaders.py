@@ -1,0 +1,86 @@
+"""The model-loader registry and the parts every loader returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.schedulers import SchedulerMixin
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from rewardbooth.config import ModelConfig
+from rewardbooth.errors import UserError
+from rewardbooth.registry import Registry
+
+loaders = Registry("model loader")
+
+
+@dataclass
+class StableDiffusionParts:
+    """The components of a Stable-Diffusion-family model, plus where they came from."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: SchedulerMixin  # the sampler the model ships with (used for generation)
+    source: str
+
+    @property
+    def noise_scheduler(self) -> DDPMScheduler:
+        """The training-time forward process, read from the model's own scheduler config."""
+        return DDPMScheduler.from_config(self.scheduler.config)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler.config.get("prediction_type", "epsilon")
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def pipeline(self, **components) -> StableDiffusionPipeline:
+        """A stock pipeline over these parts; keyword arguments replace components (e.g. a trained UNet)."""
+        parts = replace(self, **components)
+        return StableDiffusionPipeline(
+            vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
+            scheduler=parts.scheduler, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+
+def load_model(config: ModelConfig) -> StableDiffusionParts:
+    name = config.pretrained
+    if Path(name).expanduser().exists() or (name not in loaders and ":" not in name):
+        return loaders.get("diffusers")(config)
+    return loaders.get(name)(config)
+
+
+@loaders.register("diffusers")
+def load_diffusers(config: ModelConfig) -> StableDiffusionParts:
+    """Load the components of a diffusers Stable Diffusion folder or hub id (the path users pass)."""
+    source = str(Path(config.pretrained).expanduser()) if Path(config.pretrained).expanduser().exists() \
+        else config.pretrained
+    local = Path(source).exists()
+    if local and not (Path(source) / "model_index.json").is_file():
+        raise UserError(f"model folder {source!r} has no model_index.json: pass a diffusers pipeline folder "
+                        f"(saved with save_pretrained) or a hub id")
+    kwargs = {"revision": config.revision} if config.revision else {}
+    try:
+        pipeline = StableDiffusionPipeline.from_pretrained(
+            source, variant=config.variant, safety_checker=None,
+            requires_safety_checker=False, **kwargs,
+        )
+    except Exception as error:  # noqa: BLE001 - any failure here means the user's path or id is wrong
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise UserError(f"cannot load model {config.pretrained!r} ({first_line}); pass a readable diffusers "
+                        f"folder or a hub id this machine can download (or 'tiny' for a smoke test)") from None
+    return StableDiffusionParts(
+        unet=pipeline.unet, vae=pipeline.vae, text_encoder=pipeline.text_encoder,
+        tokenizer=pipeline.tokenizer, scheduler=pipeline.scheduler, source=source,
+    )
+
+
+# Importing registers the built-in architectures.
+from rewardbooth.models import builtin  # noqa: E402, F401

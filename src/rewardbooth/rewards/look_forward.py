@@ -1,0 +1,22 @@
+"""The paper's main reward: how close the one-jump prediction x0_hat lands to the reference latent."""
+
+from __future__ import annotations
+
+import torch
+
+from rewardbooth.dpg import per_sample_mse
+from rewardbooth.rewards.base import RewardContext, RewardSetup, rewards
+
+
+class LookForwardReward:
+    """r = -mean((x0_hat - x0)^2) over latent elements (Wei et al. 2024, Eq. 7)."""
+
+    differentiable = True
+
+    def __call__(self, x0_hat: torch.Tensor, context: RewardContext) -> torch.Tensor:
+        return -per_sample_mse(x0_hat, context.x0)
+
+
+@rewards.register("look_forward")
+def make_look_forward(setup: RewardSetup) -> LookForwardReward:
+    return LookForwardReward()

@@ -1,0 +1,185 @@
+"""Everything a run needs before its first step, built in the order that fails early and writes nothing.
+
+User input is checked (config values, subject photos, identifier, model, resolution) before any file is
+written; then models are placed, optimizers built and everything stateful handed to accelerate.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+from diffusers import DDPMScheduler
+from diffusers.optimization import get_scheduler
+from torch import nn
+
+from rewardbooth import data as subject_data
+from rewardbooth.class_images import class_image_dir, generate_class_images
+from rewardbooth.config import Config, check_values, to_dict
+from rewardbooth.critic import make_critic, make_critic_optimizer
+from rewardbooth.dpg import critic_input_channels
+from rewardbooth.errors import UserError
+from rewardbooth.methods import Method, make_method
+from rewardbooth.models import StableDiffusionParts, load_model
+from rewardbooth.rewards import Reward, RewardSetup, make_reward
+from rewardbooth.training_data import ImageSet, TrainingData, encode_text, tokenize, with_flips
+
+logger = logging.getLogger(__name__)
+
+AUTOCAST_DTYPES = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class RunSetup:
+    accelerator: Accelerator
+    parts: StableDiffusionParts  # unwrapped modules; the UNet / text encoder here are the ones being trained
+    method: Method
+    data: TrainingData
+    noise_scheduler: DDPMScheduler
+    prediction_type: str
+    unet: nn.Module  # prepared (DDP-wrapped when distributed)
+    text_encoder: nn.Module | None  # prepared, when it trains
+    critic: nn.Module | None  # prepared, DPG only
+    reward: Reward | None
+    optimizer: torch.optim.Optimizer
+    critic_optimizer: torch.optim.Optimizer | None
+    lr_scheduler: object
+    policy_parameters: list[nn.Parameter]
+    autocast_dtype: torch.dtype | None
+    effective_batch_size: int
+
+    @property
+    def trained_models(self) -> list[nn.Module]:
+        return [m for m in (self.unet, self.text_encoder, self.critic) if m is not None]
+
+    def start_trackers(self, config: Config) -> None:
+        flat = {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
+                for section, values in to_dict(config).items() for key, value in values.items()}
+        self.accelerator.init_trackers("rewardbooth", config=flat)
+
+
+def make_accelerator(config: Config) -> Accelerator:
+    report_to = config.train.report_to
+    if report_to == "auto":
+        report_to = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
+    output_dir = Path(config.train.output_dir)
+    return Accelerator(mixed_precision=config.train.mixed_precision,
+                       log_with=None if report_to == "none" else report_to,
+                       project_config=ProjectConfiguration(project_dir=str(output_dir),
+                                                           logging_dir=str(output_dir / "logs")))
+
+
+def load_subject(config: Config) -> torch.Tensor:
+    """Shape: -> (N, 3, R, R) float32 in [0, 1]"""
+    subject_data.check_identifier(config.data.instance_prompt, config.data.identifier)
+    images = subject_data.load_subject_images(config.data.instance_dir)
+    return torch.stack([subject_data.image_to_tensor(image, config.data.resolution, config.data.center_crop)
+                        for _, image in images])
+
+
+def check_resolution(resolution: int, parts: StableDiffusionParts) -> None:
+    factor = parts.vae_scale_factor * 2 ** (len(parts.unet.config.block_out_channels) - 1)
+    if resolution % factor:
+        lower, upper = resolution // factor * factor, (resolution // factor + 1) * factor
+        raise UserError(f"data.resolution={resolution} is not a multiple of {factor} (the VAE factor "
+                        f"{parts.vae_scale_factor} x the UNet's downsampling); use {lower or upper} or {upper}")
+
+
+def build_run(config: Config) -> RunSetup:
+    check_values(config)
+    accelerator = make_accelerator(config)
+    instance_images = load_subject(config)
+    parts = load_model(config.model)
+    check_resolution(config.data.resolution, parts)
+    device, autocast_dtype = accelerator.device, AUTOCAST_DTYPES[config.train.mixed_precision]
+    method = make_method(parts, config.method)
+    train_text_encoder = "text_encoder" in method.trainable
+    # Frozen parts only run forward: keep them in the autocast dtype to save memory (trainable stay fp32).
+    frozen_dtype = autocast_dtype or torch.float32
+    parts.vae.to(device, frozen_dtype)
+    parts.text_encoder.to(device, torch.float32 if train_text_encoder else frozen_dtype)
+    parts.unet.to(device)
+
+    data = build_training_data(config, parts, instance_images, train_text_encoder, accelerator)
+    reward, critic, critic_optimizer = None, None, None
+    if config.objective.name == "dpg":
+        setup = RewardSetup(reference_images=instance_images, identifier=config.data.identifier, device=device)
+        reward = make_reward(config.objective.reward, setup)
+        in_channels = critic_input_channels(config.critic.input, parts.unet.config.in_channels)
+        critic = make_critic(in_channels, parts.text_encoder.config.hidden_size, config.critic).to(device)
+        critic_optimizer = make_critic_optimizer(critic, config.critic)
+
+    if config.train.gradient_checkpointing:
+        parts.unet.enable_gradient_checkpointing()
+        if train_text_encoder:
+            parts.text_encoder.gradient_checkpointing_enable()
+    policy_parameters = [p for module in method.trainable.values() for p in module.parameters() if p.requires_grad]
+    optimizer = make_policy_optimizer(policy_parameters, config)
+    lr_scheduler = get_scheduler(config.train.lr_scheduler, optimizer=optimizer,
+                                 num_warmup_steps=config.train.lr_warmup_steps,
+                                 num_training_steps=config.train.max_steps)
+
+    # The LR schedule and the critic optimizer are stepped by hand once per optimizer step (accelerate would
+    # step a prepared scheduler once per process), and saved with the checkpoint through registration.
+    modules = list(method.trainable.values()) + ([critic] if critic is not None else [])
+    prepared = accelerator.prepare(*modules, optimizer)
+    *prepared_modules, optimizer = prepared
+    named = dict(zip(list(method.trainable) + (["critic"] if critic is not None else []), prepared_modules))
+    accelerator.register_for_checkpointing(lr_scheduler)
+    if critic_optimizer is not None:
+        accelerator.register_for_checkpointing(critic_optimizer)
+    num_processes = accelerator.num_processes
+    return RunSetup(
+        accelerator=accelerator, parts=parts, method=method, data=data, noise_scheduler=parts.noise_scheduler,
+        prediction_type=parts.prediction_type, unet=named["unet"], text_encoder=named.get("text_encoder"),
+        critic=named.get("critic"), reward=reward, optimizer=optimizer, critic_optimizer=critic_optimizer,
+        lr_scheduler=lr_scheduler, policy_parameters=policy_parameters, autocast_dtype=autocast_dtype,
+        effective_batch_size=config.train.batch_size * num_processes * config.train.gradient_accumulation_steps,
+    )
+
+
+def build_training_data(config: Config, parts: StableDiffusionParts, instance_images: torch.Tensor,
+                        train_text_encoder: bool, accelerator: Accelerator) -> TrainingData:
+    data_config = config.data
+    instance = ImageSet(with_flips(instance_images, data_config.random_flip), data_config.instance_prompt,
+                        parts.vae, cache=config.train.cache_latents)
+    prior = None
+    if data_config.prior_preservation:
+        folder = class_image_dir(data_config, parts.source)
+        if accelerator.is_main_process:
+            generate_class_images(parts, data_config, folder, accelerator.device)
+        accelerator.wait_for_everyone()
+        paths = sorted(folder.glob("class_*.png"))[: data_config.num_class_images]
+        class_images = torch.stack([subject_data.image_to_tensor(subject_data.load_image(p), data_config.resolution,
+                                                                 data_config.center_crop) for p in paths])
+        prior = ImageSet(with_flips(class_images, data_config.random_flip), data_config.class_prompt, parts.vae,
+                         cache=config.train.cache_latents)
+    prompts = [data_config.instance_prompt, data_config.class_prompt]
+    token_ids = {prompt: tokenize(parts.tokenizer, [prompt]) for prompt in prompts}
+    # A frozen text encoder gives the same embedding every step: compute it once.
+    conditioning = token_ids if train_text_encoder else {
+        prompt: encode_text(parts.text_encoder, ids).float().cpu() for prompt, ids in token_ids.items()}
+    return TrainingData(parts.vae, parts.noise_scheduler.config.num_train_timesteps, instance, prior,
+                        conditioning, seed=config.train.seed)
+
+
+def make_policy_optimizer(parameters: list[nn.Parameter], config: Config) -> torch.optim.Optimizer:
+    train = config.train
+    optimizer_class = torch.optim.AdamW
+    if train.use_8bit_adam:
+        try:
+            import bitsandbytes
+        except ImportError:
+            raise UserError("train.use_8bit_adam=true needs bitsandbytes: pip install 'rewardbooth[bnb]' "
+                            "(CUDA only), or set train.use_8bit_adam=false") from None
+        optimizer_class = bitsandbytes.optim.AdamW8bit
+    return optimizer_class(parameters, lr=train.lr, betas=(train.adam_beta1, train.adam_beta2),
+                           weight_decay=train.adam_weight_decay, eps=train.adam_epsilon)
+
+
+

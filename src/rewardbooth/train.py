@@ -1,0 +1,225 @@
+"""The training loop: DreamBooth-style fine-tuning with an optional deterministic-policy-gradient critic.
+
+One optimizer step, read top to bottom (``compute_losses`` then ``train``):
+  batch -> x_t -> action a = UNet(x_t, t, c) -> x0_hat (look forward) -> reward r(x0_hat)
+  -> actor loss  w_inst*mse_inst + w_prior*mse_prior - lambda*gamma^t*Q(s, a)   (Q's weights frozen)
+  -> critic loss (Q(s, a.detach()) - r)^2                                        (policy untouched)
+  -> clip, step both optimizers -> log / validate / checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from rewardbooth import dpg
+from rewardbooth.checkpoints import check_output_dir, load_checkpoint, prepare_output_dir, save_checkpoint
+from rewardbooth.config import Config, TrainConfig, save_config
+from rewardbooth.monitoring import MetricsLog, render_samples, validation_prompts
+from rewardbooth.rewards import Reward, RewardContext
+from rewardbooth.setup import RunSetup, build_run
+from rewardbooth.training_data import Batch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Policy:
+    """The modules one step touches; `critic` is the (possibly DDP-wrapped) one the critic loss trains."""
+
+    unet: nn.Module
+    text_encoder: nn.Module | None  # set only when the text encoder trains (batches then carry token ids)
+    critic: nn.Module | None
+    critic_module: nn.Module | None  # the same critic unwrapped, evaluated with frozen weights for the actor
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[nn.Module]:
+    """Evaluate a module without recording gradients for its parameters (gradients still reach its inputs)."""
+    module.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        module.requires_grad_(True)
+
+
+def compute_losses(policy: Policy, batch: Batch, alphas_cumprod: torch.Tensor, prediction_type: str,
+                   config: Config, reward_fn: Reward | None) -> dict[str, torch.Tensor]:
+    """Every loss of one micro-batch. Instance samples are batch[:n], prior samples batch[n:]."""
+    objective, n = config.objective, batch.num_instance
+    # 1. Forward diffusion: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps.
+    alpha_bar = alphas_cumprod[batch.timesteps]
+    x_t = dpg.expand_to(alpha_bar.sqrt(), batch.x0) * batch.x0 \
+        + dpg.expand_to((1 - alpha_bar).sqrt(), batch.x0) * batch.noise
+    # 2. Act: the deterministic policy's action is the UNet output.
+    text = policy.text_encoder(batch.conditioning)[0] if policy.text_encoder is not None else batch.conditioning
+    action = policy.unet(x_t, batch.timesteps, text).sample
+    # 3. Denoising losses (the DreamBooth objective), in the model's own parameterization.
+    target = dpg.denoising_target(batch.x0, batch.noise, alpha_bar, prediction_type)
+    mse = dpg.per_sample_mse(action, target)
+    prior_mse = mse[n:] if len(mse) > n else None
+    weights = dict(instance_weight=objective.instance_weight, prior_weight=objective.prior_weight,
+                   critic_weight=objective.critic_weight, gamma=objective.gamma)
+    if objective.name == "baseline":
+        return dpg.actor_loss(mse[:n], prior_mse, None, batch.timesteps[:n], **weights)
+    # 4. Look forward to x0_hat and score it; the reward is a regression target, never differentiated here.
+    x_t, action, x0, timesteps = x_t[:n], action[:n], batch.x0[:n], batch.timesteps[:n]
+    x0_hat = dpg.predict_x0(x_t, action, alpha_bar[:n], prediction_type)
+    with torch.no_grad():
+        rewards = reward_fn(x0_hat.detach().float(), RewardContext(x0=x0.float(), prompts=batch.prompts[:n]))
+    # 5. Actor: climb Q through dQ/da with the critic's weights frozen (deterministic policy gradient).
+    features = dpg.critic_features(config.critic.input, x_t, action, x0_hat, x0)
+    critic_text = text[:n].detach()
+    with frozen(policy.critic_module) as critic:
+        q_policy = critic(features, timesteps, critic_text)
+    terms = dpg.actor_loss(mse[:n], prior_mse, q_policy, timesteps, **weights)
+    # 6. Critic: regress Q(s, a_taken) on the reward, with the action detached so theta is untouched.
+    q_taken = policy.critic(features.detach(), timesteps, critic_text)
+    terms["critic_loss"] = dpg.critic_loss(q_taken, rewards)
+    terms["reward"] = rewards.mean()
+    terms["q"] = q_taken.detach().mean()
+    return terms
+
+
+def all_finite(accelerator: Accelerator, terms: dict[str, torch.Tensor]) -> bool:
+    """True on every process iff the losses are finite on every process (so all of them skip together)."""
+    losses = [terms["loss"]] + ([terms["critic_loss"]] if "critic_loss" in terms else [])
+    finite = torch.tensor([float(all(bool(torch.isfinite(v).all()) for v in losses))], device=accelerator.device)
+    return bool(accelerator.gather(finite).min() > 0)
+
+
+def train(config: Config) -> Path:
+    """Run one personalization; returns the output folder (a stock diffusers pipeline folder)."""
+    resume_from = check_output_dir(config)  # every process checks before any of them writes
+    run = build_run(config)
+    accelerator, train_config = run.accelerator, config.train
+    if accelerator.is_main_process:
+        output_dir = prepare_output_dir(config, resuming=resume_from is not None)
+        save_config(config, output_dir / "config.yaml")
+    accelerator.wait_for_everyone()
+    output_dir = Path(train_config.output_dir)
+    run.start_trackers(config)
+    metrics = MetricsLog(output_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
+
+    start_step = 0
+    if resume_from is not None:
+        start_step = load_checkpoint(accelerator, resume_from)
+        metrics.truncate_after(start_step)
+        logger.info("resumed from %s at step %d", resume_from, start_step)
+    logger.info("effective batch %d (= %d per process x %d processes x %d accumulation), %d steps",
+                run.effective_batch_size, train_config.batch_size, accelerator.num_processes,
+                train_config.gradient_accumulation_steps, train_config.max_steps)
+
+    policy = Policy(unet=run.unet, text_encoder=run.text_encoder, critic=run.critic,
+                    critic_module=accelerator.unwrap_model(run.critic) if run.critic is not None else None)
+    alphas_cumprod = run.noise_scheduler.alphas_cumprod.to(accelerator.device, torch.float32)
+    progress = tqdm(total=train_config.max_steps, initial=start_step, desc="train",
+                    disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    for step in range(start_step, train_config.max_steps):
+        if _due(step, config.validation.every) and accelerator.is_main_process:
+            validate(run, config, step, output_dir)
+        logged, skipped = accumulate_gradients(run, policy, config, step, alphas_cumprod)
+        logged.update(apply_update(run, train_config, skipped, step))
+        done = step + 1
+        if done % train_config.log_every == 0 or done == train_config.max_steps:
+            values = {k: float(accelerator.reduce(torch.tensor(v, device=accelerator.device), "mean"))
+                      for k, v in sorted(logged.items())}
+            accelerator.log(values, step=done)
+            metrics.write(done, values)
+            progress.set_postfix({k: f"{values[k]:.4g}" for k in ("loss", "critic_loss", "reward") if k in values})
+        progress.update(1)
+        if train_config.checkpoint_every and done % train_config.checkpoint_every == 0:
+            save_checkpoint(accelerator, output_dir, done, train_config.checkpoints_total_limit)
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if config.validation.every:
+            validate(run, config, train_config.max_steps, output_dir)
+        save_result(run, output_dir)
+    accelerator.end_training()
+    return output_dir
+
+
+def accumulate_gradients(run: RunSetup, policy: Policy, config: Config, step: int,
+                         alphas_cumprod: torch.Tensor) -> tuple[dict[str, float], bool]:
+    """Backpropagate every micro-step of one optimizer step; DDP all-reduces only on the last one.
+
+    Returns the mean of each logged term and whether a non-finite loss made the step be skipped.
+    """
+    accelerator, accumulation = run.accelerator, config.train.gradient_accumulation_steps
+    logged: dict[str, float] = {}
+    for micro in range(accumulation):
+        batch = run.data.draw(step, micro, config.train.batch_size, accelerator.process_index,
+                              accelerator.num_processes).to(accelerator.device)
+        with no_sync(accelerator, run.trained_models, enabled=micro < accumulation - 1):
+            terms = compute_losses(policy, batch, alphas_cumprod, run.prediction_type, config, run.reward)
+            if not all_finite(accelerator, terms):
+                return logged, True
+            accelerator.backward(terms["loss"] / accumulation)
+            if "critic_loss" in terms:
+                (terms["critic_loss"] / accumulation).backward()  # fp32 critic: no loss scaling needed
+        for key, value in terms.items():
+            logged[key] = logged.get(key, 0.0) + value.item() / accumulation
+    return logged, False
+
+
+def apply_update(run: RunSetup, train_config: TrainConfig, skipped: bool, step: int) -> dict[str, float]:
+    """Clip and step both optimizers (unless the step was skipped), then advance the LR schedule."""
+    logged = {"skipped": float(skipped)}
+    if skipped:
+        logger.warning("step %d: non-finite loss, skipped this step (no weights changed)", step)
+    else:
+        if train_config.max_grad_norm > 0:
+            logged["grad_norm"] = float(run.accelerator.clip_grad_norm_(run.policy_parameters,
+                                                                        train_config.max_grad_norm))
+        run.optimizer.step()
+        if run.critic_optimizer is not None:
+            run.critic_optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.critic_optimizer is not None:
+        run.critic_optimizer.zero_grad(set_to_none=True)
+    run.lr_scheduler.step()
+    logged["lr"] = run.lr_scheduler.get_last_lr()[0]
+    return logged
+
+
+def _due(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+def no_sync(accelerator: Accelerator, models: list[nn.Module], enabled: bool) -> contextlib.ExitStack:
+    stack = contextlib.ExitStack()
+    if enabled:
+        for model in models:
+            stack.enter_context(accelerator.no_sync(model))
+    return stack
+
+
+def validate(run: RunSetup, config: Config, step: int, output_dir: Path) -> None:
+    prompts = validation_prompts(config.validation, config.data.instance_prompt)
+    grid = render_samples(run.parts, prompts, config.validation, config.data.resolution, run.accelerator.device,
+                          autocast_dtype=run.autocast_dtype)
+    samples = output_dir / "samples"
+    samples.mkdir(exist_ok=True)
+    grid.save(samples / f"step_{step:06d}.png")
+
+
+def save_result(run: RunSetup, output_dir: Path) -> None:
+    """The trained model (as the base method saves it) and the critic, next to config and metrics."""
+    run.method.save(run.parts, output_dir)
+    if run.critic is not None:
+        critic = run.accelerator.unwrap_model(run.critic)
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in critic.state_dict().items()},
+                  str(output_dir / "critic.safetensors"))
+    logger.info("saved the result to %s", output_dir)
+

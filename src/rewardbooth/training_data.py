@@ -1,0 +1,121 @@
+"""Training batches: VAE posteriors (cached once), text conditioning, and every random draw of a step.
+
+All randomness of micro-step (step, micro) comes from one generator seeded by (seed, step, micro) and is
+drawn for the *global* batch; each process then takes its slice. Hence a run resumed from a checkpoint draws
+exactly what an uninterrupted run draws, and N processes with batch b see what one process with batch N*b
+sees — no RNG state has to be saved or synchronised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+from transformers import CLIPTextModel, CLIPTokenizer
+
+
+def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
+    """A CPU generator unique to (seed, step, micro), independent of everything drawn before."""
+    state = np.random.SeedSequence([seed, step, micro]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def tokenize(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:
+    """Shape: -> (B, L) token ids, padded to the tokenizer's max length as Stable Diffusion is trained."""
+    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+@torch.no_grad()
+def encode_text(text_encoder: CLIPTextModel, token_ids: torch.Tensor) -> torch.Tensor:
+    """Shape: (B, L) -> (B, L, D)"""
+    return text_encoder(token_ids.to(text_encoder.device))[0]
+
+
+@torch.no_grad()
+def encode_posteriors(vae: AutoencoderKL, images: torch.Tensor, chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of the VAE posterior q(z | image), in the VAE's raw units.
+
+    Shape: images (N, 3, H, W) in [0, 1] -> mean, std (N, C, H/f, W/f)
+    """
+    means, stds = [], []
+    for start in range(0, len(images), chunk):
+        pixels = images[start:start + chunk].to(vae.device, vae.dtype) * 2 - 1  # the VAE expects [-1, 1]
+        posterior = vae.encode(pixels).latent_dist
+        means.append(posterior.mean.float().cpu())
+        stds.append(posterior.std.float().cpu())
+    return torch.cat(means), torch.cat(stds)
+
+
+def with_flips(images: torch.Tensor, random_flip: bool) -> torch.Tensor:
+    """Every image, then every image mirrored: a uniform index into this set is a random flip."""
+    return torch.cat([images, images.flip(-1)]) if random_flip else images
+
+
+@dataclass
+class Batch:
+    """One micro-batch on one process: instance samples first, then prior (class) samples."""
+
+    x0: torch.Tensor  # (B, C, h, w) reference latents
+    noise: torch.Tensor  # (B, C, h, w)
+    timesteps: torch.Tensor  # (B,) int64
+    conditioning: torch.Tensor  # (B, L, D) text embeddings, or (B, L) token ids when the encoder trains
+    num_instance: int
+    prompts: list[str]
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(x0=self.x0.to(device), noise=self.noise.to(device), timesteps=self.timesteps.to(device),
+                     conditioning=self.conditioning.to(device), num_instance=self.num_instance,
+                     prompts=self.prompts)
+
+
+class ImageSet:
+    """A set of training images with one prompt: posteriors cached, or the pixels kept to encode per step."""
+
+    def __init__(self, images: torch.Tensor, prompt: str, vae: AutoencoderKL, cache: bool):
+        self.prompt = prompt
+        self.pixels = None if cache else images
+        self.posterior = encode_posteriors(vae, images) if cache else None
+        self.size = len(images)
+
+    def posteriors(self, vae: AutoencoderKL, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.posterior is not None:
+            return self.posterior[0][indices], self.posterior[1][indices]
+        return encode_posteriors(vae, self.pixels[indices])
+
+
+class TrainingData:
+    """Draws the micro-batches of a run from an instance set and an optional prior (class) set."""
+
+    def __init__(self, vae: AutoencoderKL, num_train_timesteps: int, instance: ImageSet,
+                 prior: ImageSet | None, conditioning: dict[str, torch.Tensor], seed: int):
+        self.vae = vae
+        self.num_train_timesteps = num_train_timesteps
+        self.instance, self.prior = instance, prior
+        self.conditioning = conditioning  # prompt -> (1, L, D) embedding or (1, L) token ids
+        self.seed = seed
+        self.scaling_factor = vae.config.scaling_factor
+        self.shift_factor = vae.config.get("shift_factor") or 0.0
+
+    def draw(self, step: int, micro: int, batch_size: int, process_index: int, num_processes: int) -> Batch:
+        generator = step_generator(self.seed, step, micro)
+        local = slice(process_index * batch_size, (process_index + 1) * batch_size)
+        sets = [self.instance] + ([self.prior] if self.prior is not None else [])
+        latents, prompts = [], []
+        for image_set in sets:
+            indices = torch.randint(image_set.size, (batch_size * num_processes,), generator=generator)
+            mean, std = image_set.posteriors(self.vae, indices[local])
+            sample_noise = torch.randn((batch_size * num_processes, *mean.shape[1:]), generator=generator)
+            # z ~ q(z | image), then scaled to the unit-variance space the UNet works in.
+            latents.append((mean + std * sample_noise[local] - self.shift_factor) * self.scaling_factor)
+            prompts += [image_set.prompt] * batch_size
+        x0 = torch.cat(latents)
+        global_shape = (len(sets) * batch_size * num_processes, *x0.shape[1:])
+        noise = torch.randn(global_shape, generator=generator).view(len(sets), -1, *x0.shape[1:])
+        timesteps = torch.randint(self.num_train_timesteps, (global_shape[0],), generator=generator)
+        timesteps = timesteps.view(len(sets), -1)
+        conditioning = torch.cat([self.conditioning[prompt] for prompt in prompts])
+        return Batch(x0=x0, noise=noise[:, local].flatten(0, 1), timesteps=timesteps[:, local].flatten(),
+                     conditioning=conditioning, num_instance=batch_size, prompts=prompts)

@@ -1,0 +1,111 @@
+"""Config loading: every shipped preset loads, overrides are typed, and errors name the key."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from rewardbooth.config import PRESET_DIR, Config, check_values, describe, load_config, preset_names, to_dict
+from rewardbooth.errors import UserError
+
+PRESET_FILES = sorted(PRESET_DIR.glob("*.yaml"))
+
+
+def test_presets_exist():
+    assert {"default", "paper"} <= set(preset_names())
+
+
+@pytest.mark.parametrize("path", PRESET_FILES, ids=lambda p: p.stem)
+def test_every_preset_file_loads_and_passes_checks(path):
+    config = load_config(path, ["data.instance_dir=photos"])
+    check_values(config)
+    assert load_config(path.stem, ["data.instance_dir=photos"]) == config
+
+
+def test_paper_preset_is_the_released_recipe():
+    config = load_config("paper")
+    assert config.objective.instance_weight == 0.0
+    assert config.objective.gamma == 0.9986
+    assert config.critic.input == "residual"
+    assert (config.critic.optimizer, config.critic.lr) == ("sgd", 0.01)
+    assert (config.train.lr, config.train.max_steps, config.train.batch_size) == (1e-6, 1000, 1)
+    assert config.data.num_class_images == 8 and config.data.prior_preservation
+    assert config.method.train_text_encoder
+
+
+def test_default_preset_differs_where_documented():
+    config = load_config("default")
+    assert config.objective.gamma == 1.0 and config.objective.instance_weight == 1.0
+
+
+def test_overrides_are_typed():
+    config = load_config(None, ["train.max_steps=12", "train.lr=1e-6", "objective.name=baseline",
+                                "validation.prompts=[a, b]", "train.resume=null", "data.identifier=zwx"])
+    assert config.train.max_steps == 12 and config.train.lr == 1e-6
+    assert config.objective.name == "baseline" and config.validation.prompts == ("a", "b")
+    assert config.train.resume is None and config.data.identifier == "zwx"
+
+
+def test_toml_files_load(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[train]\nmax_steps = 3\n[data]\ninstance_dir = "x"\n')
+    assert load_config(path).train.max_steps == 3
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.max_step=3", "unknown config key 'train.max_step'"),
+    ("trian.max_steps=3", "unknown config key 'trian'"),
+    ("objective.name=ppo", "allowed values are 'baseline', 'dpg'"),
+    ("train.max_steps=ten", "expected an integer"),
+    ("train.overwrite=maybe", "allowed values are true, false"),
+    ("train.lr=fast", "expected a number"),
+    ("train.max_steps", "has no '='"),
+    ("max_steps=3", "section.key=value"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:
+        load_config(None, [override])
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_key_lists_known_keys():
+    with pytest.raises(UserError, match="known keys are.*train.max_steps"):
+        load_config(None, ["train.max_step=3"])
+
+
+@pytest.mark.parametrize("override,key", [("train.max_steps=0", "train.max_steps"),
+                                          ("objective.gamma=1.5", "objective.gamma"),
+                                          ("train.batch_size=-1", "train.batch_size")])
+def test_range_checks_name_the_key(override, key):
+    with pytest.raises(UserError, match=key):
+        check_values(load_config(None, [override, "data.instance_dir=x"]))
+
+
+def test_missing_instance_dir_is_explained():
+    with pytest.raises(UserError, match="data.instance_dir"):
+        check_values(Config())
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed")
+    with pytest.raises(UserError, match="not valid"):
+        load_config(bad)
+
+
+def test_describe_lists_every_key_with_help():
+    text = describe()
+    for section in dataclasses.fields(Config):
+        for field in dataclasses.fields(section.default_factory()):
+            assert f"{section.name}.{field.name} = " in text
+
+
+def test_round_trip_through_dict(tmp_path):
+    config = load_config("paper", ["data.instance_dir=x", "validation.prompts=[a]"])
+    from rewardbooth.config import from_dict, save_config
+
+    save_config(config, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == config == from_dict(to_dict(config))
+    assert Path(tmp_path / "c.yaml").read_text().startswith("model:")

@@ -1,0 +1,107 @@
+"""The DPG maths against values computed by hand."""
+
+import math
+
+import pytest
+import torch
+
+from rewardbooth import dpg
+
+
+def scalar_batch(*values):
+    return torch.tensor(values, dtype=torch.float32).reshape(-1, 1, 1, 1)
+
+
+def test_predict_x0_epsilon_by_hand():
+    # x_t = 1, eps_hat = 0.5, abar = 0.25: (1 - sqrt(0.75) * 0.5) / 0.5 = 2 - sqrt(0.75)
+    x0_hat = dpg.predict_x0(scalar_batch(1.0), scalar_batch(0.5), torch.tensor([0.25]), "epsilon")
+    assert x0_hat.item() == pytest.approx(2 - math.sqrt(0.75))
+
+
+def test_predict_x0_v_prediction_by_hand():
+    # sqrt(0.25) * 1 - sqrt(0.75) * 0.5
+    x0_hat = dpg.predict_x0(scalar_batch(1.0), scalar_batch(0.5), torch.tensor([0.25]), "v_prediction")
+    assert x0_hat.item() == pytest.approx(0.5 - 0.5 * math.sqrt(0.75))
+
+
+def test_v_target_by_hand():
+    # v = sqrt(abar) eps - sqrt(1 - abar) x0 with x0 = 2, eps = 1, abar = 0.25
+    v = dpg.denoising_target(scalar_batch(2.0), scalar_batch(1.0), torch.tensor([0.25]), "v_prediction")
+    assert v.item() == pytest.approx(0.5 - 2 * math.sqrt(0.75))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_exact_action_looks_forward_to_x0(prediction_type):
+    generator = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 4, 5, 6, generator=generator), torch.randn(3, 4, 5, 6, generator=generator)
+    alpha_bar = torch.tensor([0.9, 0.5, 0.01])
+    x_t = dpg.expand_to(alpha_bar.sqrt(), x0) * x0 + dpg.expand_to((1 - alpha_bar).sqrt(), x0) * noise
+    action = dpg.denoising_target(x0, noise, alpha_bar, prediction_type)
+    torch.testing.assert_close(dpg.predict_x0(x_t, action, alpha_bar, prediction_type), x0, atol=1e-4, rtol=1e-4)
+
+
+def test_look_forward_loss_is_inverse_snr_weighted_epsilon_loss():
+    """DESIGN §1: ||x0_hat - x0||^2 = (1 - abar) / abar * ||eps_hat - eps||^2 exactly (epsilon-prediction)."""
+    generator = torch.Generator().manual_seed(1)
+    x0, noise, eps_hat = (torch.randn(4, 4, 8, 8, generator=generator, dtype=torch.float64) for _ in range(3))
+    alpha_bar = torch.tensor([0.99, 0.6, 0.1, 0.005], dtype=torch.float64)
+    x_t = dpg.expand_to(alpha_bar.sqrt(), x0) * x0 + dpg.expand_to((1 - alpha_bar).sqrt(), x0) * noise
+    x0_hat = dpg.predict_x0(x_t, eps_hat, alpha_bar, "epsilon")
+    lhs = (x0_hat - x0).square().flatten(1).sum(1)
+    rhs = dpg.inverse_snr(alpha_bar) * (eps_hat - noise).square().flatten(1).sum(1)
+    torch.testing.assert_close(lhs, rhs, rtol=1e-10, atol=1e-10)
+
+
+def test_discount_by_hand():
+    torch.testing.assert_close(dpg.discount(torch.tensor([0, 1, 3]), 0.5), torch.tensor([1.0, 0.5, 0.125]))
+    assert dpg.discount(torch.tensor([999]), 0.9986).item() == pytest.approx(0.9986**999, rel=1e-6)
+    assert dpg.discount(torch.tensor([999]), 1.0).item() == 1.0
+
+
+def test_per_sample_mse_by_hand():
+    prediction = torch.zeros(2, 1, 2, 2)
+    target = torch.stack([torch.ones(1, 2, 2), 2 * torch.ones(1, 2, 2)])
+    torch.testing.assert_close(dpg.per_sample_mse(prediction, target), torch.tensor([1.0, 4.0]))
+
+
+def test_actor_loss_by_hand():
+    # 0.5 * mean(1, 3) + 2 * mean(4) - 3 * mean(0.5**0 * 2, 0.5**1 * -2) = 1 + 8 - 1.5 = 7.5
+    terms = dpg.actor_loss(torch.tensor([1.0, 3.0]), torch.tensor([4.0]), torch.tensor([2.0, -2.0]),
+                           torch.tensor([0, 1]), instance_weight=0.5, prior_weight=2.0, critic_weight=3.0, gamma=0.5)
+    assert terms["loss"].item() == pytest.approx(7.5)
+    assert terms["policy_term"].item() == pytest.approx(-1.5)
+    assert terms["instance_loss"].item() == pytest.approx(2.0)
+    assert terms["prior_loss"].item() == pytest.approx(4.0)
+
+
+def test_actor_loss_without_prior_or_critic_is_the_denoising_loss():
+    terms = dpg.actor_loss(torch.tensor([1.0, 3.0]), None, None, torch.tensor([5, 7]),
+                           instance_weight=1.0, prior_weight=1.0, critic_weight=1.0, gamma=0.9)
+    assert terms["loss"].item() == pytest.approx(2.0)
+    assert "policy_term" not in terms and "prior_loss" not in terms
+
+
+def test_policy_gradient_flows_only_through_q():
+    q = torch.tensor([1.0, 2.0], requires_grad=True)
+    dpg.actor_loss(torch.tensor([0.0, 0.0]), None, q, torch.tensor([0, 2]), instance_weight=1.0,
+                   prior_weight=1.0, critic_weight=2.0, gamma=0.5)["loss"].backward()
+    # d/dq of -2 * mean(gamma^t * q) = -2 * gamma^t / 2
+    torch.testing.assert_close(q.grad, torch.tensor([-1.0, -0.25]))
+
+
+def test_critic_loss_by_hand_and_detaches_reward():
+    rewards = torch.tensor([0.0, 4.0], requires_grad=True)
+    q = torch.tensor([1.0, 2.0], requires_grad=True)
+    loss = dpg.critic_loss(q, rewards)
+    assert loss.item() == pytest.approx(2.5)
+    loss.backward()
+    assert rewards.grad is None
+    torch.testing.assert_close(q.grad, torch.tensor([1.0, -2.0]))
+
+
+def test_critic_features():
+    x_t, action, x0_hat, x0 = (torch.full((1, 4, 2, 2), float(v)) for v in (1, 2, 3, 5))
+    assert dpg.critic_features("state_action", x_t, action, x0_hat, x0).shape == (1, 8, 2, 2)
+    torch.testing.assert_close(dpg.critic_features("residual", x_t, action, x0_hat, x0), torch.full((1, 4, 2, 2), 4.0))
+    assert dpg.critic_input_channels("state_action", 4) == 8
+    assert dpg.critic_input_channels("residual", 4) == 4

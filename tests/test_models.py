@@ -1,0 +1,81 @@
+"""One contract every model loader passes, plus the real diffusers-folder path on a saved tiny model."""
+
+import json
+
+import pytest
+import torch
+
+from rewardbooth.config import ModelConfig
+from rewardbooth.errors import UserError
+from rewardbooth.models import StableDiffusionParts, load_model, loaders
+
+BUILT_IN = [name for name in loaders.names() if name != "diffusers"]
+
+
+def load_by_name(name, tiny_folder):
+    return load_model(ModelConfig(str(tiny_folder) if name == "diffusers" else name))
+
+
+@pytest.mark.parametrize("name", loaders.names())
+def test_loader_contract(name, tiny_folder):
+    # Built-ins are built on the meta device: the contract is about shapes and wiring, not weights,
+    # and sd15-random would otherwise allocate 4 GB.
+    with torch.device("meta") if name != "diffusers" else torch.device("cpu"):
+        parts = load_by_name(name, tiny_folder)
+    assert isinstance(parts, StableDiffusionParts)
+    assert parts.unet.config.in_channels == parts.vae.config.latent_channels
+    assert parts.unet.config.cross_attention_dim == parts.text_encoder.config.hidden_size
+    assert len(parts.tokenizer) <= parts.text_encoder.config.vocab_size
+    assert parts.tokenizer.model_max_length == parts.text_encoder.config.max_position_embeddings
+    assert parts.prediction_type in {"epsilon", "v_prediction", "sample"}
+    assert parts.noise_scheduler.config.num_train_timesteps == 1000
+
+
+def test_sd15_random_has_the_sd15_unet_size():
+    with torch.device("meta"):
+        parts = load_model(ModelConfig("sd15-random"))
+    num_parameters = sum(p.numel() for p in parts.unet.parameters())
+    assert 855e6 < num_parameters < 865e6  # SD-1.5's UNet has 859.5 M parameters
+    assert parts.vae_scale_factor == 8
+
+
+def test_tiny_is_deterministic():
+    a, b = load_model(ModelConfig("tiny")), load_model(ModelConfig("tiny"))
+    for (name, x), (_, y) in zip(a.unet.state_dict().items(), b.unet.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
+def test_tiny_generates_and_reloads_offline(tiny_folder):
+    parts = load_model(ModelConfig(str(tiny_folder)))
+    image = parts.pipeline()("a photo of sks dog", num_inference_steps=2, height=64, width=64,
+                             generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
+    original = load_model(ModelConfig("tiny"))
+    for (name, x), (_, y) in zip(original.unet.state_dict().items(), parts.unet.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
+def test_v_prediction_is_read_from_the_scheduler_config(tiny_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "v-model"
+    shutil.copytree(tiny_folder, folder)
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    scheduler_config = json.loads(config_file.read_text())
+    scheduler_config["prediction_type"] = "v_prediction"
+    config_file.write_text(json.dumps(scheduler_config))
+    parts = load_model(ModelConfig(str(folder)))
+    assert parts.prediction_type == "v_prediction"
+    assert parts.noise_scheduler.config.prediction_type == "v_prediction"
+
+
+@pytest.mark.parametrize("pretrained", ["/no/such/folder", "no-such-org/no-such-model"])
+def test_unreadable_models_are_one_line_errors(pretrained):
+    with pytest.raises(UserError, match="cannot load model") as error:
+        load_model(ModelConfig(pretrained))
+    assert "\n" not in str(error.value)
+
+
+def test_folder_without_model_index(tmp_path):
+    with pytest.raises(UserError, match="no model_index.json"):
+        load_model(ModelConfig(str(tmp_path)))
