@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from torch import nn
@@ -68,7 +69,10 @@ def make_accelerator(config: Config) -> Accelerator:
     if report_to == "auto":
         report_to = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
     output_dir = Path(config.train.output_dir)
-    return Accelerator(mixed_precision=config.train.mixed_precision,
+    # Launched as several processes (torchrun, `accelerate launch --multi_gpu`) on a machine without CUDA:
+    # accelerate uses gloo on CPU only when told `cpu=True`, otherwise every process trains alone.
+    cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return Accelerator(cpu=cpu_processes, mixed_precision=config.train.mixed_precision,
                        log_with=None if report_to == "none" else report_to,
                        project_config=ProjectConfiguration(project_dir=str(output_dir),
                                                            logging_dir=str(output_dir / "logs")))
@@ -93,6 +97,7 @@ def check_resolution(resolution: int, parts: StableDiffusionParts) -> None:
 def build_run(config: Config) -> RunSetup:
     check_values(config)
     accelerator = make_accelerator(config)
+    set_seed(config.train.seed)  # for user components that draw from the global generators
     instance_images = load_subject(config)
     parts = load_model(config.model)
     check_resolution(config.data.resolution, parts)
@@ -111,7 +116,9 @@ def build_run(config: Config) -> RunSetup:
         setup = RewardSetup(reference_images=instance_images, identifier=config.data.identifier, device=device)
         reward = make_reward(config.objective.reward, setup)
         in_channels = critic_input_channels(config.critic.input, parts.unet.config.in_channels)
-        critic = make_critic(in_channels, parts.text_encoder.config.hidden_size, config.critic).to(device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.train.seed)  # the critic's initial weights are part of the run's seed
+            critic = make_critic(in_channels, parts.text_encoder.config.hidden_size, config.critic).to(device)
         critic_optimizer = make_critic_optimizer(critic, config.critic)
 
     if config.train.gradient_checkpointing:

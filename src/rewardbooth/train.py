@@ -10,13 +10,13 @@ One optimizer step, read top to bottom (``compute_losses`` then ``train``):
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -29,7 +29,7 @@ from rewardbooth.rewards import Reward, RewardContext
 from rewardbooth.setup import RunSetup, build_run
 from rewardbooth.training_data import Batch
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)  # logs from the main process only
 
 
 @dataclass

@@ -1,0 +1,51 @@
+"""A run killed with SIGKILL and resumed ends bitwise where an uninterrupted run ends (CPU)."""
+
+import signal
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from helpers import assert_same_weights, run_cli, run_subprocess, tiny_args, weights
+
+RUN = ["train.max_steps=30", "train.checkpoint_every=5", "validation.every=0", "method.train_text_encoder=true",
+       "train.lr_scheduler=cosine", "train.lr_warmup_steps=3", "data.prior_preservation=true"]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bitwise_identical(subject_dir, tmp_path):
+    reference = tmp_path / "uninterrupted"
+    assert run_cli(tiny_args(subject_dir, reference, *RUN)) == 0
+
+    interrupted = tmp_path / "interrupted"
+    process = run_subprocess(tiny_args(subject_dir, interrupted, *RUN))
+    checkpoint = interrupted / "checkpoints" / "step_000010"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stdout.read()
+    assert not (interrupted / "model_index.json").exists(), "the run finished before it could be killed"
+
+    assert run_cli(tiny_args(subject_dir, interrupted, *RUN, "train.resume=latest")) == 0
+    for component in ("unet", "text_encoder"):
+        assert_same_weights(weights(reference, component), weights(interrupted, component))
+    assert_same_weights(load_file(reference / "critic.safetensors"), load_file(interrupted / "critic.safetensors"))
+    assert (reference / "metrics.jsonl").read_text() == (interrupted / "metrics.jsonl").read_text()
+
+
+def test_resume_refuses_a_changed_run(subject_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = tiny_args(subject_dir, out, "train.max_steps=2", "train.checkpoint_every=1", "validation.every=0")
+    assert run_cli(args) == 0
+    assert run_cli([*args, "train.resume=latest", "objective.gamma=0.5"]) == 2
+    assert "objective.gamma was 1.0" in capsys.readouterr().err
+
+
+def test_resume_with_a_longer_schedule_continues(subject_dir, tmp_path):
+    out = tmp_path / "run"
+    args = tiny_args(subject_dir, out, "train.checkpoint_every=2", "validation.every=0")
+    assert run_cli([*args, "train.max_steps=2"]) == 0
+    assert run_cli([*args, "train.max_steps=4", "train.resume=latest"]) == 0
+    assert (out / "checkpoints" / "step_000004").is_dir()

@@ -1,0 +1,50 @@
+"""Every random draw of a step comes from (seed, step, micro), for the global batch."""
+
+import torch
+
+from rewardbooth.config import ModelConfig
+from rewardbooth.models import load_model
+from rewardbooth.training_data import ImageSet, TrainingData, step_generator, tokenize, with_flips
+
+
+def make_data(cache=True, prior=True):
+    parts = load_model(ModelConfig("tiny"))
+    images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    instance = ImageSet(with_flips(images, True), "a sks dog", parts.vae, cache=cache)
+    prior_set = ImageSet(images.flip(1), "a dog", parts.vae, cache=cache) if prior else None
+    conditioning = {p: tokenize(parts.tokenizer, [p]) for p in ("a sks dog", "a dog")}
+    return TrainingData(parts.vae, 1000, instance, prior_set, conditioning, seed=7)
+
+
+def test_step_generators_are_distinct_and_reproducible():
+    draws = {(s, m): torch.rand(4, generator=step_generator(0, s, m)) for s in range(3) for m in range(2)}
+    assert len({tuple(v.tolist()) for v in draws.values()}) == 6
+    assert torch.equal(draws[(2, 1)], torch.rand(4, generator=step_generator(0, 2, 1)))
+
+
+def test_batch_layout():
+    batch = make_data().draw(step=0, micro=0, batch_size=2, process_index=0, num_processes=1)
+    assert batch.x0.shape == (4, 4, 16, 16) and batch.noise.shape == batch.x0.shape
+    assert batch.num_instance == 2 and batch.prompts == ["a sks dog"] * 2 + ["a dog"] * 2
+    assert batch.conditioning.shape == (4, 77) and batch.timesteps.dtype == torch.int64
+    assert 0 <= batch.timesteps.min() and batch.timesteps.max() < 1000
+
+
+def test_processes_split_the_global_batch_exactly():
+    data = make_data()
+    whole = data.draw(step=3, micro=1, batch_size=4, process_index=0, num_processes=1)
+    halves = [data.draw(step=3, micro=1, batch_size=2, process_index=k, num_processes=2) for k in range(2)]
+    # Instance rows of process k are rows 2k..2k+1 of the global instance batch; prior rows likewise.
+    for field in ("x0", "noise", "timesteps", "conditioning"):
+        full = getattr(whole, field)
+        expected = [torch.cat([full[2 * k:2 * k + 2], full[4 + 2 * k:4 + 2 * k + 2]]) for k in range(2)]
+        for k in range(2):
+            assert torch.equal(getattr(halves[k], field), expected[k]), field
+
+
+def test_uncached_latents_match_cached():
+    cached, live = make_data(cache=True), make_data(cache=False)
+    a = cached.draw(step=1, micro=0, batch_size=2, process_index=0, num_processes=1)
+    b = live.draw(step=1, micro=0, batch_size=2, process_index=0, num_processes=1)
+    torch.testing.assert_close(a.x0, b.x0, atol=1e-5, rtol=1e-5)
+    assert torch.equal(a.noise, b.noise)
