@@ -22,12 +22,12 @@ from torch import nn
 from rewardbooth import data as subject_data
 from rewardbooth.class_images import class_image_dir, generate_class_images
 from rewardbooth.config import Config, check_values, to_dict
-from rewardbooth.critic import make_critic, make_critic_optimizer
+from rewardbooth.critic import critics, make_critic, make_critic_optimizer
 from rewardbooth.dpg import critic_input_channels
 from rewardbooth.errors import UserError
-from rewardbooth.methods import Method, make_method
+from rewardbooth.methods import Method, make_method, methods
 from rewardbooth.models import StableDiffusionParts, load_model
-from rewardbooth.rewards import Reward, RewardSetup, make_reward
+from rewardbooth.rewards import Reward, RewardSetup, make_reward, rewards
 from rewardbooth.training_data import ImageSet, TrainingData, encode_text, tokenize, with_flips
 
 logger = logging.getLogger(__name__)
@@ -86,6 +86,14 @@ def load_subject(config: Config) -> torch.Tensor:
                         for _, image in images])
 
 
+def check_component_names(config: Config) -> None:
+    """Resolve every registry name (importing dotted paths) before any slow work, so typos fail at once."""
+    methods.get(config.method.name)
+    if config.objective.name == "dpg":
+        critics.get(config.critic.name)
+        rewards.get(config.objective.reward)
+
+
 def check_resolution(resolution: int, parts: StableDiffusionParts) -> None:
     factor = parts.vae_scale_factor * 2 ** (len(parts.unet.config.block_out_channels) - 1)
     if resolution % factor:
@@ -96,6 +104,7 @@ def check_resolution(resolution: int, parts: StableDiffusionParts) -> None:
 
 def build_run(config: Config) -> RunSetup:
     check_values(config)
+    check_component_names(config)
     accelerator = make_accelerator(config)
     set_seed(config.train.seed)  # for user components that draw from the global generators
     instance_images = load_subject(config)
