@@ -33,3 +33,14 @@ def tiny_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-model")
     load_model(ModelConfig("tiny")).pipeline().save_pretrained(folder)
     return folder
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -106,3 +106,16 @@ def test_corrupt_image_among_good_ones_is_skipped_with_a_warning(subject_dir, tm
     out = tmp_path / "out"
     assert run_cli(tiny_args(folder, out, "train.max_steps=1", "validation.every=0")) == 0
     assert "zz_corrupt.png" in caplog.text
+
+
+def test_8bit_adam_without_bitsandbytes(subject_dir, tmp_path, capsys):
+    pytest.importorskip("torch")
+    try:
+        import bitsandbytes  # noqa: F401
+        pytest.skip("bitsandbytes is installed")
+    except ImportError:
+        pass
+    out = tmp_path / "out"
+    fails_cleanly(tiny_args(subject_dir, out, "train.use_8bit_adam=true"), capsys, "bitsandbytes",
+                  "train.use_8bit_adam=false")
+    assert not out.exists()

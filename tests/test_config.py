@@ -46,6 +46,13 @@ def test_overrides_are_typed():
     assert config.train.resume is None and config.data.identifier == "zwx"
 
 
+def test_yaml_no_stays_a_word_for_choices(tmp_path):
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  mixed_precision: no\n")
+    assert load_config(path).train.mixed_precision == "no"
+
+
 def test_toml_files_load(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('[train]\nmax_steps = 3\n[data]\ninstance_dir = "x"\n')

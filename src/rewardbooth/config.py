@@ -224,6 +224,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
     if origin is Literal:
+        if isinstance(value, bool) and all(isinstance(a, str) for a in args):
+            value = "yes" if value else "no"  # YAML 1.1 reads a bare no/yes as a boolean
         if value not in args:
             raise UserError(f"bad value {value!r} for {key}: allowed values are {', '.join(map(repr, args))}")
         return value

@@ -115,4 +115,4 @@ def make_critic(in_channels: int, text_dim: int | None, config: CriticConfig) ->
 def make_critic_optimizer(critic: nn.Module, config: CriticConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(critic.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(critic.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(critic.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)

@@ -61,3 +61,42 @@ class MetricsLog:
             return
         kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
         self.path.write_text("".join(line + "\n" for line in kept))
+
+
+PLOTTED_METRICS = ("loss", "instance_loss", "prior_loss", "critic_loss", "reward", "q")
+
+
+def plot_metrics(metrics_file: Path, output: Path, panel_size: tuple[int, int] = (360, 200)) -> Path | None:
+    """One line chart per logged metric (PIL only, no plotting dependency); returns the PNG's path."""
+    from PIL import ImageDraw
+
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    names = [name for name in PLOTTED_METRICS if any(name in row for row in rows)]
+    if not names:
+        return None
+    width, height = panel_size
+    canvas = Image.new("RGB", (width * min(3, len(names)), height * math.ceil(len(names) / 3)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for index, name in enumerate(names):
+        points = [(row["step"], row[name]) for row in rows if name in row and math.isfinite(row[name])]
+        left, top = (index % 3) * width, (index // 3) * height
+        _draw_panel(draw, (left + 45, top + 22, left + width - 12, top + height - 24), name, points)
+    canvas.save(output)
+    return output
+
+
+def _draw_panel(draw, box: tuple[int, int, int, int], title: str, points: list[tuple[int, float]]) -> None:
+    x0, y0, x1, y1 = box
+    draw.rectangle(box, outline="gray")
+    draw.text((x0, y0 - 16), title, fill="black")
+    if not points:
+        return
+    steps, values = zip(*points)
+    low, high = min(values), max(values)
+    span_x, span_y = max(steps[-1] - steps[0], 1), (high - low) or 1.0
+    xy = [(x0 + (s - steps[0]) / span_x * (x1 - x0), y1 - (v - low) / span_y * (y1 - y0)) for s, v in points]
+    draw.line(xy, fill=(31, 119, 180), width=2) if len(xy) > 1 else draw.point(xy, fill=(31, 119, 180))
+    draw.text((2 + x0 - 45, y0), f"{high:.3g}", fill="black")
+    draw.text((2 + x0 - 45, y1 - 10), f"{low:.3g}", fill="black")
+    draw.text((x0, y1 + 4), f"step {steps[0]}", fill="black")
+    draw.text((x1 - 60, y1 + 4), f"step {steps[-1]}", fill="black")

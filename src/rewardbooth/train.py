@@ -10,13 +10,13 @@ One optimizer step, read top to bottom (``compute_losses`` then ``train``):
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.logging import get_logger
 from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -24,12 +24,12 @@ from tqdm.auto import tqdm
 from rewardbooth import dpg
 from rewardbooth.checkpoints import check_output_dir, load_checkpoint, prepare_output_dir, save_checkpoint
 from rewardbooth.config import Config, TrainConfig, save_config
-from rewardbooth.monitoring import MetricsLog, render_samples, validation_prompts
+from rewardbooth.monitoring import MetricsLog, plot_metrics, render_samples, validation_prompts
 from rewardbooth.rewards import Reward, RewardContext
 from rewardbooth.setup import RunSetup, build_run
 from rewardbooth.training_data import Batch
 
-logger = get_logger(__name__)  # logs from the main process only
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -114,10 +114,12 @@ def train(config: Config) -> Path:
     if resume_from is not None:
         start_step = load_checkpoint(accelerator, resume_from)
         metrics.truncate_after(start_step)
-        logger.info("resumed from %s at step %d", resume_from, start_step)
-    logger.info("effective batch %d (= %d per process x %d processes x %d accumulation), %d steps",
-                run.effective_batch_size, train_config.batch_size, accelerator.num_processes,
-                train_config.gradient_accumulation_steps, train_config.max_steps)
+        if accelerator.is_main_process:
+            logger.info("resumed from %s at step %d", resume_from, start_step)
+    if accelerator.is_main_process:
+        logger.info("effective batch %d (= %d per process x %d processes x %d accumulation), %d steps",
+                    run.effective_batch_size, train_config.batch_size, accelerator.num_processes,
+                    train_config.gradient_accumulation_steps, train_config.max_steps)
 
     policy = Policy(unet=run.unet, text_encoder=run.text_encoder, critic=run.critic,
                     critic_module=accelerator.unwrap_model(run.critic) if run.critic is not None else None)
@@ -146,6 +148,7 @@ def train(config: Config) -> Path:
         if config.validation.every:
             validate(run, config, train_config.max_steps, output_dir)
         save_result(run, output_dir)
+        plot_metrics(output_dir / "metrics.jsonl", output_dir / "metrics.png")
     accelerator.end_training()
     return output_dir
 
@@ -177,7 +180,8 @@ def apply_update(run: RunSetup, train_config: TrainConfig, skipped: bool, step: 
     """Clip and step both optimizers (unless the step was skipped), then advance the LR schedule."""
     logged = {"skipped": float(skipped)}
     if skipped:
-        logger.warning("step %d: non-finite loss, skipped this step (no weights changed)", step)
+        if run.accelerator.is_main_process:
+            logger.warning("step %d: non-finite loss, skipped this step (no weights changed)", step)
     else:
         if train_config.max_grad_norm > 0:
             logged["grad_norm"] = float(run.accelerator.clip_grad_norm_(run.policy_parameters,
