@@ -8,6 +8,8 @@ trainer detects and runs on CPU.
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 
@@ -32,13 +34,19 @@ def test_two_cpu_processes_match_one(subject_dir, tmp_path):
 
     double = tmp_path / "double"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "-m", "rewardbooth",
-         *tiny_args(subject_dir, double, *RUN, "train.batch_size=1")],
-        env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    command = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "rewardbooth", *tiny_args(subject_dir, double, *RUN, "train.batch_size=1")]
+    log = tmp_path / "launch.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            returncode = process.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            returncode = "timeout"
+    assert returncode == 0, f"{returncode}: {log.read_text()[-4000:]}"
     # Same samples, noise and timesteps, hence the same losses; the weights differ only by the all-reduce's
     # summation order, which Adam amplifies for near-zero gradients: compare the updates, not the weights.
     for single_row, double_row in zip(read_metrics(single), read_metrics(double)):
@@ -58,3 +66,9 @@ def test_two_cpu_processes_match_one(subject_dir, tmp_path):
 
 def read_metrics(folder):
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -24,7 +24,7 @@ import torch
 from rewardbooth.config import Config, load_config
 from rewardbooth.data import make_example_subject
 from rewardbooth.setup import RunSetup, build_run
-from rewardbooth.train import Policy, accumulate_gradients, apply_update
+from rewardbooth.train import Policy, accumulate_gradients, all_finite, apply_update
 
 VARIANTS = {"baseline": ["objective.name=baseline"], "dpg-look-forward": ["objective.name=dpg"]}
 TARGET_RATIO = 1.03
@@ -52,8 +52,8 @@ def make_step(run: RunSetup, config: Config):
     alphas_cumprod = run.noise_scheduler.alphas_cumprod.to(run.accelerator.device, torch.float32)
 
     def step(index: int) -> None:
-        logged, skipped = accumulate_gradients(run, policy, config, index, alphas_cumprod)
-        apply_update(run, config.train, skipped, index)
+        terms = accumulate_gradients(run, policy, config, index, alphas_cumprod)
+        apply_update(run, config.train, not all_finite(run.accelerator, terms), index)
 
     return step
 

@@ -91,10 +91,18 @@ def compute_losses(policy: Policy, batch: Batch, alphas_cumprod: torch.Tensor, p
 
 
 def all_finite(accelerator: Accelerator, terms: dict[str, torch.Tensor]) -> bool:
-    """True on every process iff the losses are finite on every process (so all of them skip together)."""
-    losses = [terms["loss"]] + ([terms["critic_loss"]] if "critic_loss" in terms else [])
-    finite = torch.tensor([float(all(bool(torch.isfinite(v).all()) for v in losses))], device=accelerator.device)
+    """True iff the losses are finite on every process, so that all of them skip a bad step together."""
+    losses = torch.stack([terms[k].float() for k in ("loss", "critic_loss") if k in terms])
+    finite = torch.isfinite(losses).all().float().reshape(1)
     return bool(accelerator.gather(finite).min() > 0)
+
+
+def mean_over_processes(accelerator: Accelerator, logged: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """Every logged value averaged over processes, in one collective."""
+    keys = sorted(logged)
+    stacked = torch.stack([torch.as_tensor(logged[k], dtype=torch.float32, device=accelerator.device).reshape(())
+                           for k in keys])
+    return dict(zip(keys, accelerator.reduce(stacked, "mean").tolist()))
 
 
 def train(config: Config) -> Path:
@@ -129,12 +137,12 @@ def train(config: Config) -> Path:
     for step in range(start_step, train_config.max_steps):
         if _due(step, config.validation.every) and accelerator.is_main_process:
             validate(run, config, step, output_dir)
-        logged, skipped = accumulate_gradients(run, policy, config, step, alphas_cumprod)
-        logged.update(apply_update(run, train_config, skipped, step))
+        terms = accumulate_gradients(run, policy, config, step, alphas_cumprod)
+        skipped = not all_finite(accelerator, terms)
+        logged = {**terms, **apply_update(run, train_config, skipped, step)}
         done = step + 1
         if done % train_config.log_every == 0 or done == train_config.max_steps:
-            values = {k: float(accelerator.reduce(torch.tensor(v, device=accelerator.device), "mean"))
-                      for k, v in sorted(logged.items())}
+            values = mean_over_processes(accelerator, logged)
             accelerator.log(values, step=done)
             metrics.write(done, values)
             progress.set_postfix({k: f"{values[k]:.4g}" for k in ("loss", "critic_loss", "reward") if k in values})
@@ -154,38 +162,40 @@ def train(config: Config) -> Path:
 
 
 def accumulate_gradients(run: RunSetup, policy: Policy, config: Config, step: int,
-                         alphas_cumprod: torch.Tensor) -> tuple[dict[str, float], bool]:
+                         alphas_cumprod: torch.Tensor) -> dict[str, torch.Tensor]:
     """Backpropagate every micro-step of one optimizer step; DDP all-reduces only on the last one.
 
-    Returns the mean of each logged term and whether a non-finite loss made the step be skipped.
+    Returns the mean of each loss term over the micro-steps (detached, still on the device: no sync here).
     """
     accelerator, accumulation = run.accelerator, config.train.gradient_accumulation_steps
-    logged: dict[str, float] = {}
+    totals: dict[str, torch.Tensor] = {}
     for micro in range(accumulation):
         batch = run.data.draw(step, micro, config.train.batch_size, accelerator.process_index,
                               accelerator.num_processes).to(accelerator.device)
         with no_sync(accelerator, run.trained_models, enabled=micro < accumulation - 1):
             terms = compute_losses(policy, batch, alphas_cumprod, run.prediction_type, config, run.reward)
-            if not all_finite(accelerator, terms):
-                return logged, True
             accelerator.backward(terms["loss"] / accumulation)
             if "critic_loss" in terms:
                 (terms["critic_loss"] / accumulation).backward()  # fp32 critic: no loss scaling needed
         for key, value in terms.items():
-            logged[key] = logged.get(key, 0.0) + value.item() / accumulation
-    return logged, False
+            totals[key] = totals.get(key, 0) + value.detach().float() / accumulation
+    return totals
 
 
-def apply_update(run: RunSetup, train_config: TrainConfig, skipped: bool, step: int) -> dict[str, float]:
-    """Clip and step both optimizers (unless the step was skipped), then advance the LR schedule."""
+def apply_update(run: RunSetup, train_config: TrainConfig, skipped: bool, step: int) -> dict:
+    """Clip and step both optimizers, then advance the LR schedule.
+
+    A skipped step (non-finite loss: its gradients are non-finite too, identically on every process after
+    the all-reduce) only discards the gradients.
+    """
     logged = {"skipped": float(skipped)}
     if skipped:
         if run.accelerator.is_main_process:
             logger.warning("step %d: non-finite loss, skipped this step (no weights changed)", step)
     else:
         if train_config.max_grad_norm > 0:
-            logged["grad_norm"] = float(run.accelerator.clip_grad_norm_(run.policy_parameters,
-                                                                        train_config.max_grad_norm))
+            logged["grad_norm"] = run.accelerator.clip_grad_norm_(run.policy_parameters,
+                                                                  train_config.max_grad_norm)
         run.optimizer.step()
         if run.critic_optimizer is not None:
             run.critic_optimizer.step()
