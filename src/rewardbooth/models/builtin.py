@@ -18,7 +18,7 @@ SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                    clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible byte -> printable-character table (Radford et al. 2019)."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     characters = printable[:]
@@ -33,7 +33,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def make_character_tokenizer() -> CLIPTokenizer:
     """A CLIPTokenizer with no merges: every byte is a token (514 ids). Real class, real save/load."""
-    symbols = list(_bytes_to_unicode().values())
+    symbols = list(bytes_to_unicode().values())
     vocab = {symbol: index for index, symbol in enumerate(symbols + [s + "</w>" for s in symbols])}
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
