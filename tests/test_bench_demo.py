@@ -22,12 +22,42 @@ def test_bench_reports_ratios(tmp_path, capsys):
 
 
 def test_demo_end_to_end(tmp_path, capsys):
+    """The README's main job on a reduced setting: both methods trained, generated, scored, reported."""
     output = tmp_path / "demo"
-    assert run_cli(["demo", "--output", str(output), "--steps", "2"]) == 0
-    assert len(list((output / "subject").glob("*.png"))) == 4
-    assert Image.open(output / "generated" / "grid.png").size == (128, 128)  # 2 prompts x 2 images of 64 px
-    assert Image.open(output / "model" / "metrics.png").size[0] > 0
-    assert (output / "model" / "model_index.json").is_file()
-    assert run_cli(["demo", "--output", str(output), "--steps", "2"]) == 2
+    argv = ["demo", "--output", str(output), "--steps", "2", "--images-per-prompt", "1", "--num-prompts", "2"]
+    assert run_cli(argv) == 0
+    results = json.loads((output / "results.json").read_text())["results"]
+    assert set(results) == {"baseline", "dpg-look-forward"}
+    for row in results.values():
+        assert -1 <= row["fidelity"] <= 1 and 0 <= row["alignment"] <= 1
+    assert "fidelity" in capsys.readouterr().out
+    page = (output / "report.html").read_text()
+    for figure in ("references.png", "scores.png", "baseline-generated.png", "dpg-look-forward-generated.png"):
+        assert figure in page and Image.open(output / figure).size[0] > 0
+    assert (output / "dpg-look-forward" / "model" / "critic.safetensors").is_file()
+    assert run_cli(argv) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert run_cli(["demo", "--output", str(output), "--steps", "2", "--overwrite"]) == 0
+
+
+def test_toyworld_benchmark_resumes_and_summarizes(tmp_path):
+    from rewardbooth.toyworld.benchmark import run_toyworld_benchmark
+    from rewardbooth.toyworld.experiment import Setting
+
+    setting = Setting(steps=1, images_per_prompt=1, num_prompts=2, num_class_images=2)
+    objectives = ("baseline", "dpg-toy-identity")
+    report = run_toyworld_benchmark(tmp_path, num_subjects=2, seeds=(0,), objectives=objectives, setting=setting)
+    summary = report["summary"]
+    assert set(summary) == set(objectives) and "fidelity_delta" in summary["dpg-toy-identity"]
+    first = sorted(tmp_path.glob("runs/*/*/scores.json"))
+    assert len(first) == 4
+    stamps = [path.stat().st_mtime_ns for path in first]
+    run_toyworld_benchmark(tmp_path, num_subjects=2, seeds=(0,), objectives=objectives, setting=setting)
+    assert [path.stat().st_mtime_ns for path in first] == stamps  # finished runs are not redone
+    assert "| dpg-toy-identity |" in (tmp_path / "results.md").read_text()
+
+
+def test_bootstrap_interval_brackets_the_mean():
+    from rewardbooth.toyworld.benchmark import bootstrap_interval
+
+    low, high = bootstrap_interval([0.1, 0.2, 0.3, 0.4])
+    assert 0.1 <= low < 0.25 < high <= 0.4

@@ -24,7 +24,7 @@ import torch
 from rewardbooth.config import Config, load_config
 from rewardbooth.data import make_example_subject
 from rewardbooth.setup import RunSetup, build_run
-from rewardbooth.train import Policy, accumulate_gradients, all_finite, apply_update
+from rewardbooth.train import accumulate_gradients, all_finite, apply_update, make_policy
 
 VARIANTS = {"baseline": ["objective.name=baseline"], "dpg-look-forward": ["objective.name=dpg"]}
 TARGET_RATIO = 1.03
@@ -47,8 +47,7 @@ def make_step(run: RunSetup, config: Config):
     """One full optimizer step of the given variant on an already built run."""
     if config.objective.name == "baseline":
         run = dataclasses.replace(run, critic=None, critic_optimizer=None, reward=None)
-    policy = Policy(unet=run.unet, text_encoder=run.text_encoder, critic=run.critic,
-                    critic_module=run.accelerator.unwrap_model(run.critic) if run.critic is not None else None)
+    policy = make_policy(run)
     alphas_cumprod = run.noise_scheduler.alphas_cumprod.to(run.accelerator.device, torch.float32)
 
     def step(index: int) -> None:

@@ -58,13 +58,24 @@ def _add_bench(commands) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
                         help="default: fp16 on CUDA, no on CPU")
-    parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON here "
+                                                                  "(with --toyworld: the benchmark folder)")
+    parser.add_argument("--toyworld", action="store_true",
+                        help="instead: the toy-world quality benchmark (subjects x seeds x objectives)")
+    parser.add_argument("--subjects", type=int, default=8, help="--toyworld: number of reported subjects")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="--toyworld: seeds")
+    parser.add_argument("--train-steps", type=int, default=300, help="--toyworld: training steps per run")
 
 
 def _add_demo(commands) -> None:
-    parser = commands.add_parser("demo", help="end-to-end demo on the built-in tiny model (no download)")
+    parser = commands.add_parser("demo", help="baseline vs DPG on a toy subject with the shipped toy model "
+                                              "(no download, a few minutes on a laptop)")
     parser.add_argument("--output", type=Path, default=Path("rewardbooth-demo"), help="demo folder")
-    parser.add_argument("--steps", type=int, default=30, help="training steps")
+    parser.add_argument("--subject", type=int, default=0, help="toy subject index")
+    parser.add_argument("--steps", type=int, default=300, help="training steps per method")
+    parser.add_argument("--images-per-prompt", type=int, default=2)
+    parser.add_argument("--num-prompts", type=int, default=25, help="first N prompts of the subject's set")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
 
 
@@ -95,6 +106,15 @@ def run(args: argparse.Namespace) -> None:
                          resolution=args.resolution, overwrite=args.overwrite)
         print(f"wrote {len(paths)} images and {args.output / 'grid.png'}")
     elif args.command == "bench":
+        if args.toyworld:
+            from rewardbooth.toyworld.benchmark import run_toyworld_benchmark
+            from rewardbooth.toyworld.experiment import Setting
+
+            output = args.output or Path("benchmarks/toyworld")
+            report = run_toyworld_benchmark(output, num_subjects=args.subjects, seeds=tuple(args.seeds),
+                                            setting=Setting(steps=args.train_steps))
+            print((output / "results.md").read_text())
+            return report
         from rewardbooth.bench import run_bench
 
         run_bench(model=args.model, resolution=args.resolution, batch_size=args.batch_size, steps=args.steps,
@@ -102,7 +122,9 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "demo":
         from rewardbooth.demo import run_demo
 
-        run_demo(args.output, steps=args.steps, overwrite=args.overwrite)
+        run_demo(args.output, subject_index=args.subject, steps=args.steps,
+                 images_per_prompt=args.images_per_prompt, num_prompts=args.num_prompts, overwrite=args.overwrite,
+                 seed=args.seed)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,49 +1,86 @@
-"""`rewardbooth demo`: the whole path on a laptop with nothing downloaded — photos, training, sampling.
+"""`rewardbooth demo`: the method measured on a laptop, with nothing downloaded.
 
-It runs on the built-in `tiny` model, whose weights are random: the images it draws are noise, and the demo
-shows the machinery (data checks, DPG training with its critic, checkpoints, validation grids, metric plots,
-generation) working end to end in well under a minute. A pretrained toy-world model replaces it later.
+It personalizes the shipped toy-world base model to one toy subject twice — plain DreamBooth (`baseline`)
+and DPG with the look-forward reward (`default` preset) — with the same steps and seed, generates the
+subject's 25-prompt set with each, scores both with the toy judge (subject fidelity, the DINO analogue;
+text alignment, the CLIP-T analogue), prints a table and writes `report.html` with the reference images,
+sample grids and a bar plot.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
-import time
 from pathlib import Path
 
-from rewardbooth.config import load_config
-from rewardbooth.data import make_example_subject
+from PIL import Image
+
 from rewardbooth.errors import UserError
-from rewardbooth.generate import generate
-from rewardbooth.train import train
+from rewardbooth.monitoring import make_grid
 
-PROMPTS = ["a photo of sks dog", "a photo of sks dog on the beach"]
+DEMO_OBJECTIVES = ("baseline", "dpg-look-forward")
 
 
-def run_demo(output: Path, steps: int = 30, overwrite: bool = False) -> Path:
+def run_demo(output: Path, subject_index: int = 0, steps: int = 300, images_per_prompt: int = 2,
+             num_prompts: int = 25, overwrite: bool = False, seed: int = 0) -> dict[str, dict[str, float]]:
+    from rewardbooth.toyworld import subjects
+    from rewardbooth.toyworld.assets import JUDGE_DIR, require
+    from rewardbooth.toyworld.experiment import Setting, personalize_and_score
+    from rewardbooth.toyworld.judge import load_judge
+
+    _prepare_folder(output, overwrite)
+    judge = load_judge(require(JUDGE_DIR, "judge.json", "rewardbooth.toyworld.judge"))
+    subject = subjects.make_subject(subject_index)
+    setting = Setting(steps=steps, images_per_prompt=images_per_prompt, num_prompts=num_prompts)
+    results = {objective: personalize_and_score(subject, objective, seed, output / objective,
+                                                output / "class_images", judge, setting)
+               for objective in DEMO_OBJECTIVES}
+    references = [Image.open(p).convert("RGB") for p in sorted((output / DEMO_OBJECTIVES[0] / "subject").glob("*.png"))]
+    _write_outputs(output, subject, references, results, setting)
+    print(format_table(results))
+    print(f"\nreport: {output / 'report.html'}")
+    return results
+
+
+def _prepare_folder(output: Path, overwrite: bool) -> None:
     if output.exists() and any(output.iterdir()):
         if not overwrite:
             raise UserError(f"demo folder {str(output)!r} is not empty; pass --overwrite or choose another --output")
-        if not (output / "model" / "config.yaml").is_file():
+        if not (output / "results.json").is_file() and not (output / "subject").is_dir():
             raise UserError(f"refusing to overwrite {str(output)!r}: it is not a RewardBooth demo folder")
         shutil.rmtree(output)
-    started = time.perf_counter()
-    subject = output / "subject"
-    make_example_subject(subject, num_images=4, size=64, seed=0)
-    config = load_config("default", [
-        "model.pretrained=tiny", f"data.instance_dir={subject}", "data.resolution=64", "data.num_class_images=4",
-        "data.class_generation_steps=4", f"data.class_dir={output / 'class_images'}", f"train.max_steps={steps}",
-        "train.lr=1e-4", f"train.output_dir={output / 'model'}", f"train.checkpoint_every={max(1, steps // 2)}",
-        f"validation.every={max(1, steps // 2)}", "validation.num_inference_steps=10", "validation.num_images=2",
-        f"validation.prompts={PROMPTS}",
-    ])
-    model = train(config)
-    generate(str(model), PROMPTS, output / "generated", num_images=2, seed=0, num_inference_steps=10,
-             resolution=64)
-    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; look at:")
-    for path, what in [(subject, "the subject's example photos"), (model / "samples", "validation grids"),
-                       (model / "metrics.png", "losses, critic loss and reward over training"),
-                       (output / "generated" / "grid.png", "images from the trained model"),
-                       (model, "the trained pipeline (StableDiffusionPipeline.from_pretrained) and critic")]:
-        print(f"  {path}  {what}")
-    return output
+    output.mkdir(parents=True, exist_ok=True)
+
+
+def _write_outputs(output: Path, subject, references: list[Image.Image], results: dict, setting) -> None:
+    from rewardbooth.toyworld.scoring import bar_plot, write_report
+
+    steps, images_per_prompt, num_prompts = setting.steps, setting.images_per_prompt, setting.num_prompts
+
+    def upscale(image: Image.Image) -> Image.Image:
+        return image.resize((image.width * 4, image.height * 4), Image.NEAREST)
+
+    make_grid([upscale(image) for image in references], columns=len(references)).save(output / "references.png")
+    figures = {"reference photos of the subject": "references.png"}
+    bar_plot(results, ("fidelity", "alignment"), output / "scores.png")
+    figures["judge scores (higher is better)"] = "scores.png"
+    for method in results:
+        grid = Image.open(output / method / "generated" / "grid.png")
+        upscale(grid).save(output / f"{method}-generated.png")
+        figures[f"{method}: {num_prompts} prompts x {images_per_prompt} images (rows = prompts)"] = \
+            f"{method}-generated.png"
+    (output / "results.json").write_text(json.dumps({"subject": subject.index, "steps": steps,
+                                                     "images_per_prompt": images_per_prompt, "results": results},
+                                                    indent=2))
+    write_report(output, f"RewardBooth demo: toy subject {subject.index} ({subject.object_class})", results,
+                 figures, [f"{steps} training steps per method, same seed; {num_prompts} prompts x "
+                           f"{images_per_prompt} images; fidelity = judge identity cosine to the references, "
+                           f"alignment = judge caption agreement with the prompt (identifier removed)."])
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    lines = [f"{'method':<20}{'fidelity':>10}{'alignment':>11}{'train s':>9}{'generate s':>12}"]
+    for method, row in results.items():
+        lines.append(f"{method:<20}{row['fidelity']:>10.3f}{row['alignment']:>11.3f}{row['train_s']:>9.1f}"
+                     f"{row['generate_s']:>12.1f}")
+    return "\n".join(lines)

@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from rewardbooth.config import Config, TrainConfig, save_config
 from rewardbooth.monitoring import MetricsLog, plot_metrics, render_samples, validation_prompts
 from rewardbooth.rewards import Reward, RewardContext
 from rewardbooth.setup import RunSetup, build_run
-from rewardbooth.training_data import Batch
+from rewardbooth.training_data import Batch, decode_latents
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class Policy:
     text_encoder: nn.Module | None  # set only when the text encoder trains (batches then carry token ids)
     critic: nn.Module | None
     critic_module: nn.Module | None  # the same critic unwrapped, evaluated with frozen weights for the actor
+    vae: nn.Module  # frozen; decodes x0_hat for rewards that score images
 
 
 @contextlib.contextmanager
@@ -75,7 +77,8 @@ def compute_losses(policy: Policy, batch: Batch, alphas_cumprod: torch.Tensor, p
     x_t, action, x0, timesteps = x_t[:n], action[:n], batch.x0[:n], batch.timesteps[:n]
     x0_hat = dpg.predict_x0(x_t, action, alpha_bar[:n], prediction_type)
     with torch.no_grad():
-        rewards = reward_fn(x0_hat.detach().float(), RewardContext(x0=x0.float(), prompts=batch.prompts[:n]))
+        context = RewardContext(x0=x0.float(), prompts=batch.prompts[:n], decode=partial(decode_latents, policy.vae))
+        rewards = reward_fn(x0_hat.detach().float(), context)
     # 5. Actor: climb Q through dQ/da with the critic's weights frozen (deterministic policy gradient).
     features = dpg.critic_features(config.critic.input, x_t, action, x0_hat, x0)
     critic_text = text[:n].detach()
@@ -129,8 +132,7 @@ def train(config: Config) -> Path:
                     run.effective_batch_size, train_config.batch_size, accelerator.num_processes,
                     train_config.gradient_accumulation_steps, train_config.max_steps)
 
-    policy = Policy(unet=run.unet, text_encoder=run.text_encoder, critic=run.critic,
-                    critic_module=accelerator.unwrap_model(run.critic) if run.critic is not None else None)
+    policy = make_policy(run)
     alphas_cumprod = run.noise_scheduler.alphas_cumprod.to(accelerator.device, torch.float32)
     progress = tqdm(total=train_config.max_steps, initial=start_step, desc="train",
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)
@@ -205,6 +207,12 @@ def apply_update(run: RunSetup, train_config: TrainConfig, skipped: bool, step: 
     run.lr_scheduler.step()
     logged["lr"] = run.lr_scheduler.get_last_lr()[0]
     return logged
+
+
+def make_policy(run: RunSetup) -> Policy:
+    critic_module = run.accelerator.unwrap_model(run.critic) if run.critic is not None else None
+    return Policy(unet=run.unet, text_encoder=run.text_encoder, critic=run.critic, critic_module=critic_module,
+                  vae=run.parts.vae)
 
 
 def _due(step: int, every: int) -> bool:

@@ -49,6 +49,17 @@ def encode_posteriors(vae: AutoencoderKL, images: torch.Tensor, chunk: int = 8) 
     return torch.cat(means), torch.cat(stds)
 
 
+@torch.no_grad()
+def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+    """The inverse of the training-latent scaling, then the VAE decoder.
+
+    Shape: (B, C, h, w) in the UNet's latent space -> (B, 3, h*f, w*f) float32 in [0, 1]
+    """
+    shift = vae.config.get("shift_factor") or 0.0
+    raw = latents / vae.config.scaling_factor + shift
+    return ((vae.decode(raw.to(vae.dtype)).sample.float() + 1) / 2).clamp(0, 1)
+
+
 def with_flips(images: torch.Tensor, random_flip: bool) -> torch.Tensor:
     """Every image, then every image mirrored: a uniform index into this set is a random flip."""
     return torch.cat([images, images.flip(-1)]) if random_flip else images

@@ -6,6 +6,8 @@ gives real-scale step costs on a machine with no access to the weights.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -82,3 +84,13 @@ def load_sd15_random(config: ModelConfig) -> StableDiffusionParts:
     text = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                 projection_dim=768, hidden_act="quick_gelu")
     return _build(unet, vae, text, source="sd15-random")
+
+
+@loaders.register("toy")
+def load_toy(config: ModelConfig) -> StableDiffusionParts:
+    """The toy world's pretrained base model (32 px, 2.7 M UNet), shipped with the package."""
+    from rewardbooth.models.loaders import load_diffusers
+    from rewardbooth.toyworld.assets import BASE_MODEL_DIR, require
+
+    folder = require(BASE_MODEL_DIR, "model_index.json", "rewardbooth.toyworld.pretrain")
+    return load_diffusers(dataclasses.replace(config, pretrained=str(folder)))

@@ -6,7 +6,7 @@ Contract (tests/test_reward_contract.py runs it over every entry): a factory
 gradients flow from the scores to x0_hat. The factory can also be given as ``package.module:factory``.
 """
 
-from rewardbooth.rewards import look_forward  # noqa: F401  (registers)
+from rewardbooth.rewards import look_forward, toy  # noqa: F401  (registers)
 from rewardbooth.rewards.base import Reward, RewardContext, RewardSetup, make_reward, rewards
 
 __all__ = ["Reward", "RewardContext", "RewardSetup", "make_reward", "rewards"]

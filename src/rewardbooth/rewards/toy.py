@@ -1,0 +1,43 @@
+"""`toy_identity`: the toy world's DINO analogue as a reward — the judge's identity similarity of decode(x0_hat)
+to the subject's reference photos. Not differentiable: it trains the critic, and the policy climbs the critic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rewardbooth.rewards.base import RewardContext, RewardSetup, rewards
+
+
+class ToyIdentityReward:
+    differentiable = False
+
+    def __init__(self, setup: RewardSetup, judge_dir: str | None = None):
+        from rewardbooth.toyworld.assets import JUDGE_DIR, require
+        from rewardbooth.toyworld.judge import load_judge
+        from rewardbooth.toyworld.world import RESOLUTION
+
+        folder = Path(judge_dir) if judge_dir else require(JUDGE_DIR, "judge.json", "rewardbooth.toyworld.judge")
+        self.judge = load_judge(folder).to(setup.device).requires_grad_(False)
+        self.resolution = RESOLUTION
+        with torch.no_grad():
+            embedding, _ = self.judge(self._resize(setup.reference_images.to(setup.device)))
+        self.reference = F.normalize(embedding.mean(dim=0), dim=0)  # (D,) centroid of the references
+
+    def _resize(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-1] == self.resolution:
+            return images
+        return F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear", antialias=True)
+
+    @torch.no_grad()
+    def __call__(self, x0_hat: torch.Tensor, context: RewardContext) -> torch.Tensor:
+        embedding, _ = self.judge(self._resize(context.decode(x0_hat)))
+        return (embedding @ self.reference).float()  # (B,) cosine similarity in [-1, 1]
+
+
+@rewards.register("toy_identity")
+def make_toy_identity(setup: RewardSetup, judge_dir: str | None = None) -> ToyIdentityReward:
+    return ToyIdentityReward(setup, judge_dir)

@@ -1,0 +1,16 @@
+"""Where the toy world's shipped weights live (written by the pretrain and judge scripts)."""
+
+from pathlib import Path
+
+from rewardbooth.errors import UserError
+
+ASSETS = Path(__file__).parent / "assets"
+BASE_MODEL_DIR = ASSETS / "base"
+JUDGE_DIR = ASSETS / "judge"
+
+
+def require(folder: Path, marker: str, script: str) -> Path:
+    if not (folder / marker).is_file():
+        raise UserError(f"the toy world's weights are missing from {folder}; rebuild them with "
+                        f"'python -m {script} --output {folder}'")
+    return folder

@@ -1,0 +1,96 @@
+"""One contract every registered reward passes: registering a reward enrolls it here."""
+
+import functools
+
+import pytest
+import torch
+
+from rewardbooth.config import ModelConfig
+from rewardbooth.models import load_model
+from rewardbooth.rewards import RewardContext, RewardSetup, make_reward, rewards
+from rewardbooth.training_data import decode_latents
+
+
+@pytest.fixture(scope="module")
+def judge_dir(tmp_path_factory):
+    """A randomly initialised judge saved the real way: the contract is about plumbing, not accuracy."""
+    from rewardbooth.toyworld.judge import Judge, save_judge
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("judge")
+    save_judge(Judge(num_train_subjects=4), folder, report={})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def vae():
+    return load_model(ModelConfig("tiny")).vae
+
+
+OPTIONS = {"toy_identity": lambda judge_dir: {"judge_dir": str(judge_dir)}}
+
+
+@pytest.fixture(params=rewards.names())
+def reward(request, judge_dir):
+    setup = RewardSetup(reference_images=torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1)),
+                        identifier="sks", device=torch.device("cpu"))
+    options = OPTIONS.get(request.param, lambda _: {})(judge_dir)
+    return make_reward(request.param, setup, **options)
+
+
+def context_for(x0, vae, prompts=None):
+    return RewardContext(x0=x0, prompts=prompts or ["a photo of sks dog"] * len(x0),
+                         decode=functools.partial(decode_latents, vae))
+
+
+def batch(size=6):
+    generator = torch.Generator().manual_seed(2)
+    return torch.randn(size, 4, 16, 16, generator=generator), torch.randn(size, 4, 16, 16, generator=generator)
+
+
+def test_one_finite_float32_score_per_sample(reward, vae):
+    x0_hat, x0 = batch()
+    scores = reward(x0_hat, context_for(x0, vae))
+    assert scores.shape == (6,) and scores.dtype == torch.float32 and torch.isfinite(scores).all()
+
+
+def test_deterministic_and_batch_split_invariant(reward, vae):
+    x0_hat, x0 = batch()
+    whole = reward(x0_hat, context_for(x0, vae))
+    assert torch.equal(whole, reward(x0_hat, context_for(x0, vae)))
+    halves = torch.cat([reward(x0_hat[:2], context_for(x0[:2], vae)), reward(x0_hat[2:], context_for(x0[2:], vae))])
+    torch.testing.assert_close(whole, halves, atol=1e-5, rtol=1e-5)
+
+
+def test_differentiability_flag_is_honest(reward, vae):
+    x0_hat, x0 = batch()
+    x0_hat.requires_grad_(True)
+    scores = reward(x0_hat, context_for(x0, vae))
+    if reward.differentiable:
+        scores.sum().backward()
+        assert x0_hat.grad is not None and x0_hat.grad.abs().sum() > 0
+    else:
+        assert not scores.requires_grad
+
+
+def test_better_samples_score_higher(vae):
+    """The look-forward reward prefers x0_hat closer to x0."""
+    reward = make_reward("look_forward", RewardSetup(torch.rand(1, 3, 8, 8), "sks", torch.device("cpu")))
+    x0_hat, x0 = batch(2)
+    close = reward(x0 + 0.1 * x0_hat, context_for(x0, vae))
+    far = reward(x0 + 1.0 * x0_hat, context_for(x0, vae))
+    assert (close > far).all()
+
+
+def test_toy_identity_prefers_the_references(judge_dir, vae):
+    """With the references themselves as images, the score is the references' own mean similarity (highest)."""
+    from rewardbooth.toyworld.judge import load_judge
+
+    judge = load_judge(judge_dir)
+    references = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    reward = make_reward("toy_identity", RewardSetup(references, "sks", torch.device("cpu")), judge_dir=str(judge_dir))
+    context = RewardContext(x0=torch.zeros(3, 4, 16, 16), prompts=["a sks ball"] * 3, decode=lambda _: references)
+    scores = reward(torch.zeros(3, 4, 16, 16), context)
+    embedding, _ = judge(references)
+    expected = embedding @ torch.nn.functional.normalize(embedding.mean(0), dim=0)
+    torch.testing.assert_close(scores, expected)
