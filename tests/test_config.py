@@ -17,9 +17,9 @@ def test_presets_exist():
 
 @pytest.mark.parametrize("path", PRESET_FILES, ids=lambda p: p.stem)
 def test_every_preset_file_loads_and_passes_checks(path):
-    config = load_config(path, ["data.instance_dir=photos"])
+    config = load_config(path, ["data.instance_dir=photos", "model.pretrained=tiny"])
     check_values(config)
-    assert load_config(path.stem, ["data.instance_dir=photos"]) == config
+    assert load_config(path.stem, ["data.instance_dir=photos", "model.pretrained=tiny"]) == config
 
 
 def test_paper_preset_is_the_released_recipe():
@@ -85,12 +85,14 @@ def test_unknown_key_lists_known_keys():
                                           ("train.batch_size=-1", "train.batch_size")])
 def test_range_checks_name_the_key(override, key):
     with pytest.raises(UserError, match=key):
-        check_values(load_config(None, [override, "data.instance_dir=x"]))
+        check_values(load_config(None, [override, "data.instance_dir=x", "model.pretrained=tiny"]))
 
 
-def test_missing_instance_dir_is_explained():
-    with pytest.raises(UserError, match="data.instance_dir"):
+def test_missing_model_and_instance_dir_are_explained():
+    with pytest.raises(UserError, match="model.pretrained is not set"):
         check_values(Config())
+    with pytest.raises(UserError, match="data.instance_dir"):
+        check_values(load_config(None, ["model.pretrained=tiny"]))
 
 
 def test_missing_and_malformed_files(tmp_path):

@@ -28,7 +28,7 @@ def _field(default: Any, help: str) -> Any:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    pretrained: str = _field("tiny", "diffusers folder, hub id, or a built-in: 'tiny', 'sd15-random'")
+    pretrained: str | None = _field(None, "diffusers folder, hub id, or a built-in: 'toy', 'tiny', 'sd15-random'")
     revision: str | None = _field(None, "hub revision (branch, tag or commit)")
     variant: str | None = _field(None, "weight variant to load, e.g. 'fp16'")
 
@@ -272,6 +272,9 @@ def check_values(config: Config) -> None:
         value = getattr(getattr(config, section), name)
         if not test(value):
             raise UserError(f"bad value {value!r} for {key}: it must be {requirement}")
+    if not config.model.pretrained:
+        raise UserError("model.pretrained is not set: pass a diffusers folder or hub id, e.g. "
+                        "model.pretrained=stable-diffusion-v1-5/stable-diffusion-v1-5 (or 'toy' for the toy world)")
     if not config.data.instance_dir:
         raise UserError("data.instance_dir is not set: pass data.instance_dir=PATH to a folder of 3-6 subject photos")
 

@@ -159,6 +159,9 @@ def train(config: Config) -> Path:
             validate(run, config, train_config.max_steps, output_dir)
         save_result(run, output_dir)
         plot_metrics(output_dir / "metrics.jsonl", output_dir / "metrics.png")
+    # All ranks tear the process group down together: a rank that leaves while the main one is still saving
+    # can block forever in gloo's teardown (seen once in CI).
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return output_dir
 

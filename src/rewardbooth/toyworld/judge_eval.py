@@ -76,3 +76,31 @@ def evaluate_base_model(model_dir: Path, judge: Judge, count: int = 200, steps: 
     _, logits = judge(to_tensor(np.stack([np.asarray(image) for image in images])))
     labels = attribute_labels(scenes)
     return {name: float((logits[name].argmax(1) == labels[name]).float().mean()) for name in ATTRIBUTES}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m rewardbooth.toyworld.judge_eval [--model DIR] [--judge DIR] [--output FILE]"""
+    import argparse
+    import json
+
+    from rewardbooth.toyworld.assets import BASE_MODEL_DIR, JUDGE_DIR
+    from rewardbooth.toyworld.judge import load_judge
+
+    parser = argparse.ArgumentParser(description="Judge accuracy and the base model's accuracy by the judge.")
+    parser.add_argument("--model", type=Path, default=BASE_MODEL_DIR)
+    parser.add_argument("--judge", type=Path, default=JUDGE_DIR)
+    parser.add_argument("--count", type=int, default=200, help="held-out captions for the base model")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args(argv)
+    judge = load_judge(args.judge)
+    report = {"judge": evaluate_judge(judge),
+              f"base_model_accuracy_on_{args.count}_held_out_captions": evaluate_base_model(args.model, judge,
+                                                                                           args.count)}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        args.output.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
