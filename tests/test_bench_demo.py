@@ -37,6 +37,13 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert (output / "dpg-look-forward" / "model" / "critic.safetensors").is_file()
     assert run_cli(argv) == 2
     assert "--overwrite" in capsys.readouterr().err
+    (output / "results.json").unlink()  # as if interrupted: --overwrite still recognises the folder
+    assert run_cli([*argv, "--overwrite"]) == 0
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    assert run_cli(["demo", "--output", str(stranger), "--overwrite"]) == 2
+    assert (stranger / "notes.txt").read_text() == "mine"
 
 
 def test_toyworld_benchmark_resumes_and_summarizes(tmp_path):

@@ -19,6 +19,7 @@ from rewardbooth.errors import UserError
 from rewardbooth.monitoring import make_grid
 
 DEMO_OBJECTIVES = ("baseline", "dpg-look-forward")
+MARKER = ".rewardbooth-demo"  # lets --overwrite replace an interrupted demo, and nothing else
 
 
 def run_demo(output: Path, subject_index: int = 0, steps: int = 300, images_per_prompt: int = 2,
@@ -46,10 +47,11 @@ def _prepare_folder(output: Path, overwrite: bool) -> None:
     if output.exists() and any(output.iterdir()):
         if not overwrite:
             raise UserError(f"demo folder {str(output)!r} is not empty; pass --overwrite or choose another --output")
-        if not (output / "results.json").is_file() and not (output / "subject").is_dir():
+        if not (output / MARKER).is_file():
             raise UserError(f"refusing to overwrite {str(output)!r}: it is not a RewardBooth demo folder")
         shutil.rmtree(output)
     output.mkdir(parents=True, exist_ok=True)
+    (output / MARKER).write_text("written by `rewardbooth demo`; --overwrite may replace this folder\n")
 
 
 def _write_outputs(output: Path, subject, references: list[Image.Image], results: dict, setting) -> None:

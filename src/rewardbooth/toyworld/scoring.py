@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import statistics
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +77,3 @@ def write_report(folder: Path, title: str, table: dict[str, dict[str, float]], f
     path.write_text(page)
     return path
 
-
-def mean(values: list[float]) -> float:
-    return statistics.fmean(values) if values else float("nan")
