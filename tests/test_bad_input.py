@@ -109,7 +109,6 @@ def test_corrupt_image_among_good_ones_is_skipped_with_a_warning(subject_dir, tm
 
 
 def test_8bit_adam_without_bitsandbytes(subject_dir, tmp_path, capsys):
-    pytest.importorskip("torch")
     try:
         import bitsandbytes  # noqa: F401
         pytest.skip("bitsandbytes is installed")

@@ -82,8 +82,8 @@ def test_better_samples_score_higher(vae):
     assert (close > far).all()
 
 
-def test_toy_identity_prefers_the_references(judge_dir, vae):
-    """With the references themselves as images, the score is the references' own mean similarity (highest)."""
+def test_toy_identity_is_the_cosine_to_the_reference_centroid(judge_dir, vae):
+    """Scoring the references themselves gives each one's cosine to the normalised mean reference embedding."""
     from rewardbooth.toyworld.judge import load_judge
 
     judge = load_judge(judge_dir)
