@@ -7,7 +7,7 @@ import torch
 
 from rewardbooth.config import ModelConfig
 from rewardbooth.models import load_model
-from rewardbooth.rewards import RewardContext, RewardSetup, make_reward, rewards
+from rewardbooth.rewards import RewardContext, RewardOutput, RewardSetup, make_reward, rewards
 from rewardbooth.training_data import decode_latents
 
 
@@ -48,24 +48,43 @@ def batch(size=6):
     return torch.randn(size, 4, 16, 16, generator=generator), torch.randn(size, 4, 16, 16, generator=generator)
 
 
+def scores_of(reward, x0_hat, context):
+    output = reward(x0_hat, context)
+    assert isinstance(output, RewardOutput), "built-in rewards return a RewardOutput"
+    for name, values in output.diagnostics.items():
+        assert values.shape == output.scores.shape and values.dtype == torch.float32, name
+        assert torch.isfinite(values).all(), name
+    return output.scores
+
+
 def test_one_finite_float32_score_per_sample(reward, vae):
     x0_hat, x0 = batch()
-    scores = reward(x0_hat, context_for(x0, vae))
+    scores = scores_of(reward, x0_hat, context_for(x0, vae))
     assert scores.shape == (6,) and scores.dtype == torch.float32 and torch.isfinite(scores).all()
 
 
 def test_deterministic_and_batch_split_invariant(reward, vae):
     x0_hat, x0 = batch()
-    whole = reward(x0_hat, context_for(x0, vae))
-    assert torch.equal(whole, reward(x0_hat, context_for(x0, vae)))
-    halves = torch.cat([reward(x0_hat[:2], context_for(x0[:2], vae)), reward(x0_hat[2:], context_for(x0[2:], vae))])
+    whole = scores_of(reward, x0_hat, context_for(x0, vae))
+    assert torch.equal(whole, scores_of(reward, x0_hat, context_for(x0, vae)))
+    halves = torch.cat([scores_of(reward, x0_hat[:2], context_for(x0[:2], vae)),
+                        scores_of(reward, x0_hat[2:], context_for(x0[2:], vae))])
     torch.testing.assert_close(whole, halves, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", rewards.names())
+def test_registered_factory_declares_its_differentiability(name, judge_dir):
+    """`rewardbooth rewards` and the early config checks read the flag without building the reward."""
+    factory = rewards.get(name)
+    setup = RewardSetup(reference_images=torch.rand(2, 3, 64, 64), identifier="sks", device=torch.device("cpu"))
+    built = make_reward(name, setup, **OPTIONS.get(name, lambda _: {})(judge_dir))
+    assert getattr(factory, "differentiable", None) is built.differentiable
 
 
 def test_differentiability_flag_is_honest(reward, vae):
     x0_hat, x0 = batch()
     x0_hat.requires_grad_(True)
-    scores = reward(x0_hat, context_for(x0, vae))
+    scores = scores_of(reward, x0_hat, context_for(x0, vae))
     if reward.differentiable:
         scores.sum().backward()
         assert x0_hat.grad is not None and x0_hat.grad.abs().sum() > 0
@@ -77,8 +96,8 @@ def test_better_samples_score_higher(vae):
     """The look-forward reward prefers x0_hat closer to x0."""
     reward = make_reward("look_forward", RewardSetup(torch.rand(1, 3, 8, 8), "sks", torch.device("cpu")))
     x0_hat, x0 = batch(2)
-    close = reward(x0 + 0.1 * x0_hat, context_for(x0, vae))
-    far = reward(x0 + 1.0 * x0_hat, context_for(x0, vae))
+    close = scores_of(reward, x0 + 0.1 * x0_hat, context_for(x0, vae))
+    far = scores_of(reward, x0 + 1.0 * x0_hat, context_for(x0, vae))
     assert (close > far).all()
 
 
@@ -90,7 +109,7 @@ def test_toy_identity_is_the_cosine_to_the_reference_centroid(judge_dir, vae):
     references = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     reward = make_reward("toy_identity", RewardSetup(references, "sks", torch.device("cpu")), judge_dir=str(judge_dir))
     context = RewardContext(x0=torch.zeros(3, 4, 16, 16), prompts=["a sks ball"] * 3, decode=lambda _: references)
-    scores = reward(torch.zeros(3, 4, 16, 16), context)
+    scores = scores_of(reward, torch.zeros(3, 4, 16, 16), context)
     embedding, _ = judge(references)
     expected = embedding @ torch.nn.functional.normalize(embedding.mean(0), dim=0)
     torch.testing.assert_close(scores, expected)

@@ -1,4 +1,4 @@
-"""The `rewardbooth` command: train, generate, bench, demo."""
+"""The `rewardbooth` command: train, generate, bench, demo, rewards."""
 
 from __future__ import annotations
 
@@ -82,9 +82,14 @@ def _add_demo(commands) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rewardbooth", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_generate, _add_bench, _add_demo):
+    for add in (_add_train, _add_generate, _add_bench, _add_demo, _add_rewards):
         add(commands)
     return parser
+
+
+def _add_rewards(commands) -> None:
+    parser = commands.add_parser("rewards", help="list the rewards, their options and differentiability")
+    parser.add_argument("names", nargs="*", help="only these (registered names or 'package.module:factory')")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -119,6 +124,10 @@ def run(args: argparse.Namespace) -> None:
 
         run_bench(model=args.model, resolution=args.resolution, batch_size=args.batch_size, steps=args.steps,
                   warmup=args.warmup, mixed_precision=args.mixed_precision, output=args.output)
+    elif args.command == "rewards":
+        from rewardbooth.rewards.base import describe_rewards
+
+        print(describe_rewards(args.names))
     elif args.command == "demo":
         from rewardbooth.demo import run_demo
 

@@ -56,8 +56,19 @@ class MethodConfig:
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    name: Literal["baseline", "dpg"] = _field("dpg", "'baseline' = plain denoising loss, 'dpg' = with critic")
-    reward: str = _field("look_forward", "reward that scores the look-forward prediction x0_hat")
+    name: Literal["baseline", "dpg", "direct"] = _field(
+        "dpg", "'baseline' = plain denoising loss; 'dpg' = the policy climbs a critic that learns the reward; "
+        "'direct' = backpropagate a differentiable reward itself (for comparison)")
+    reward: str | dict[str, float] = _field(
+        "look_forward", "reward that scores the look-forward prediction x0_hat (see `rewardbooth rewards`), "
+        "or several as {name: weight}, e.g. {look_forward: 1, dino: 0.5}: their weighted sum")
+    reward_options: dict[str, dict] | None = _field(
+        None, "keyword arguments per reward, e.g. {dino: {model: /models/dino-vits16}}")
+    reward_every: int = _field(1, "score x0_hat and train the critic every k steps (the policy climbs the "
+                                  "critic every step): divides the cost of slow rewards by k")
+    reward_resolution: int | None = _field(
+        None, "pixels at which x0_hat is decoded for image rewards (latents resized first; default: the "
+              "training resolution). 256 suits DINO and CLIP, which look at 224 px")
     instance_weight: float = _field(1.0, "w_inst: weight of the instance denoising loss")
     prior_weight: float = _field(1.0, "w_prior: weight of the prior-preservation loss")
     critic_weight: float = _field(1.0, "lambda: weight of the -Q(s, a) policy term")
@@ -219,10 +230,9 @@ def _build(cls: type, tree: Any, prefix: str) -> Any:
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        return _coerce_union(value, args, key)
+    if origin is dict:
+        return _coerce_mapping(value, args[1], key)
     if origin is Literal:
         if isinstance(value, bool) and all(isinstance(a, str) for a in args):
             value = "yes" if value else "no"  # YAML 1.1 reads a bare no/yes as a boolean
@@ -239,6 +249,28 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     raise TypeError(f"config field {key} has an unsupported type {hint}")
 
 
+def _coerce_union(value: Any, args: tuple, key: str) -> Any:
+    if value is None and type(None) in args:
+        return None
+    inner = [a for a in args if a is not type(None)]
+    mappings = [a for a in inner if typing.get_origin(a) is dict]
+    if isinstance(value, dict) and mappings:
+        return _coerce(value, mappings[0], key)
+    return _coerce(value, next((a for a in inner if a not in mappings), inner[0]), key)
+
+
+def _coerce_mapping(value: Any, value_hint: Any, key: str) -> dict[str, Any]:
+    """{name: value}; a `dict` value hint means keyword arguments, passed through as they are."""
+    if not isinstance(value, dict):
+        raise UserError(f"bad value {value!r} for {key}: expected a mapping, e.g. {{name: value}}")
+    if value_hint is dict:
+        bad = [k for k, v in value.items() if not isinstance(v, dict)]
+        if bad:
+            raise UserError(f"bad value for {key}.{bad[0]}: expected a mapping of keyword arguments")
+        return {str(k): dict(v) for k, v in value.items()}
+    return {str(k): _coerce(v, value_hint, f"{key}.{k}") for k, v in value.items()}
+
+
 # (key, test, what the key must be): checked before a run touches anything.
 _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("data.resolution", lambda v: v >= 8, "at least 8"),
@@ -248,6 +280,8 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("objective.instance_weight", lambda v: v >= 0, "non-negative"),
     ("objective.prior_weight", lambda v: v >= 0, "non-negative"),
     ("objective.critic_weight", lambda v: v >= 0, "non-negative"),
+    ("objective.reward_every", lambda v: v >= 1, "at least 1"),
+    ("objective.reward_resolution", lambda v: v is None or v >= 8, "at least 8 (or unset)"),
     ("critic.hidden_channels", lambda v: v >= 1, "at least 1"),
     ("critic.num_layers", lambda v: v >= 0, "non-negative"),
     ("critic.lr", lambda v: v > 0, "positive"),

@@ -72,6 +72,7 @@ def plot_metrics(metrics_file: Path, output: Path, panel_size: tuple[int, int] =
 
     rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
     names = [name for name in PLOTTED_METRICS if any(name in row for row in rows)]
+    names += sorted({key for row in rows for key in row if key.startswith("reward/")})  # each part, each diagnostic
     if not names:
         return None
     width, height = panel_size

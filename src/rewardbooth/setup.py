@@ -27,7 +27,7 @@ from rewardbooth.dpg import critic_input_channels
 from rewardbooth.errors import UserError
 from rewardbooth.methods import Method, make_method, methods
 from rewardbooth.models import StableDiffusionParts, load_model
-from rewardbooth.rewards import Reward, RewardSetup, make_reward, rewards
+from rewardbooth.rewards import Reward, RewardSetup, build_reward, reward_weights, rewards
 from rewardbooth.training_data import ImageSet, TrainingData, encode_text, tokenize, with_flips
 
 logger = logging.getLogger(__name__)
@@ -89,9 +89,14 @@ def load_subject(config: Config) -> torch.Tensor:
 def check_component_names(config: Config) -> None:
     """Resolve every registry name (importing dotted paths) before any slow work, so typos fail at once."""
     methods.get(config.method.name)
+    if config.objective.name != "baseline":
+        for name in reward_weights(config.objective.reward):
+            # A reward class tells its differentiability before it is built: fail before any slow work.
+            if config.objective.name == "direct" and getattr(rewards.get(name), "differentiable", True) is False:
+                raise UserError(f"objective.name=direct backpropagates the reward, but {name!r} is not "
+                                f"differentiable: use objective.name=dpg (the critic learns it)")
     if config.objective.name == "dpg":
         critics.get(config.critic.name)
-        rewards.get(config.objective.reward)
 
 
 def check_resolution(resolution: int, parts: StableDiffusionParts) -> None:
@@ -121,9 +126,13 @@ def build_run(config: Config) -> RunSetup:
 
     data = build_training_data(config, parts, instance_images, train_text_encoder, accelerator)
     reward, critic, critic_optimizer = None, None, None
-    if config.objective.name == "dpg":
+    if config.objective.name != "baseline":
         setup = RewardSetup(reference_images=instance_images, identifier=config.data.identifier, device=device)
-        reward = make_reward(config.objective.reward, setup)
+        reward = build_reward(config.objective.reward, config.objective.reward_options, setup)
+        if config.objective.name == "direct" and not reward.differentiable:
+            raise UserError(f"objective.name=direct backpropagates the reward, but {config.objective.reward!r} is "
+                            f"not differentiable (says the built reward): use objective.name=dpg")
+    if config.objective.name == "dpg":
         in_channels = critic_input_channels(config.critic.input, parts.unet.config.in_channels)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.train.seed)  # the critic's initial weights are part of the run's seed

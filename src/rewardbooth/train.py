@@ -26,7 +26,7 @@ from rewardbooth import dpg
 from rewardbooth.checkpoints import check_output_dir, load_checkpoint, prepare_output_dir, save_checkpoint
 from rewardbooth.config import Config, TrainConfig, save_config
 from rewardbooth.monitoring import MetricsLog, plot_metrics, render_samples, validation_prompts
-from rewardbooth.rewards import Reward, RewardContext
+from rewardbooth.rewards import Reward, RewardContext, RewardOutput, as_output
 from rewardbooth.setup import RunSetup, build_run
 from rewardbooth.training_data import Batch, decode_latents
 
@@ -55,8 +55,12 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
 
 
 def compute_losses(policy: Policy, batch: Batch, alphas_cumprod: torch.Tensor, prediction_type: str,
-                   config: Config, reward_fn: Reward | None) -> dict[str, torch.Tensor]:
-    """Every loss of one micro-batch. Instance samples are batch[:n], prior samples batch[n:]."""
+                   config: Config, reward_fn: Reward | None, score: bool = True) -> dict[str, torch.Tensor]:
+    """Every loss of one micro-batch. Instance samples are batch[:n], prior samples batch[n:].
+
+    With `score` false (steps between `objective.reward_every`), DPG skips the reward and the critic update;
+    the policy still climbs the critic.
+    """
     objective, n = config.objective, batch.num_instance
     # 1. Forward diffusion: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps.
     alpha_bar = alphas_cumprod[batch.timesteps]
@@ -73,24 +77,38 @@ def compute_losses(policy: Policy, batch: Batch, alphas_cumprod: torch.Tensor, p
                    critic_weight=objective.critic_weight, gamma=objective.gamma)
     if objective.name == "baseline":
         return dpg.actor_loss(mse[:n], prior_mse, None, batch.timesteps[:n], **weights)
-    # 4. Look forward to x0_hat and score it; the reward is a regression target, never differentiated here.
+    # 4. Look forward to x0_hat.
     x_t, action, x0, timesteps = x_t[:n], action[:n], batch.x0[:n], batch.timesteps[:n]
     x0_hat = dpg.predict_x0(x_t, action, alpha_bar[:n], prediction_type)
-    with torch.no_grad():
-        context = RewardContext(x0=x0.float(), prompts=batch.prompts[:n], decode=partial(decode_latents, policy.vae))
-        rewards = reward_fn(x0_hat.detach().float(), context)
+    context = RewardContext(x0=x0.float(), prompts=batch.prompts[:n],
+                            decode=partial(decode_latents, policy.vae, size=objective.reward_resolution))
+    if objective.name == "direct":
+        # The reward itself in place of Q: its gradient flows through x0_hat into the policy.
+        output = as_output(reward_fn(x0_hat.float(), context))
+        return {**dpg.actor_loss(mse[:n], prior_mse, output.scores, timesteps, **weights),
+                **reward_terms(output)}
     # 5. Actor: climb Q through dQ/da with the critic's weights frozen (deterministic policy gradient).
     features = dpg.critic_features(config.critic.input, x_t, action, x0_hat, x0)
     critic_text = text[:n].detach()
     with frozen(policy.critic_module) as critic:
         q_policy = critic(features, timesteps, critic_text)
     terms = dpg.actor_loss(mse[:n], prior_mse, q_policy, timesteps, **weights)
-    # 6. Critic: regress Q(s, a_taken) on the reward, with the action detached so theta is untouched.
+    if not score:
+        return terms
+    # 6. Score x0_hat (a regression target, never differentiated: no graph through the VAE or a backbone) and
+    # regress Q(s, a_taken) on it, with the action detached so theta is untouched.
+    with torch.no_grad():
+        output = as_output(reward_fn(x0_hat.detach().float(), context))
     q_taken = policy.critic(features.detach(), timesteps, critic_text)
-    terms["critic_loss"] = dpg.critic_loss(q_taken, rewards)
-    terms["reward"] = rewards.mean()
+    terms["critic_loss"] = dpg.critic_loss(q_taken, output.scores)
     terms["q"] = q_taken.detach().mean()
-    return terms
+    return {**terms, **reward_terms(output)}
+
+
+def reward_terms(output: RewardOutput) -> dict[str, torch.Tensor]:
+    """The batch means of the reward and of its diagnostics, for the logs."""
+    return {"reward": output.scores.detach().float().mean(),
+            **{f"reward/{key}": value.detach().float().mean() for key, value in output.diagnostics.items()}}
 
 
 def all_finite(accelerator: Accelerator, terms: dict[str, torch.Tensor]) -> bool:
@@ -178,7 +196,8 @@ def accumulate_gradients(run: RunSetup, policy: Policy, config: Config, step: in
         batch = run.data.draw(step, micro, config.train.batch_size, accelerator.process_index,
                               accelerator.num_processes).to(accelerator.device)
         with no_sync(accelerator, run.trained_models, enabled=micro < accumulation - 1):
-            terms = compute_losses(policy, batch, alphas_cumprod, run.prediction_type, config, run.reward)
+            terms = compute_losses(policy, batch, alphas_cumprod, run.prediction_type, config, run.reward,
+                                   score=step % config.objective.reward_every == 0)
             accelerator.backward(terms["loss"] / accumulation)
             if "critic_loss" in terms:
                 (terms["critic_loss"] / accumulation).backward()  # fp32 critic: no loss scaling needed

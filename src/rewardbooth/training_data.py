@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -50,11 +51,18 @@ def encode_posteriors(vae: AutoencoderKL, images: torch.Tensor, chunk: int = 8) 
 
 
 @torch.no_grad()
-def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, size: int | None = None) -> torch.Tensor:
     """The inverse of the training-latent scaling, then the VAE decoder.
+
+    With `size`, the latents are first resized to size / f per side, so the decoder (the costly part of an
+    image reward) produces size x size pixels: decoding 4x fewer latents is ~4x cheaper.
 
     Shape: (B, C, h, w) in the UNet's latent space -> (B, 3, h*f, w*f) float32 in [0, 1]
     """
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    if size is not None and size != latents.shape[-1] * factor:
+        side = max(1, size // factor)
+        latents = F.interpolate(latents, size=(side, side), mode="bilinear", antialias=side < latents.shape[-1])
     shift = vae.config.get("shift_factor") or 0.0
     raw = latents / vae.config.scaling_factor + shift
     return ((vae.decode(raw.to(vae.dtype)).sample.float() + 1) / 2).clamp(0, 1)

@@ -5,18 +5,17 @@ from __future__ import annotations
 import torch
 
 from rewardbooth.dpg import per_sample_mse
-from rewardbooth.rewards.base import RewardContext, RewardSetup, rewards
+from rewardbooth.rewards.base import RewardContext, RewardOutput, RewardSetup, rewards
 
 
+@rewards.register("look_forward")
 class LookForwardReward:
     """r = -mean((x0_hat - x0)^2) over latent elements (Wei et al. 2024, Eq. 7)."""
 
     differentiable = True
 
-    def __call__(self, x0_hat: torch.Tensor, context: RewardContext) -> torch.Tensor:
-        return -per_sample_mse(x0_hat, context.x0)
+    def __init__(self, setup: RewardSetup):
+        pass  # needs nothing built: the reference latent arrives with every batch
 
-
-@rewards.register("look_forward")
-def make_look_forward(setup: RewardSetup) -> LookForwardReward:
-    return LookForwardReward()
+    def __call__(self, x0_hat: torch.Tensor, context: RewardContext) -> RewardOutput:
+        return RewardOutput(-per_sample_mse(x0_hat, context.x0))

@@ -9,10 +9,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rewardbooth.rewards.base import RewardContext, RewardSetup, rewards
+from rewardbooth.rewards.base import RewardContext, RewardOutput, RewardSetup, rewards
 
 
+@rewards.register("toy_identity")
 class ToyIdentityReward:
+    """The toy judge's identity cosine of decode(x0_hat) to the centroid of the subject's photos."""
+
     differentiable = False
 
     def __init__(self, setup: RewardSetup, judge_dir: str | None = None):
@@ -33,11 +36,6 @@ class ToyIdentityReward:
         return F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear", antialias=True)
 
     @torch.no_grad()
-    def __call__(self, x0_hat: torch.Tensor, context: RewardContext) -> torch.Tensor:
+    def __call__(self, x0_hat: torch.Tensor, context: RewardContext) -> RewardOutput:
         embedding, _ = self.judge(self._resize(context.decode(x0_hat)))
-        return (embedding @ self.reference).float()  # (B,) cosine similarity in [-1, 1]
-
-
-@rewards.register("toy_identity")
-def make_toy_identity(setup: RewardSetup, judge_dir: str | None = None) -> ToyIdentityReward:
-    return ToyIdentityReward(setup, judge_dir)
+        return RewardOutput((embedding @ self.reference).float())  # (B,) cosine similarity in [-1, 1]

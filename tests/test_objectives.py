@@ -1,0 +1,116 @@
+"""The reward side of the objective: weighted rewards, options, `direct` mode, reward every k steps and the
+decode resolution, end to end on the tiny model (CPU, no network)."""
+
+import json
+
+import pytest
+import torch
+
+from helpers import run_cli, tiny_args
+from rewardbooth.config import ModelConfig
+from rewardbooth.models import load_model
+from rewardbooth.rewards import RewardContext, RewardOutput, RewardSetup, WeightedSum, build_reward
+from rewardbooth.training_data import decode_latents
+
+DARK = "user_rewards:DarkImages"
+
+
+def read_metrics(output_dir):
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_weighted_rewards_with_options_log_every_part(subject_dir, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(tiny_args(subject_dir, out, "train.max_steps=2", "validation.every=0",
+                             f"objective.reward={{look_forward: 1.0, '{DARK}': 0.5}}",
+                             f"objective.reward_options={{'{DARK}': {{target: 0.25}}}}")) == 0
+    row = read_metrics(out)[-1]
+    parts = row["reward/look_forward"], row[f"reward/{DARK}"]
+    assert row["reward"] == pytest.approx(parts[0] + 0.5 * parts[1], rel=1e-5)
+    assert 0 <= row[f"reward/{DARK}/brightness"] <= 1
+    assert (out / "metrics.png").is_file()
+
+
+def test_weighted_sum_adds_scores_and_keeps_each_part():
+    class Constant:
+        differentiable = True
+
+        def __init__(self, value):
+            self.value = value
+
+        def __call__(self, x0_hat, context):
+            return RewardOutput(torch.full((len(x0_hat),), self.value), {"seen": torch.ones(len(x0_hat))})
+
+    total = WeightedSum({"a": (2.0, Constant(1.0)), "b": (-1.0, Constant(3.0))})
+    output = total(torch.zeros(3, 4, 2, 2), RewardContext(x0=torch.zeros(3, 4, 2, 2), prompts=["x"] * 3))
+    torch.testing.assert_close(output.scores, torch.full((3,), -1.0))
+    assert set(output.diagnostics) == {"a", "a/seen", "b", "b/seen"}
+
+
+@pytest.mark.parametrize("reward, options, message", [
+    ("look_forward", {"dino": {"model": "x"}}, "objective.reward_options has options for 'dino'"),
+    ("look_forward", {"look_forward": {"bogus": 1}}, "bad options ['bogus']"),
+    ({}, None, "objective.reward is empty"),
+])
+def test_bad_reward_configuration_is_a_user_error(reward, options, message):
+    from rewardbooth.errors import UserError
+
+    setup = RewardSetup(torch.rand(1, 3, 8, 8), "sks", torch.device("cpu"))
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        build_reward(reward, options, setup)
+
+
+def test_direct_mode_backpropagates_a_differentiable_reward(subject_dir, tmp_path):
+    out = tmp_path / "direct"
+    assert run_cli(tiny_args(subject_dir, out, "objective.name=direct", "train.max_steps=2",
+                             "validation.every=0", "objective.reward=user_rewards:make_small_latents")) == 0
+    rows = read_metrics(out)
+    assert all("reward" in row and "policy_term" in row and "critic_loss" not in row for row in rows)
+    assert not (out / "critic.safetensors").exists()
+
+
+def test_direct_mode_refuses_a_non_differentiable_reward_before_any_work(subject_dir, tmp_path, capsys):
+    out = tmp_path / "refused"
+    assert run_cli(tiny_args(subject_dir, out, "objective.name=direct", f"objective.reward={DARK}")) == 2
+    assert "not differentiable" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_reward_every_k_steps_scores_and_trains_the_critic_only_then(subject_dir, tmp_path):
+    out = tmp_path / "every"
+    assert run_cli(tiny_args(subject_dir, out, "train.max_steps=4", "validation.every=0",
+                             "objective.reward_every=2", f"objective.reward={DARK}")) == 0
+    rows = read_metrics(out)
+    assert [("critic_loss" in row, "reward" in row) for row in rows] == [(True, True), (False, False)] * 2
+    assert all("policy_term" in row for row in rows)  # the policy climbs the critic every step
+
+
+def test_decode_at_a_lower_resolution():
+    vae = load_model(ModelConfig("tiny")).vae
+    latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert decode_latents(vae, latents).shape == (2, 3, 64, 64)
+    small = decode_latents(vae, latents, size=32)
+    assert small.shape == (2, 3, 32, 32) and 0 <= small.min() and small.max() <= 1
+    torch.testing.assert_close(decode_latents(vae, latents, size=64), decode_latents(vae, latents))
+
+
+def test_critic_learns_a_non_differentiable_reward(subject_dir, tmp_path):
+    """DPG's premise: the critic regresses a black-box reward, so its loss falls as it learns."""
+    out = tmp_path / "critic"
+    assert run_cli(tiny_args(subject_dir, out, "train.max_steps=40", "validation.every=0", "train.lr=1e-6",
+                             "critic.lr=1e-3", "critic.input=state_action", f"objective.reward={DARK}",
+                             "objective.reward_resolution=32")) == 0
+    losses = [row["critic_loss"] for row in read_metrics(out)]
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10, losses
+
+
+def test_rewards_command_lists_every_reward_with_its_options(capsys):
+    from rewardbooth.rewards import rewards
+
+    assert run_cli(["rewards"]) == 0
+    listing = capsys.readouterr().out
+    assert all(f"{name}\n" in listing for name in rewards.names())
+    assert "toy_identity\n" in listing and "options: judge_dir=None" in listing
+    assert run_cli(["rewards", DARK]) == 0
+    described = capsys.readouterr().out
+    assert "not differentiable" in described and "options: target=0.0" in described
