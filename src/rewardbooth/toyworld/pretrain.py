@@ -1,6 +1,6 @@
 """Pretrain the toy world's base model and save it as a stock diffusers Stable Diffusion folder.
 
-    python -m rewardbooth.toyworld.pretrain --output runs/toy-base [--minutes 60]
+    python -m rewardbooth.toyworld.pretrain --output runs/toy-base [--minutes 60] [--init runs/earlier-base]
 
 Stage 1 trains a small AutoencoderKL (32 px -> 4x16x16 latents) on world images; stage 2 trains a CLIP text
 encoder (the world's word-level tokenizer) jointly with a UNet2DConditionModel on the cached latents, with
@@ -34,6 +34,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from rewardbooth.models.builtin import SD_SCHEDULE
 from rewardbooth.monitoring import make_grid
 from rewardbooth.toyworld import world
+from rewardbooth.toyworld.subjects import random_pattern
 from rewardbooth.toyworld.tokenizer import MAX_LENGTH, make_world_tokenizer
 from rewardbooth.training_data import tokenize
 
@@ -184,15 +185,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--save-every", type=int, default=1000)
     parser.add_argument("--minutes", type=float, default=float("inf"), help="stop (and save) after this long")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pattern-share", type=float, default=0.5,
+                        help="share of images whose body carries a random pattern (unnamed in the caption)")
+    parser.add_argument("--init", type=Path, help="continue from a folder this script wrote (all three models)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     deadline = time.time() + args.minutes * 60
     torch.manual_seed(args.seed)
 
-    images, captions, _ = world.make_dataset(args.seed, args.num_images, drop=0.3)
-    logger.info("generated %d world images", len(images))
+    images, captions, _ = world.make_dataset(args.seed, args.num_images, drop=0.3, pattern_share=args.pattern_share,
+                                             pattern_sampler=random_pattern)
+    logger.info("generated %d world images (%.0f %% with a random pattern)", len(images), 100 * args.pattern_share)
     tokenizer = make_world_tokenizer(world.VOCABULARY)
-    vae, text_encoder, unet = make_components(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    if args.init:
+        vae = AutoencoderKL.from_pretrained(args.init, subfolder="vae").train().requires_grad_(True)
+        text_encoder = CLIPTextModel.from_pretrained(args.init, subfolder="text_encoder")
+        unet = UNet2DConditionModel.from_pretrained(args.init, subfolder="unet")
+        logger.info("continuing from %s", args.init)
+    else:
+        vae, text_encoder, unet = make_components(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
     logger.info("parameters: vae %.2f M, text encoder %.2f M, unet %.2f M",
                 *(sum(p.numel() for p in m.parameters()) / 1e6 for m in (vae, text_encoder, unet)))
     vae = train_vae(vae, images, args.vae_steps, args.batch_size, args.seed)

@@ -161,6 +161,12 @@ def _sample_pattern(kind: str, object_class: str, colour: str, rng: np.random.Ge
     return Pattern(kind, pattern_colour, angle)
 
 
+def random_pattern(object_class: str, colour: str, rng: np.random.Generator) -> Pattern:
+    """A pattern of any kind the class can carry, for pretraining bodies (`world.make_dataset`'s sampler)."""
+    kinds = [kind for kind in PATTERN_KINDS if not (kind == "outline" and object_class in _THIN_CLASSES)]
+    return _sample_pattern(str(rng.choice(kinds)), object_class, colour, rng)
+
+
 def make_subject(index: int) -> Subject:
     """Subject number `index`, the same every time.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -358,8 +359,8 @@ def render(scene: Scene, rng: np.random.Generator, resolution: int = RESOLUTION,
            pattern: PatternLike | None = None, aspect: float = 1.0) -> Image.Image:
     """An RGB image of `scene`: background, then the object, jittered in place, size and rotation by `rng`.
 
-    `pattern` paints detail on the body and `aspect` (width / height) stretches it; both are for subjects,
-    pretraining images are always plain unstretched bodies.
+    `pattern` paints detail on the body and `aspect` (width / height) stretches it. Subjects have both; a share
+    of pretraining bodies carry a random pattern (never named in the caption), none is stretched.
     """
     canvas = resolution * SUPERSAMPLE
     image = _paint_background(scene.scene, rng, canvas)
@@ -367,17 +368,30 @@ def render(scene: Scene, rng: np.random.Generator, resolution: int = RESOLUTION,
     return _downsample(image, resolution)
 
 
-def sample_pair(rng: np.random.Generator, drop: float = 0.3) -> tuple[Image.Image, str, Scene]:
-    """One random scene, its image and a caption with attributes dropped at rate `drop`."""
+PatternSampler = Callable[[str, str, np.random.Generator], PatternLike]  # (class, body colour, rng) -> pattern
+
+
+def sample_pair(rng: np.random.Generator, drop: float = 0.3, pattern_share: float = 0.0,
+                pattern_sampler: PatternSampler | None = None) -> tuple[Image.Image, str, Scene]:
+    """One random scene, its image and a caption with attributes dropped at rate `drop`.
+
+    With probability `pattern_share` the body gets a random pattern from `pattern_sampler`, unnamed in the
+    caption, as a web photo of "a mug" may show a striped mug: the base model (and its VAE) learns to draw
+    such detail without any subject's particular one. At share 0 the generator is consumed as before.
+    """
     scene = sample_scene(rng)
-    image = render(scene, rng)
+    pattern = None
+    if pattern_share > 0 and pattern_sampler is not None and rng.random() < pattern_share:
+        pattern = pattern_sampler(scene.object_class, scene.colour, rng)
+    image = render(scene, rng, pattern=pattern)
     return image, caption(scene, rng, drop), scene
 
 
 _DATASET_SALT = 0x7011  # keeps dataset streams apart from the subjects' streams seeded with small integers
 
 
-def make_dataset(seed: int, count: int, drop: float = 0.3) -> tuple[np.ndarray, list[str], list[Scene]]:
+def make_dataset(seed: int, count: int, drop: float = 0.3, pattern_share: float = 0.0,
+                 pattern_sampler: PatternSampler | None = None) -> tuple[np.ndarray, list[str], list[Scene]]:
     """`count` captioned images: uint8 (count, RESOLUTION, RESOLUTION, 3), captions and scenes.
 
     Item i is drawn from its own generator seeded by (seed, i), so it is the same whatever `count` is.
@@ -385,7 +399,8 @@ def make_dataset(seed: int, count: int, drop: float = 0.3) -> tuple[np.ndarray, 
     images = np.empty((count, RESOLUTION, RESOLUTION, 3), dtype=np.uint8)
     captions, scenes = [], []
     for index in range(count):
-        image, text, scene = sample_pair(np.random.default_rng([_DATASET_SALT, seed, index]), drop)
+        image, text, scene = sample_pair(np.random.default_rng([_DATASET_SALT, seed, index]), drop, pattern_share,
+                                         pattern_sampler)
         images[index] = np.asarray(image)
         captions.append(text)
         scenes.append(scene)
