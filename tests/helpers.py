@@ -51,3 +51,33 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], 
             assert torch.equal(a[name], b[name]), f"{name} differs"
         else:
             torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5, msg=f"{name} differs")
+
+
+def save_tiny_vit(folder):
+    """A tiny DINO-shaped ViT (32 px, so DINO's pipeline resizes to 37 and crops 32) saved like a hub model."""
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64)
+    ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
+    return folder
+
+
+def save_tiny_clip(folder, with_tokenizer=True):
+    """A tiny CLIPModel (32 px, projection 16) plus the tiny model's character-level CLIP tokenizer."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+    from rewardbooth.models.builtin import make_character_tokenizer
+
+    tokenizer = make_character_tokenizer()
+    sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    text = CLIPTextConfig(vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **sizes)
+    vision = CLIPVisionConfig(image_size=32, patch_size=8, **sizes)
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                         projection_dim=16)).save_pretrained(folder)
+    if with_tokenizer:
+        tokenizer.save_pretrained(folder)
+    return folder

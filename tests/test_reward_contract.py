@@ -5,6 +5,7 @@ import functools
 import pytest
 import torch
 
+from helpers import save_tiny_clip, save_tiny_vit
 from rewardbooth.config import ModelConfig
 from rewardbooth.models import load_model
 from rewardbooth.rewards import RewardContext, RewardOutput, RewardSetup, make_reward, rewards
@@ -27,15 +28,39 @@ def vae():
     return load_model(ModelConfig("tiny")).vae
 
 
-OPTIONS = {"toy_identity": lambda judge_dir: {"judge_dir": str(judge_dir)}}
+@pytest.fixture(scope="module")
+def backbone_dirs(tmp_path_factory):
+    return {"vit": save_tiny_vit(tmp_path_factory.mktemp("vit")), "clip": save_tiny_clip(tmp_path_factory.mktemp("clip"))}
+
+
+def options_for(name, judge_dir, backbone_dirs):
+    """Every reward's backbone, as a user would point at it: tiny models of the real classes on disk."""
+    return {"toy_identity": {"judge_dir": str(judge_dir)}, "dino": {"model": str(backbone_dirs["vit"])},
+            "clip_image": {"model": str(backbone_dirs["clip"])},
+            "clip_text": {"model": str(backbone_dirs["clip"])}}.get(name, {})
+
+
+def references_for(name):
+    if name == "face":  # a real face photo (scikit-image's astronaut), as the face reward needs one
+        from skimage.data import astronaut
+
+        return torch.from_numpy(astronaut()).permute(2, 0, 1)[None].float() / 255
+    return torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+def build(name, judge_dir, backbone_dirs):
+    setup = RewardSetup(reference_images=references_for(name), identifier="sks", device=torch.device("cpu"))
+    return make_reward(name, setup, **options_for(name, judge_dir, backbone_dirs))
 
 
 @pytest.fixture(params=rewards.names())
-def reward(request, judge_dir):
-    setup = RewardSetup(reference_images=torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1)),
-                        identifier="sks", device=torch.device("cpu"))
-    options = OPTIONS.get(request.param, lambda _: {})(judge_dir)
-    return make_reward(request.param, setup, **options)
+def reward_name(request):
+    return request.param
+
+
+@pytest.fixture
+def reward(reward_name, judge_dir, backbone_dirs):
+    return build(reward_name, judge_dir, backbone_dirs)
 
 
 def context_for(x0, vae, prompts=None):
@@ -72,13 +97,9 @@ def test_deterministic_and_batch_split_invariant(reward, vae):
     torch.testing.assert_close(whole, halves, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", rewards.names())
-def test_registered_factory_declares_its_differentiability(name, judge_dir):
+def test_registered_factory_declares_its_differentiability(reward_name, reward):
     """`rewardbooth rewards` and the early config checks read the flag without building the reward."""
-    factory = rewards.get(name)
-    setup = RewardSetup(reference_images=torch.rand(2, 3, 64, 64), identifier="sks", device=torch.device("cpu"))
-    built = make_reward(name, setup, **OPTIONS.get(name, lambda _: {})(judge_dir))
-    assert getattr(factory, "differentiable", None) is built.differentiable
+    assert getattr(rewards.get(reward_name), "differentiable", None) is reward.differentiable
 
 
 def test_differentiability_flag_is_honest(reward, vae):

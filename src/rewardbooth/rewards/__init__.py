@@ -8,7 +8,7 @@ may return the bare scores). ``reward.differentiable`` says whether gradients fl
 A user reward is named ``package.module:factory``; ``objective.reward`` may weight several.
 """
 
-from rewardbooth.rewards import look_forward, toy  # noqa: F401  (registers)
+from rewardbooth.rewards import backbones, face, look_forward, toy  # noqa: F401  (registers)
 from rewardbooth.rewards.base import (
     Reward,
     RewardContext,
