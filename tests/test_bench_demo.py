@@ -13,12 +13,21 @@ def test_bench_reports_ratios(tmp_path, capsys):
     output = tmp_path / "bench.json"
     assert run_cli(["bench", "--steps", "2", "--warmup", "1", "--output", str(output)]) == 0
     report = json.loads(output.read_text())
-    assert set(report["variants"]) == {"baseline", "dpg-look-forward"}
+    assert set(report["variants"]) == {"baseline", "dpg-look-forward", "dpg-dino"}
     for values in report["variants"].values():
         assert values["median_step_s"] > 0 and values["peak_memory_mib"] > 100
-    time_ratio = report["variants"]["dpg-look-forward"]["median_step_s"] / report["variants"]["baseline"]["median_step_s"]
-    assert report["ratios"]["time"] == pytest.approx(time_ratio)
-    assert "DPG-LF / baseline: time" in capsys.readouterr().out
+    for name, target in (("dpg-look-forward", 1.03), ("dpg-dino", 1.25)):
+        ratio = report["variants"][name]["median_step_s"] / report["variants"]["baseline"]["median_step_s"]
+        assert report["ratios"][name]["time"] == pytest.approx(ratio) and report["ratios"][name]["target"] == target
+    printed = capsys.readouterr().out
+    assert "dpg-look-forward / baseline: time" in printed and "dpg-dino / baseline: time" in printed
+    # The DINO step decodes x0_hat and runs a ViT-S/16: it costs more than the latent reward.
+    assert report["variants"]["dpg-dino"]["median_step_s"] > report["variants"]["dpg-look-forward"]["median_step_s"]
+
+
+def test_bench_rejects_an_unknown_variant(capsys):
+    assert run_cli(["bench", "--variants", "dpg-clip"]) == 2
+    assert "unknown bench variant 'dpg-clip'" in capsys.readouterr().err
 
 
 def test_demo_end_to_end(tmp_path, capsys):
@@ -50,15 +59,20 @@ def test_toyworld_benchmark_resumes_and_summarizes(tmp_path):
     from rewardbooth.toyworld.benchmark import run_toyworld_benchmark
     from rewardbooth.toyworld.experiment import Setting
 
-    setting = Setting(steps=1, images_per_prompt=1, num_prompts=2, num_class_images=2)
+    setting = Setting(steps=1, images_per_prompt=1, num_prompts=2, num_class_images=2,
+                      overrides=("objective.gamma=0.99",))
     objectives = ("baseline", "dpg-toy-identity")
-    report = run_toyworld_benchmark(tmp_path, num_subjects=2, seeds=(0,), objectives=objectives, setting=setting)
+    report = run_toyworld_benchmark(tmp_path, num_subjects=2, seeds=(0,), objectives=objectives[1:],
+                                    setting=setting, first_subject=3, jobs=2)
     summary = report["summary"]
     assert set(summary) == set(objectives) and "fidelity_delta" in summary["dpg-toy-identity"]
+    assert report["subjects"] == [3, 4] and report["setting"]["overrides"] == ["objective.gamma=0.99"]
+    assert "gamma: 0.99" in (tmp_path / "runs/subject003-seed0/dpg-toy-identity/model/config.yaml").read_text()
     first = sorted(tmp_path.glob("runs/*/*/scores.json"))
     assert len(first) == 4
     stamps = [path.stat().st_mtime_ns for path in first]
-    run_toyworld_benchmark(tmp_path, num_subjects=2, seeds=(0,), objectives=objectives, setting=setting)
+    run_toyworld_benchmark(tmp_path, num_subjects=2, seeds=(0,), objectives=objectives, setting=setting,
+                           first_subject=3)
     assert [path.stat().st_mtime_ns for path in first] == stamps  # finished runs are not redone
     assert "| dpg-toy-identity |" in (tmp_path / "results.md").read_text()
 

@@ -58,6 +58,8 @@ def _add_bench(commands) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
                         help="default: fp16 on CUDA, no on CPU")
+    parser.add_argument("--variants", nargs="+", default=None, metavar="VARIANT",
+                        help="DPG variants timed against baseline (default: all): dpg-look-forward, dpg-dino")
     parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON here "
                                                                   "(with --toyworld: the benchmark folder)")
     parser.add_argument("--toyworld", action="store_true",
@@ -65,6 +67,14 @@ def _add_bench(commands) -> None:
     parser.add_argument("--subjects", type=int, default=8, help="--toyworld: number of reported subjects")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="--toyworld: seeds")
     parser.add_argument("--train-steps", type=int, default=300, help="--toyworld: training steps per run")
+    parser.add_argument("--lr", type=float, default=1e-4, help="--toyworld: learning rate")
+    parser.add_argument("--objectives", nargs="+", default=None,
+                        help="--toyworld: objectives compared with baseline (default: all)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="--toyworld: a config override for every run (repeat), e.g. objective.gamma=0.99")
+    parser.add_argument("--first-subject", type=int, default=100,
+                        help="--toyworld: index of the first subject (100+ are reported, 0-99 are for tuning)")
+    parser.add_argument("--jobs", type=int, default=1, help="--toyworld: runs at once, one thread each")
 
 
 def _add_demo(commands) -> None:
@@ -113,17 +123,26 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "bench":
         if args.toyworld:
             from rewardbooth.toyworld.benchmark import run_toyworld_benchmark
-            from rewardbooth.toyworld.experiment import Setting
+            from rewardbooth.toyworld.experiment import OBJECTIVES, Setting
 
+            unknown = sorted(set(args.objectives or ()) - set(OBJECTIVES))
+            if unknown:
+                raise UserError(f"unknown toy objective {unknown[0]!r}: choose from {', '.join(OBJECTIVES)}")
             output = args.output or Path("benchmarks/toyworld")
-            report = run_toyworld_benchmark(output, num_subjects=args.subjects, seeds=tuple(args.seeds),
-                                            setting=Setting(steps=args.train_steps))
+            report = run_toyworld_benchmark(
+                output, num_subjects=args.subjects, seeds=tuple(args.seeds),
+                objectives=tuple(args.objectives or OBJECTIVES), first_subject=args.first_subject, jobs=args.jobs,
+                setting=Setting(steps=args.train_steps, lr=args.lr, overrides=tuple(args.overrides)))
             print((output / "results.md").read_text())
             return report
-        from rewardbooth.bench import run_bench
+        from rewardbooth.bench import VARIANTS, run_bench
 
+        unknown = sorted(set(args.variants or ()) - set(VARIANTS))
+        if unknown:
+            raise UserError(f"unknown bench variant {unknown[0]!r}: choose from {', '.join(VARIANTS)}")
         run_bench(model=args.model, resolution=args.resolution, batch_size=args.batch_size, steps=args.steps,
-                  warmup=args.warmup, mixed_precision=args.mixed_precision, output=args.output)
+                  warmup=args.warmup, mixed_precision=args.mixed_precision, output=args.output,
+                  variants=tuple(args.variants or VARIANTS))
     elif args.command == "rewards":
         from rewardbooth.rewards.base import describe_rewards
 

@@ -125,19 +125,7 @@ def build_run(config: Config) -> RunSetup:
     parts.unet.to(device)
 
     data = build_training_data(config, parts, instance_images, train_text_encoder, accelerator)
-    reward, critic, critic_optimizer = None, None, None
-    if config.objective.name != "baseline":
-        setup = RewardSetup(reference_images=instance_images, identifier=config.data.identifier, device=device)
-        reward = build_reward(config.objective.reward, config.objective.reward_options, setup)
-        if config.objective.name == "direct" and not reward.differentiable:
-            raise UserError(f"objective.name=direct backpropagates the reward, but {config.objective.reward!r} is "
-                            f"not differentiable (says the built reward): use objective.name=dpg")
-    if config.objective.name == "dpg":
-        in_channels = critic_input_channels(config.critic.input, parts.unet.config.in_channels)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.train.seed)  # the critic's initial weights are part of the run's seed
-            critic = make_critic(in_channels, parts.text_encoder.config.hidden_size, config.critic).to(device)
-        critic_optimizer = make_critic_optimizer(critic, config.critic)
+    reward, critic, critic_optimizer = build_objective(config, parts, instance_images, device)
 
     if config.train.gradient_checkpointing:
         parts.unet.enable_gradient_checkpointing()
@@ -166,6 +154,25 @@ def build_run(config: Config) -> RunSetup:
         lr_scheduler=lr_scheduler, policy_parameters=policy_parameters, autocast_dtype=autocast_dtype,
         effective_batch_size=config.train.batch_size * num_processes * config.train.gradient_accumulation_steps,
     )
+
+
+def build_objective(config: Config, parts: StableDiffusionParts, reference_images: torch.Tensor,
+                    device: torch.device) -> tuple[Reward | None, nn.Module | None, torch.optim.Optimizer | None]:
+    """The reward (dpg, direct) and the critic with its optimizer (dpg), on `device`."""
+    reward, critic, critic_optimizer = None, None, None
+    if config.objective.name != "baseline":
+        setup = RewardSetup(reference_images=reference_images, identifier=config.data.identifier, device=device)
+        reward = build_reward(config.objective.reward, config.objective.reward_options, setup)
+        if config.objective.name == "direct" and not reward.differentiable:
+            raise UserError(f"objective.name=direct backpropagates the reward, but {config.objective.reward!r} is "
+                            f"not differentiable (says the built reward): use objective.name=dpg")
+    if config.objective.name == "dpg":
+        in_channels = critic_input_channels(config.critic.input, parts.unet.config.in_channels)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.train.seed)  # the critic's initial weights are part of the run's seed
+            critic = make_critic(in_channels, parts.text_encoder.config.hidden_size, config.critic).to(device)
+        critic_optimizer = make_critic_optimizer(critic, config.critic)
+    return reward, critic, critic_optimizer
 
 
 def build_training_data(config: Config, parts: StableDiffusionParts, instance_images: torch.Tensor,
