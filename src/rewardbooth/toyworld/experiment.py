@@ -35,6 +35,7 @@ class Setting:
     images_per_prompt: int = 2
     num_prompts: int = 25
     num_class_images: int = 20
+    overrides: tuple[str, ...] = ()  # `section.key=value` applied to every objective (for sweeps)
 
 
 def personalize_and_score(subject: subjects.Subject, objective: str, seed: int, folder: Path,
@@ -52,7 +53,7 @@ def personalize_and_score(subject: subjects.Subject, objective: str, seed: int, 
         "train.report_to=none", f"train.output_dir={folder / 'model'}", f"validation.every={max(1, setting.steps // 2)}",
         f"validation.prompts={[subjects.instance_prompt(subject), prompts[0]]}", "validation.num_images=4",
         f"validation.guidance_scale={GUIDANCE}", f"validation.num_inference_steps={SAMPLER_STEPS}",
-        *OBJECTIVES[objective],
+        *OBJECTIVES[objective], *setting.overrides,
     ]))
     trained = time.perf_counter()
     paths = generate(str(model_dir), prompts, folder / "generated", num_images=setting.images_per_prompt, seed=seed,
