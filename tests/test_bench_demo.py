@@ -61,15 +61,19 @@ def test_toyworld_benchmark_resumes_and_summarizes(tmp_path):
 
     setting = Setting(steps=1, images_per_prompt=1, num_prompts=2, num_class_images=2,
                       overrides=("objective.gamma=0.99",))
-    objectives = ("baseline", "dpg-toy-identity")
+    objectives = ("baseline", "dpg-toy-identity", "base-model")
     report = run_toyworld_benchmark(tmp_path, num_subjects=2, seeds=(0,), objectives=objectives[1:],
                                     setting=setting, first_subject=3, jobs=2)
     summary = report["summary"]
     assert set(summary) == set(objectives) and "fidelity_delta" in summary["dpg-toy-identity"]
+    assert summary["base-model"]["train_s"] == 0 and not (tmp_path / "runs/subject003-seed0/base-model/model").exists()
+    base_prompts = sorted(p.name for p in (tmp_path / "runs/subject003-seed0/base-model/generated").glob("a-*.png"))
+    assert base_prompts and not any("sks" in name for name in base_prompts)
+    assert -1 <= report["fidelity_ceiling"] <= 1 and set(report["fidelity_ceiling_per_subject"]) == {3, 4}
     assert report["subjects"] == [3, 4] and report["setting"]["overrides"] == ["objective.gamma=0.99"]
     assert "gamma: 0.99" in (tmp_path / "runs/subject003-seed0/dpg-toy-identity/model/config.yaml").read_text()
     first = sorted(tmp_path.glob("runs/*/*/scores.json"))
-    assert len(first) == 4
+    assert len(first) == 6
     stamps = [path.stat().st_mtime_ns for path in first]
     run_toyworld_benchmark(tmp_path, num_subjects=2, seeds=(0,), objectives=objectives, setting=setting,
                            first_subject=3)

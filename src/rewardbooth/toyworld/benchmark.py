@@ -17,7 +17,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rewardbooth.toyworld import subjects
-from rewardbooth.toyworld.experiment import OBJECTIVES, Setting, personalize_and_score
+from rewardbooth.toyworld.assets import JUDGE_DIR, require
+from rewardbooth.toyworld.experiment import (
+    BASE_MODEL,
+    OBJECTIVES,
+    Setting,
+    fidelity_ceiling,
+    personalize_and_score,
+)
+from rewardbooth.toyworld.judge import load_judge
 
 REPORTED_SUBJECTS_START = 100
 METRICS = ("fidelity", "alignment")
@@ -46,10 +54,15 @@ def run_toyworld_benchmark(output: Path, num_subjects: int = 8, seeds: tuple[int
             _run_one((output, *run, setting))
     scores = {run: json.loads(_result_file(output, *run).read_text()) for run in runs}
     summary = summarize(scores, indices, seeds, objectives)
+    judge = load_judge(require(JUDGE_DIR, "judge.json", "rewardbooth.toyworld.judge"))
+    ceilings = {index: fidelity_ceiling(subjects.make_subject(index), judge) for index in indices}
     report = {"setting": {**setting.__dict__, "overrides": list(setting.overrides)}, "subjects": indices,
-              "seeds": list(seeds), "summary": summary}
+              "seeds": list(seeds), "summary": summary, "fidelity_ceiling": statistics.fmean(ceilings.values()),
+              "fidelity_ceiling_per_subject": ceilings,
+              "per_subject": {f"{i}/{s}/{o}": scores[(i, s, o)] for i, s, o in runs}}
     (output / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    (output / "results.md").write_text(markdown_table(summary, len(indices), len(seeds), setting))
+    (output / "results.md").write_text(markdown_table(summary, len(indices), len(seeds), setting,
+                                                      report["fidelity_ceiling"]))
     return report
 
 
@@ -68,8 +81,6 @@ def _run_one(task: tuple) -> None:
     import shutil
 
     from rewardbooth.cli import _quiet_libraries
-    from rewardbooth.toyworld.assets import JUDGE_DIR, require
-    from rewardbooth.toyworld.judge import load_judge
 
     output, index, seed, objective, setting = task
     _quiet_libraries()
@@ -113,7 +124,7 @@ def bootstrap_interval(values: list[float], resamples: int = 10_000, seed: int =
     return (float(low), float(high))
 
 
-def markdown_table(summary: dict, num_subjects: int, num_seeds: int, setting: Setting) -> str:
+def markdown_table(summary: dict, num_subjects: int, num_seeds: int, setting: Setting, ceiling: float) -> str:
     lines = [f"Toy-world benchmark: {num_subjects} subjects x {num_seeds} seeds, {setting.steps} steps at lr "
              f"{setting.lr:g}{', ' + ' '.join(setting.overrides) if setting.overrides else ''}; deltas vs baseline, "
              f"mean [95 % bootstrap interval over subjects]", "",
@@ -123,4 +134,6 @@ def markdown_table(summary: dict, num_subjects: int, num_seeds: int, setting: Se
                   if f"{m}_delta" in row else "—" for m in METRICS]
         lines.append(f"| {objective} | {row['fidelity']:.4f} | {row['alignment']:.4f} | {deltas[0]} | {deltas[1]} "
                      f"| {row['train_s']:.1f} |")
+    lines += ["", f"Fidelity ceiling (new views of the subjects through the base model's VAE): {ceiling:.4f}. "
+              f"`{BASE_MODEL}` is the shipped model drawing the prompts without the identifier: the floor."]
     return "\n".join(lines) + "\n"
