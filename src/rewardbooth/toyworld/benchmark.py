@@ -91,6 +91,9 @@ def _run_one(task: tuple) -> None:
     judge = load_judge(require(JUDGE_DIR, "judge.json", "rewardbooth.toyworld.judge"))
     result = personalize_and_score(subjects.make_subject(index), objective, seed, folder,
                                    output / "class_images" / f"subject{index:03d}", judge, setting)
+    # The weights (12 MB a run) are not needed once scored; config, metrics, samples and images stay.
+    for weights in (folder / "model").glob("*/*.safetensors"):
+        weights.unlink()
     temporary = result_file.with_suffix(".tmp")
     temporary.write_text(json.dumps(result))
     temporary.rename(result_file)
