@@ -38,7 +38,8 @@ def _add_train(commands) -> None:
 
 def _add_generate(commands) -> None:
     parser = commands.add_parser("generate", help="sample images from a model folder, hub id or 'tiny'")
-    parser.add_argument("model", help="diffusers folder (e.g. a train output), hub id, or 'tiny'")
+    parser.add_argument("model", help="diffusers folder (e.g. a train output, LoRA ones too), hub id, or 'tiny'")
+    parser.add_argument("--lora", default=None, help="a LoRA folder (pytorch_lora_weights.safetensors) to add")
     parser.add_argument("--prompt", action="append", default=[], help="prompt (repeat for several)")
     parser.add_argument("--num-images", type=int, default=4, help="images per prompt")
     parser.add_argument("--seed", type=int, default=0, help="image k uses seed+k")
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> None:
 
         paths = generate(args.model, args.prompt, args.output, num_images=args.num_images, seed=args.seed,
                          num_inference_steps=args.steps, guidance_scale=args.guidance,
-                         resolution=args.resolution, overwrite=args.overwrite)
+                         resolution=args.resolution, overwrite=args.overwrite, lora=args.lora)
         print(f"wrote {len(paths)} images and {args.output / 'grid.png'}")
     elif args.command == "bench":
         if args.toyworld:

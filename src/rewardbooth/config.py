@@ -50,8 +50,14 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    name: str = _field("dreambooth", "base method: which parameters train and how the result is saved")
-    train_text_encoder: bool = _field(False, "also fine-tune the text encoder")
+    name: str = _field("dreambooth", "base method: 'dreambooth' (all UNet weights) or 'lora' (adapters)")
+    train_text_encoder: bool = _field(False, "also fine-tune the text encoder (lora: adapters on it too)")
+    lora_rank: int = _field(4, "lora: rank r of every adapter")
+    lora_alpha: float | None = _field(None, "lora: scale alpha (the update is alpha / r * B A); default r")
+    lora_unet_modules: tuple[str, ...] = _field(("to_k", "to_q", "to_v", "to_out.0"),
+                                                "lora: UNet layers that get adapters (attention projections)")
+    lora_text_encoder_modules: tuple[str, ...] = _field(("q_proj", "k_proj", "v_proj", "out_proj"),
+                                                        "lora: text-encoder layers that get adapters")
 
 
 @dataclass(frozen=True)
@@ -282,6 +288,8 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("objective.critic_weight", lambda v: v >= 0, "non-negative"),
     ("objective.reward_every", lambda v: v >= 1, "at least 1"),
     ("objective.reward_resolution", lambda v: v is None or v >= 8, "at least 8 (or unset)"),
+    ("method.lora_rank", lambda v: v >= 1, "at least 1"),
+    ("method.lora_alpha", lambda v: v is None or v > 0, "positive (or unset: the rank)"),
     ("critic.hidden_channels", lambda v: v >= 1, "at least 1"),
     ("critic.num_layers", lambda v: v >= 0, "non-negative"),
     ("critic.lr", lambda v: v > 0, "positive"),

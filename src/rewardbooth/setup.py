@@ -17,6 +17,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
+from diffusers.training_utils import cast_training_params
 from torch import nn
 
 from rewardbooth import data as subject_data
@@ -121,8 +122,14 @@ def build_run(config: Config) -> RunSetup:
     # Frozen parts only run forward: keep them in the autocast dtype to save memory (trainable stay fp32).
     frozen_dtype = autocast_dtype or torch.float32
     parts.vae.to(device, frozen_dtype)
-    parts.text_encoder.to(device, torch.float32 if train_text_encoder else frozen_dtype)
-    parts.unet.to(device)
+    if getattr(method, "adapters_only", False):
+        # Adapter methods: the base weights are frozen too; only the adapters are kept in fp32.
+        parts.text_encoder.to(device, frozen_dtype)
+        parts.unet.to(device, frozen_dtype)
+        cast_training_params([parts.unet, parts.text_encoder], dtype=torch.float32)
+    else:
+        parts.text_encoder.to(device, torch.float32 if train_text_encoder else frozen_dtype)
+        parts.unet.to(device)
 
     data = build_training_data(config, parts, instance_images, train_text_encoder, accelerator)
     reward, critic, critic_optimizer = build_objective(config, parts, instance_images, device)

@@ -1,0 +1,62 @@
+"""LoRA (Hu et al. 2022) through peft: low-rank adapters on the UNet's attention projections (optionally on
+the text encoder's), everything else frozen. Saved as `pytorch_lora_weights.safetensors`, the file stock
+diffusers loads with `pipeline.load_lora_weights(folder)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffusers import StableDiffusionPipeline
+from diffusers.utils import convert_state_dict_to_diffusers
+from torch import nn
+
+from rewardbooth.config import MethodConfig
+from rewardbooth.methods.base import methods
+from rewardbooth.models import StableDiffusionParts
+
+WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+def lora_config(config: MethodConfig, target_modules: tuple[str, ...]):
+    from peft import LoraConfig
+
+    # "gaussian" draws A from N(0, 1/r) and sets B = 0: training starts exactly at the base model.
+    return LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
+                      init_lora_weights="gaussian", target_modules=list(target_modules))
+
+
+@methods.register("lora")
+class LoRA:
+    """Adapters only: the optimizer sees the LoRA A/B matrices and nothing else."""
+
+    adapters_only = True
+
+    def __init__(self, parts: StableDiffusionParts, config: MethodConfig):
+        from peft import inject_adapter_in_model
+
+        for module in (parts.vae, parts.unet, parts.text_encoder):
+            module.requires_grad_(False)
+        self.unet_config = lora_config(config, config.lora_unet_modules)
+        parts.unet.add_adapter(self.unet_config)  # diffusers' peft integration
+        self.trainable: dict[str, nn.Module] = {"unet": parts.unet}
+        self.text_encoder_config = None
+        if config.train_text_encoder:
+            # peft directly: transformers' own add_adapter demands a newer peft than this stack resolves.
+            self.text_encoder_config = lora_config(config, config.lora_text_encoder_modules)
+            inject_adapter_in_model(self.text_encoder_config, parts.text_encoder)
+            self.trainable["text_encoder"] = parts.text_encoder
+
+    def save(self, parts: StableDiffusionParts, output_dir: Path) -> None:
+        """`pytorch_lora_weights.safetensors` with the adapter configs (rank, alpha) in its metadata, so that
+        `load_lora_weights` rebuilds the very same scaling."""
+        from peft.utils import get_peft_model_state_dict
+
+        text_encoder_layers, text_encoder_metadata = None, None
+        if self.text_encoder_config is not None:
+            text_encoder_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(parts.text_encoder))
+            text_encoder_metadata = self.text_encoder_config.to_dict()
+        StableDiffusionPipeline.save_lora_weights(
+            output_dir, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(parts.unet)),
+            text_encoder_lora_layers=text_encoder_layers, unet_lora_adapter_metadata=self.unet_config.to_dict(),
+            text_encoder_lora_adapter_metadata=text_encoder_metadata, weight_name=WEIGHT_NAME)
