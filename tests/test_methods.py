@@ -21,14 +21,23 @@ def load_lora(base, output):
     return pipeline
 
 
+def load_custom_diffusion(base, output):
+    pipeline = StableDiffusionPipeline.from_pretrained(base)
+    pipeline.unet.load_attn_procs(output, weight_name="pytorch_custom_diffusion_weights.safetensors")
+    pipeline.load_textual_inversion(output, weight_name="<new1>.safetensors")
+    return pipeline
+
+
 # The stock diffusers calls a user makes to load each method's result; a new method must add its own.
-STOCK_LOADERS = {"dreambooth": load_dreambooth, "lora": load_lora}
+STOCK_LOADERS = {"dreambooth": load_dreambooth, "lora": load_lora, "custom_diffusion": load_custom_diffusion}
 TRAIN = ["train.max_steps=3", "validation.every=0", "train.lr=1e-3"]
+METHOD_ARGS = {"custom_diffusion": ["data.identifier=<new1>", "data.instance_prompt=a photo of <new1> dog"]}
+PROMPT = {"custom_diffusion": "a photo of <new1> dog"}
 
 
-def draw(pipeline):
+def draw(pipeline, prompt="a photo of sks dog"):
     pipeline.set_progress_bar_config(disable=True)
-    return pipeline("a photo of sks dog", num_inference_steps=2, height=64, width=64, output_type="np",
+    return pipeline(prompt, num_inference_steps=2, height=64, width=64, output_type="np",
                     generator=torch.Generator().manual_seed(0)).images[0]
 
 
@@ -42,9 +51,14 @@ def test_result_reloads_with_stock_diffusers_and_changes_the_images(method, obje
                                                                       tmp_path):
     out = tmp_path / "run"
     assert run_cli(tiny_args(subject_dir, out, f"model.pretrained={tiny_folder}", f"method.name={method}",
-                             f"objective.name={objective}", *TRAIN)) == 0
-    trained = draw(STOCK_LOADERS[method](tiny_folder, out))
-    assert np.abs(trained - draw(StableDiffusionPipeline.from_pretrained(tiny_folder))).max() > 1e-3
+                             f"objective.name={objective}", *TRAIN, *METHOD_ARGS.get(method, []))) == 0
+    prompt = PROMPT.get(method, "a photo of sks dog")
+    trained = draw(STOCK_LOADERS[method](tiny_folder, out), prompt)
+    base = StableDiffusionPipeline.from_pretrained(tiny_folder)
+    assert np.abs(trained - draw(base, prompt.replace("<new1>", "sks"))).max() > 1e-3
+    # `rewardbooth generate OUTPUT` applies the result the same way.
+    assert run_cli(["generate", str(out), "--prompt", prompt, "--num-images", "1", "--steps", "2", "--output",
+                    str(tmp_path / "images")]) == 0
 
 
 def test_lora_saves_only_adapters_and_generate_finds_the_base_model(tiny_folder, subject_dir, tmp_path, capsys):
@@ -95,3 +109,43 @@ def test_lora_resume_matches_an_uninterrupted_run(tiny_folder, subject_dir, tmp_
 def test_bad_lora_rank_is_a_user_error(subject_dir, tmp_path, capsys):
     assert run_cli(tiny_args(subject_dir, tmp_path / "bad", "method.name=lora", "method.lora_rank=0")) == 2
     assert "method.lora_rank" in capsys.readouterr().err
+
+
+def test_custom_diffusion_trains_only_cross_attention_kv_and_the_new_token(tiny_folder, subject_dir, tmp_path):
+    from rewardbooth.config import ModelConfig
+    from rewardbooth.models import load_model
+
+    out = tmp_path / "cd"
+    assert run_cli(tiny_args(subject_dir, out, f"model.pretrained={tiny_folder}", "method.name=custom_diffusion",
+                             *METHOD_ARGS["custom_diffusion"], *TRAIN)) == 0
+    saved = load_file(out / "pytorch_custom_diffusion_weights.safetensors")
+    assert saved and all("attn2.processor.to_" in k and ("to_k_custom" in k or "to_v_custom" in k) for k in saved)
+    base = load_model(ModelConfig(str(tiny_folder)))
+    pipeline = load_custom_diffusion(tiny_folder, out)
+    # Every base weight outside the custom processors is untouched; the processors' K/V moved.
+    base_unet = base.unet.state_dict()
+    for name, value in pipeline.unet.state_dict().items():
+        if "custom_diffusion" not in name:
+            assert torch.equal(value, base_unet[name]), name
+    layer = next(k for k in saved if "to_k_custom" in k).removesuffix(".processor.to_k_custom_diffusion.weight")
+    assert not torch.equal(saved[f"{layer}.processor.to_k_custom_diffusion.weight"], base_unet[f"{layer}.to_k.weight"])
+    # The text encoder: every old row of the embedding table as it was, plus one new learned row.
+    new_id = pipeline.tokenizer.convert_tokens_to_ids("<new1>")
+    table = pipeline.text_encoder.get_input_embeddings().weight
+    base_table = base.text_encoder.get_input_embeddings().weight
+    assert new_id == len(base_table) and torch.equal(table[:new_id], base_table)
+    assert torch.equal(table[new_id], load_file(out / "<new1>.safetensors")["<new1>"])
+
+
+def test_custom_diffusion_refuses_an_existing_token_as_identifier(subject_dir, tmp_path):
+    from rewardbooth.config import ModelConfig, load_config
+    from rewardbooth.errors import UserError
+    from rewardbooth.methods import make_method
+    from rewardbooth.models import load_model
+
+    parts = load_model(ModelConfig("tiny"))
+    parts.tokenizer.add_tokens("<new1>")  # as if the identifier were a word the tokenizer already knows
+    config = load_config("default", tiny_args(subject_dir, tmp_path, "method.name=custom_diffusion",
+                                              *METHOD_ARGS["custom_diffusion"])[2:])
+    with pytest.raises(UserError, match="already in the tokenizer"):
+        make_method(parts, config)

@@ -58,6 +58,11 @@ class MethodConfig:
                                                 "lora: UNet layers that get adapters (attention projections)")
     lora_text_encoder_modules: tuple[str, ...] = _field(("q_proj", "k_proj", "v_proj", "out_proj"),
                                                         "lora: text-encoder layers that get adapters")
+    custom_diffusion_params: Literal["kv", "crossattn"] = _field(
+        "kv", "custom_diffusion: 'kv' = cross-attention key/value projections (the paper's default); "
+              "'crossattn' = all cross-attention projections")
+    initializer_token: str = _field("ktn", "custom_diffusion: words whose mean embedding starts the new token "
+                                           "(data.identifier, e.g. '<new1>')")
 
 
 @dataclass(frozen=True)

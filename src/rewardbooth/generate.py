@@ -18,22 +18,24 @@ def slug(prompt: str, max_length: int = 60) -> str:
     return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:max_length] or "prompt"
 
 
-def resolve_adapters(model: str, lora: str | None) -> tuple[str, str | None]:
-    """(base model, LoRA folder). A LoRA training output passed as the model names its own base model in the
-    config.yaml written next to the weights."""
-    from rewardbooth.methods.lora import WEIGHT_NAME
+def resolve_result(model: str, lora: str | None) -> tuple[str, str | None, str | None]:
+    """(base model, base method whose result to apply, result folder).
 
+    A training output that is not a full pipeline (LoRA, Custom Diffusion) names its base model and method
+    in the config.yaml written next to its weights; `lora` applies a LoRA folder to any model."""
     folder = Path(model).expanduser()
-    if lora is None and (folder / WEIGHT_NAME).is_file() and not (folder / "model_index.json").is_file():
-        if not (folder / "config.yaml").is_file():
-            raise UserError(f"{model!r} holds LoRA weights but no config.yaml naming its base model: pass the "
-                            f"base model and --lora {model}")
+    if lora is not None:
+        from rewardbooth.methods.lora import WEIGHT_NAME
+
+        if not (Path(lora).expanduser() / WEIGHT_NAME).is_file():
+            raise UserError(f"--lora {lora!r} has no {WEIGHT_NAME}: pass a folder written by a method.name=lora run")
+        return model, "lora", lora
+    if folder.is_dir() and not (folder / "model_index.json").is_file() and (folder / "config.yaml").is_file():
         import yaml
 
-        return str(yaml.safe_load((folder / "config.yaml").read_text())["model"]["pretrained"]), model
-    if lora is not None and not (Path(lora).expanduser() / WEIGHT_NAME).is_file():
-        raise UserError(f"--lora {lora!r} has no {WEIGHT_NAME}: pass a folder written by a method=lora run")
-    return model, lora
+        recorded = yaml.safe_load((folder / "config.yaml").read_text())
+        return str(recorded["model"]["pretrained"]), recorded["method"]["name"], model
+    return model, None, None
 
 
 def generate(model: str, prompts: list[str], output_dir: Path, num_images: int = 4, seed: int = 0,
@@ -41,8 +43,8 @@ def generate(model: str, prompts: list[str], output_dir: Path, num_images: int =
              overwrite: bool = False, device: str | None = None, lora: str | None = None) -> list[Path]:
     """Image k of each prompt uses seed ``seed + k``, so the same call always gives the same images.
 
-    `model` is a pipeline folder, hub id or built-in name, or a LoRA training output; `lora` adds LoRA
-    weights to the model (stock `load_lora_weights`)."""
+    `model` is a pipeline folder, hub id or built-in name, or any training output (LoRA and Custom Diffusion
+    ones are applied to their base model); `lora` adds LoRA weights to the model (`load_lora_weights`)."""
     if not prompts:
         raise UserError("no prompt given: pass --prompt 'a photo of sks dog' (repeat it for several)")
     if num_images < 1:
@@ -51,12 +53,14 @@ def generate(model: str, prompts: list[str], output_dir: Path, num_images: int =
     clashes = [p for p in [*planned, output_dir / "grid.png"] if p.exists()]
     if clashes and not overwrite:
         raise UserError(f"{clashes[0]} already exists; pass --overwrite or choose another --output folder")
-    model, lora = resolve_adapters(model, lora)
+    model, method, result = resolve_result(model, lora)
     parts = load_model(ModelConfig(pretrained=model))
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipeline = parts.pipeline()
-    if lora is not None:
-        pipeline.load_lora_weights(str(Path(lora).expanduser()))
+    if method is not None:
+        from rewardbooth.methods import methods
+
+        pipeline = methods.get(method).load_result(pipeline, Path(result).expanduser())
     pipeline = pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
     resolution = resolution or parts.unet.config.sample_size * parts.vae_scale_factor

@@ -117,7 +117,7 @@ def build_run(config: Config) -> RunSetup:
     parts = load_model(config.model)
     check_resolution(config.data.resolution, parts)
     device, autocast_dtype = accelerator.device, AUTOCAST_DTYPES[config.train.mixed_precision]
-    method = make_method(parts, config.method)
+    method = make_method(parts, config)
     train_text_encoder = "text_encoder" in method.trainable
     # Frozen parts only run forward: keep them in the autocast dtype to save memory (trainable stay fp32).
     frozen_dtype = autocast_dtype or torch.float32

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from rewardbooth import dpg
 from rewardbooth.checkpoints import check_output_dir, load_checkpoint, prepare_output_dir, save_checkpoint
 from rewardbooth.config import Config, TrainConfig, save_config
+from rewardbooth.methods.base import after_step
 from rewardbooth.monitoring import MetricsLog, plot_metrics, render_samples, validation_prompts
 from rewardbooth.rewards import Reward, RewardContext, RewardOutput, as_output
 from rewardbooth.setup import RunSetup, build_run
@@ -221,6 +222,7 @@ def apply_update(run: RunSetup, train_config: TrainConfig, skipped: bool, step: 
             logged["grad_norm"] = run.accelerator.clip_grad_norm_(run.policy_parameters,
                                                                   train_config.max_grad_norm)
         run.optimizer.step()
+        after_step(run.method)
         if run.critic_optimizer is not None:
             run.critic_optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)

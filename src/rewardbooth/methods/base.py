@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from diffusers import StableDiffusionPipeline
 from torch import nn
 
-from rewardbooth.config import MethodConfig
+from rewardbooth.config import Config
 from rewardbooth.models import StableDiffusionParts
 from rewardbooth.registry import Registry
 
@@ -21,6 +22,18 @@ class Method(Protocol):
     def save(self, parts: StableDiffusionParts, output_dir: Path) -> None:
         """Write the trained result into output_dir in a format stock diffusers loads."""
 
+    @staticmethod
+    def load_result(pipeline: StableDiffusionPipeline, output_dir: Path) -> StableDiffusionPipeline:
+        """Apply a saved result to a pipeline of the base model, with stock diffusers calls."""
 
-def make_method(parts: StableDiffusionParts, config: MethodConfig) -> Method:
-    return methods.get(config.name)(parts, config)
+
+def make_method(parts: StableDiffusionParts, config: Config) -> Method:
+    """Methods see the whole config: Custom Diffusion's new token is the data's identifier."""
+    return methods.get(config.method.name)(parts, config)
+
+
+def after_step(method: Method) -> None:
+    """The method's bookkeeping after each optimizer step, if it has any."""
+    hook = getattr(method, "after_step", None)
+    if hook is not None:
+        hook()

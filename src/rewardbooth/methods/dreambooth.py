@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from diffusers import StableDiffusionPipeline
 from torch import nn
 
-from rewardbooth.config import MethodConfig
+from rewardbooth.config import Config
 from rewardbooth.methods.base import methods
 from rewardbooth.models import StableDiffusionParts
 
 
+@methods.register("dreambooth")
 class DreamBooth:
-    def __init__(self, parts: StableDiffusionParts, config: MethodConfig):
+    """The whole UNet (and optionally the text encoder) trains; the result is a full pipeline folder."""
+
+    def __init__(self, parts: StableDiffusionParts, full_config: Config):
+        config = full_config.method
         parts.vae.requires_grad_(False)
         parts.unet.requires_grad_(True)
         parts.text_encoder.requires_grad_(config.train_text_encoder)
@@ -24,7 +29,6 @@ class DreamBooth:
         """A stock pipeline folder: ``StableDiffusionPipeline.from_pretrained(output_dir)`` loads it."""
         parts.pipeline().save_pretrained(output_dir)
 
-
-@methods.register("dreambooth")
-def make_dreambooth(parts: StableDiffusionParts, config: MethodConfig) -> DreamBooth:
-    return DreamBooth(parts, config)
+    @staticmethod
+    def load_result(pipeline: StableDiffusionPipeline, output_dir: Path) -> StableDiffusionPipeline:
+        return StableDiffusionPipeline.from_pretrained(output_dir)

@@ -11,7 +11,7 @@ from diffusers import StableDiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers
 from torch import nn
 
-from rewardbooth.config import MethodConfig
+from rewardbooth.config import Config, MethodConfig
 from rewardbooth.methods.base import methods
 from rewardbooth.models import StableDiffusionParts
 
@@ -32,9 +32,10 @@ class LoRA:
 
     adapters_only = True
 
-    def __init__(self, parts: StableDiffusionParts, config: MethodConfig):
+    def __init__(self, parts: StableDiffusionParts, full_config: Config):
         from peft import inject_adapter_in_model
 
+        config = full_config.method
         for module in (parts.vae, parts.unet, parts.text_encoder):
             module.requires_grad_(False)
         self.unet_config = lora_config(config, config.lora_unet_modules)
@@ -60,3 +61,8 @@ class LoRA:
             output_dir, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(parts.unet)),
             text_encoder_lora_layers=text_encoder_layers, unet_lora_adapter_metadata=self.unet_config.to_dict(),
             text_encoder_lora_adapter_metadata=text_encoder_metadata, weight_name=WEIGHT_NAME)
+
+    @staticmethod
+    def load_result(pipeline: StableDiffusionPipeline, output_dir: Path) -> StableDiffusionPipeline:
+        pipeline.load_lora_weights(str(output_dir), weight_name=WEIGHT_NAME)
+        return pipeline

@@ -1,0 +1,98 @@
+"""Custom Diffusion (Kumari et al. 2023): train only the cross-attention key/value projections (or all of
+cross-attention) plus the embedding of a new modifier token, `data.identifier` (e.g. "<new1>"); everything
+else stays frozen. Saved in the files stock diffusers loads:
+`pipeline.unet.load_attn_procs(dir, weight_name="pytorch_custom_diffusion_weights.safetensors")` and
+`pipeline.load_textual_inversion(dir, weight_name="<new1>.safetensors")`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.models.attention_processor import CustomDiffusionAttnProcessor
+from safetensors.torch import save_file
+from torch import nn
+
+from rewardbooth.config import Config
+from rewardbooth.errors import UserError
+from rewardbooth.methods.base import methods
+from rewardbooth.models import StableDiffusionParts
+
+WEIGHT_NAME = "pytorch_custom_diffusion_weights.safetensors"
+
+
+def custom_processors(unet: nn.Module, train_q_out: bool) -> dict[str, CustomDiffusionAttnProcessor]:
+    """One processor per attention layer: cross-attention ones carry trainable copies of K/V (and Q/out),
+    initialised from the layer's own weights so training starts at the base model; self-attention ones
+    train nothing (diffusers' train_custom_diffusion.py does the same)."""
+    state = unet.state_dict()
+    processors = {}
+    for name in unet.attn_processors:
+        layer = name.removesuffix(".processor")
+        key_weight = state[f"{layer}.to_k.weight"]
+        hidden_size, context_size = key_weight.shape
+        if name.endswith("attn1.processor"):  # self-attention
+            processors[name] = CustomDiffusionAttnProcessor(train_kv=False, train_q_out=False,
+                                                            hidden_size=hidden_size)
+            continue
+        processor = CustomDiffusionAttnProcessor(train_kv=True, train_q_out=train_q_out, hidden_size=hidden_size,
+                                                 cross_attention_dim=context_size)
+        weights = {"to_k_custom_diffusion.weight": key_weight, "to_v_custom_diffusion.weight": state[f"{layer}.to_v.weight"]}
+        if train_q_out:
+            weights.update({"to_q_custom_diffusion.weight": state[f"{layer}.to_q.weight"],
+                            "to_out_custom_diffusion.0.weight": state[f"{layer}.to_out.0.weight"],
+                            "to_out_custom_diffusion.0.bias": state[f"{layer}.to_out.0.bias"]})
+        processor.load_state_dict(weights)
+        processors[name] = processor
+    return processors
+
+
+@methods.register("custom_diffusion")
+class CustomDiffusion:
+    """Cross-attention K/V (or all cross-attention) and one new token's embedding train."""
+
+    adapters_only = False  # the new embedding row lives inside the text encoder's table: keep it fp32
+
+    def __init__(self, parts: StableDiffusionParts, config: Config):
+        self.token = config.data.identifier
+        if parts.tokenizer.add_tokens(self.token) != 1:
+            raise UserError(f"custom_diffusion learns a new token, but data.identifier {self.token!r} is already in "
+                            f"the tokenizer: use a new one such as data.identifier='<new1>'")
+        self.token_id = parts.tokenizer.convert_tokens_to_ids(self.token)
+        parts.text_encoder.resize_token_embeddings(len(parts.tokenizer))
+        embeddings = parts.text_encoder.get_input_embeddings().weight
+        with torch.no_grad():
+            ids = parts.tokenizer(config.method.initializer_token, add_special_tokens=False).input_ids
+            embeddings[self.token_id] = embeddings[ids].mean(dim=0)
+        self.original_embeddings = embeddings.detach().clone()
+
+        for module in (parts.vae, parts.unet, parts.text_encoder):
+            module.requires_grad_(False)
+        parts.unet.set_attn_processor(custom_processors(parts.unet, config.method.custom_diffusion_params == "crossattn"))
+        for processor in parts.unet.attn_processors.values():
+            processor.requires_grad_(True)
+        embeddings.requires_grad_(True)
+        self.embeddings = embeddings
+        self.trainable: dict[str, nn.Module] = {"unet": parts.unet, "text_encoder": parts.text_encoder}
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Only the new token's row may move: put every other row back (the optimizer's weight decay and
+        momentum would otherwise drift the whole vocabulary)."""
+        keep = torch.ones(len(self.embeddings), dtype=torch.bool, device=self.embeddings.device)
+        keep[self.token_id] = False
+        self.embeddings[keep] = self.original_embeddings.to(self.embeddings.device)[keep]
+
+    def save(self, parts: StableDiffusionParts, output_dir: Path) -> None:
+        parts.unet.save_attn_procs(output_dir, weight_name=WEIGHT_NAME, safe_serialization=True)
+        embedding = parts.text_encoder.get_input_embeddings().weight[self.token_id].detach().float().cpu()
+        save_file({self.token: embedding.contiguous()}, str(output_dir / f"{self.token}.safetensors"))
+
+    @staticmethod
+    def load_result(pipeline: StableDiffusionPipeline, output_dir: Path) -> StableDiffusionPipeline:
+        pipeline.unet.load_attn_procs(str(output_dir), weight_name=WEIGHT_NAME)
+        for embedding_file in sorted(Path(output_dir).glob("<*>.safetensors")):
+            pipeline.load_textual_inversion(str(output_dir), weight_name=embedding_file.name)
+        return pipeline
