@@ -67,7 +67,7 @@ def _add_bench(commands) -> None:
                         help="instead: the toy-world quality benchmark (subjects x seeds x objectives)")
     parser.add_argument("--subjects", type=int, default=8, help="--toyworld: number of reported subjects")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="--toyworld: seeds")
-    parser.add_argument("--train-steps", type=int, default=300, help="--toyworld: training steps per run")
+    parser.add_argument("--train-steps", type=int, default=600, help="--toyworld: training steps per run")
     parser.add_argument("--lr", type=float, default=1e-4, help="--toyworld: learning rate")
     parser.add_argument("--objectives", nargs="+", default=None,
                         help="--toyworld: objectives compared with baseline (default: all)")
