@@ -112,11 +112,23 @@ def test_generate_writes_images_and_grid(subject_dir, tmp_path, capsys):
     assert run_cli(argv) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["a-sks-dog-on-the-beach_00005.png", "a-sks-dog-on-the-beach_00006.png",
-                     "a-sks-dog_00005.png", "a-sks-dog_00006.png", "grid.png"]
+                     "a-sks-dog_00005.png", "a-sks-dog_00006.png", "generation.json", "grid.png"]
+    record = json.loads((out / "generation.json").read_text())
+    assert record["seeds"] == [5, 6] and record["num_inference_steps"] == 2 and record["sampler"]
+    assert {(i["file"], i["prompt"], i["seed"]) for i in record["images"]} >= {("a-sks-dog_00006.png", "a sks dog", 6)}
     first = (out / "a-sks-dog_00005.png").read_bytes()
     assert run_cli(argv) == 2 and "already exists" in capsys.readouterr().err
     assert run_cli([*argv, "--overwrite"]) == 0
     assert (out / "a-sks-dog_00005.png").read_bytes() == first  # same seeds, same images
+
+
+def test_generate_renders_a_dreambench_prompt_set(tmp_path):
+    out = tmp_path / "bench"
+    assert run_cli(["generate", "tiny", "--dreambench", "dog3", "--identifier", "zwx", "--num-images", "1",
+                    "--steps", "1", "--resolution", "64", "--output", str(out)]) == 0
+    record = json.loads((out / "generation.json").read_text())
+    prompts = [image["prompt"] for image in record["images"]]
+    assert len(prompts) == 25 and prompts[10] == "a zwx dog wearing a red hat"
 
 
 def test_resume_latest_on_a_finished_run_changes_nothing(subject_dir, tmp_path):

@@ -41,6 +41,10 @@ def _add_generate(commands) -> None:
     parser.add_argument("model", help="diffusers folder (e.g. a train output, LoRA ones too), hub id, or 'tiny'")
     parser.add_argument("--lora", default=None, help="a LoRA folder (pytorch_lora_weights.safetensors) to add")
     parser.add_argument("--prompt", action="append", default=[], help="prompt (repeat for several)")
+    parser.add_argument("--prompts-file", type=Path, default=None, help="more prompts, one per line")
+    parser.add_argument("--dreambench", metavar="SUBJECT", default=None,
+                        help="DreamBench's 25 prompts for this subject (e.g. dog3), with --identifier")
+    parser.add_argument("--identifier", default="sks", help="the subject's identifier in --dreambench prompts")
     parser.add_argument("--num-images", type=int, default=4, help="images per prompt")
     parser.add_argument("--seed", type=int, default=0, help="image k uses seed+k")
     parser.add_argument("--steps", type=int, default=25, help="sampler steps")
@@ -117,7 +121,16 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "generate":
         from rewardbooth.generate import generate
 
-        paths = generate(args.model, args.prompt, args.output, num_images=args.num_images, seed=args.seed,
+        prompts = list(args.prompt)
+        if args.prompts_file is not None:
+            from rewardbooth.dreambench import read_prompt_file
+
+            prompts += read_prompt_file(args.prompts_file)
+        if args.dreambench is not None:
+            from rewardbooth.dreambench import prompts_for
+
+            prompts += prompts_for(args.dreambench, args.identifier)
+        paths = generate(args.model, prompts, args.output, num_images=args.num_images, seed=args.seed,
                          num_inference_steps=args.steps, guidance_scale=args.guidance,
                          resolution=args.resolution, overwrite=args.overwrite, lora=args.lora)
         print(f"wrote {len(paths)} images and {args.output / 'grid.png'}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def generate(model: str, prompts: list[str], output_dir: Path, num_images: int =
     if num_images < 1:
         raise UserError(f"--num-images must be at least 1, got {num_images}")
     planned = [output_dir / f"{slug(prompt)}_{seed + k:05d}.png" for prompt in prompts for k in range(num_images)]
-    clashes = [p for p in [*planned, output_dir / "grid.png"] if p.exists()]
+    clashes = [p for p in [*planned, output_dir / "grid.png", output_dir / "generation.json"] if p.exists()]
     if clashes and not overwrite:
         raise UserError(f"{clashes[0]} already exists; pass --overwrite or choose another --output folder")
     model, method, result = resolve_result(model, lora)
@@ -74,4 +75,12 @@ def generate(model: str, prompts: list[str], output_dir: Path, num_images: int =
     for path, image in zip(planned, images):
         image.save(path)
     make_grid(images, columns=num_images).save(output_dir / "grid.png")
+    # The protocol next to the images, so that an evaluation can say exactly what it scored.
+    record = {"model": model, "applied_result": {"method": method, "folder": result} if method else None,
+              "sampler": type(pipeline.scheduler).__name__, "num_inference_steps": num_inference_steps,
+              "guidance_scale": guidance_scale, "resolution": resolution, "images_per_prompt": num_images,
+              "seeds": [seed + k for k in range(num_images)],
+              "images": [{"file": path.name, "prompt": prompt, "seed": seed + k}
+                         for (prompt, k), path in zip(((p, k) for p in prompts for k in range(num_images)), planned)]}
+    (output_dir / "generation.json").write_text(json.dumps(record, indent=2) + "\n")
     return planned
