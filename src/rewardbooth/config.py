@@ -135,6 +135,14 @@ class ValidationConfig:
     num_inference_steps: int = _field(25, "sampler steps")
     guidance_scale: float = _field(7.5, "classifier-free guidance scale")
     seed: int = _field(1234, "seed of the validation samples (fixed across steps)")
+    reward: str | dict[str, float] | None = _field(
+        None, "image reward(s) scoring the validation samples, e.g. {dino: 1, clip_text: 1}; enables keep-best")
+    reward_options: dict[str, dict] | None = _field(None, "keyword arguments per validation reward")
+    mix: Literal["weighted", "harmonic"] = _field(
+        "weighted", "how several validation rewards combine: weighted sum or weighted harmonic mean")
+    keep_best: bool = _field(True, "with a validation reward: keep the best step's model in best/")
+    patience: int = _field(0, "with a validation reward: stop after this many validations without a new best "
+                              "(0 = never)")
 
 
 @dataclass(frozen=True)
@@ -309,6 +317,7 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("validation.every", lambda v: v >= 0, "non-negative (0 = never)"),
     ("validation.num_images", lambda v: v >= 1, "at least 1"),
     ("validation.num_inference_steps", lambda v: v >= 1, "at least 1"),
+    ("validation.patience", lambda v: v >= 0, "non-negative (0 = never stop early)"),
 ]
 
 
@@ -322,6 +331,10 @@ def check_values(config: Config) -> None:
     if not config.model.pretrained:
         raise UserError("model.pretrained is not set: pass a diffusers folder or hub id, e.g. "
                         "model.pretrained=stable-diffusion-v1-5/stable-diffusion-v1-5 (or 'toy' for the toy world)")
+    if config.validation.reward is not None and config.validation.every == 0:
+        raise UserError("validation.reward needs validation.every > 0: the reward scores the validation samples")
+    if config.validation.patience and config.validation.reward is None:
+        raise UserError("validation.patience needs validation.reward: early stopping follows the validation score")
     if not config.data.instance_dir:
         raise UserError("data.instance_dir is not set: pass data.instance_dir=PATH to a folder of 3-6 subject photos")
 

@@ -30,8 +30,9 @@ def validation_prompts(config: ValidationConfig, instance_prompt: str) -> list[s
 
 @torch.no_grad()
 def render_samples(parts: StableDiffusionParts, prompts: list[str], config: ValidationConfig, resolution: int,
-                   device: torch.device, autocast_dtype: torch.dtype | None = None) -> Image.Image:
-    """A grid with one row per prompt; seeds are fixed so grids of different steps compare like for like."""
+                   device: torch.device, autocast_dtype: torch.dtype | None = None) -> list[Image.Image]:
+    """`num_images` per prompt, prompt by prompt; seeds are fixed so that samples of different steps compare
+    like for like."""
     pipeline = parts.pipeline().to(device)
     pipeline.set_progress_bar_config(disable=True)
     images = []
@@ -41,7 +42,7 @@ def render_samples(parts: StableDiffusionParts, prompts: list[str], config: Vali
             images += pipeline([prompt] * config.num_images, height=resolution, width=resolution,
                                num_inference_steps=config.num_inference_steps,
                                guidance_scale=config.guidance_scale, generator=generators).images
-    return make_grid(images, columns=config.num_images)
+    return images
 
 
 class MetricsLog:
@@ -72,7 +73,8 @@ def plot_metrics(metrics_file: Path, output: Path, panel_size: tuple[int, int] =
 
     rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
     names = [name for name in PLOTTED_METRICS if any(name in row for row in rows)]
-    names += sorted({key for row in rows for key in row if key.startswith("reward/")})  # each part, each diagnostic
+    # Each reward part and diagnostic, and the validation scores.
+    names += sorted({key for row in rows for key in row if key.startswith(("reward/", "val/"))})
     if not names:
         return None
     width, height = panel_size

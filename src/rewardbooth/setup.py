@@ -54,6 +54,7 @@ class RunSetup:
     policy_parameters: list[nn.Parameter]
     autocast_dtype: torch.dtype | None
     effective_batch_size: int
+    reference_images: torch.Tensor  # (N, 3, R, R) in [0, 1]: the subject's photos, for image rewards
 
     @property
     def trained_models(self) -> list[nn.Module]:
@@ -160,6 +161,7 @@ def build_run(config: Config) -> RunSetup:
         critic=named.get("critic"), reward=reward, optimizer=optimizer, critic_optimizer=critic_optimizer,
         lr_scheduler=lr_scheduler, policy_parameters=policy_parameters, autocast_dtype=autocast_dtype,
         effective_batch_size=config.train.batch_size * num_processes * config.train.gradient_accumulation_steps,
+        reference_images=instance_images,
     )
 
 

@@ -26,8 +26,9 @@ from rewardbooth import dpg
 from rewardbooth.checkpoints import check_output_dir, load_checkpoint, prepare_output_dir, save_checkpoint
 from rewardbooth.config import Config, TrainConfig, save_config
 from rewardbooth.methods.base import after_step
-from rewardbooth.monitoring import MetricsLog, plot_metrics, render_samples, validation_prompts
+from rewardbooth.monitoring import MetricsLog, make_grid, plot_metrics, render_samples, validation_prompts
 from rewardbooth.rewards import Reward, RewardContext, RewardOutput, as_output
+from rewardbooth.selection import BEST_DIR, BestTracker, ValidationScorer
 from rewardbooth.setup import RunSetup, build_run
 from rewardbooth.training_data import Batch, decode_latents
 
@@ -155,9 +156,12 @@ def train(config: Config) -> Path:
     alphas_cumprod = run.noise_scheduler.alphas_cumprod.to(accelerator.device, torch.float32)
     progress = tqdm(total=train_config.max_steps, initial=start_step, desc="train",
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    selection = Selection(run, config, output_dir, metrics) if config.validation.reward is not None else None
+    finished, stopped = start_step, False
     for step in range(start_step, train_config.max_steps):
-        if _due(step, config.validation.every) and accelerator.is_main_process:
-            validate(run, config, step, output_dir)
+        if _due(step, config.validation.every) and validate_everywhere(run, config, step, output_dir, selection):
+            stopped = True
+            break
         terms = accumulate_gradients(run, policy, config, step, alphas_cumprod)
         skipped = not all_finite(accelerator, terms)
         logged = {**terms, **apply_update(run, train_config, skipped, step)}
@@ -170,12 +174,13 @@ def train(config: Config) -> Path:
         progress.update(1)
         if train_config.checkpoint_every and done % train_config.checkpoint_every == 0:
             save_checkpoint(accelerator, output_dir, done, train_config.checkpoints_total_limit)
+        finished = done
     progress.close()
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if config.validation.every:
-            validate(run, config, train_config.max_steps, output_dir)
+        if config.validation.every and not stopped:  # a stopped run was just validated
+            validate(run, config, finished, output_dir, selection)
         save_result(run, output_dir)
         plot_metrics(output_dir / "metrics.jsonl", output_dir / "metrics.png")
     # All ranks tear the process group down together: a rank that leaves while the main one is still saving
@@ -251,13 +256,56 @@ def no_sync(accelerator: Accelerator, models: list[nn.Module], enabled: bool) ->
     return stack
 
 
-def validate(run: RunSetup, config: Config, step: int, output_dir: Path) -> None:
+def validate_everywhere(run: RunSetup, config: Config, step: int, output_dir: Path,
+                        selection: Selection | None) -> bool:
+    """The main process validates; True, on every process, when the run should stop early."""
+    if run.accelerator.is_main_process:
+        validate(run, config, step, output_dir, selection)
+    if selection is None or not selection.stop_agreed(run.accelerator):
+        return False
+    logger.info("step %d: no better validation score in %d validations: stopping early (best: step %s)", step,
+                config.validation.patience, selection.tracker.best_step)
+    return True
+
+
+def validate(run: RunSetup, config: Config, step: int, output_dir: Path, selection: Selection | None) -> None:
+    """The sample grid of this step; with a validation reward, its score, and the best model kept."""
     prompts = validation_prompts(config.validation, config.data.instance_prompt)
-    grid = render_samples(run.parts, prompts, config.validation, config.data.resolution, run.accelerator.device,
-                          autocast_dtype=run.autocast_dtype)
+    images = render_samples(run.parts, prompts, config.validation, config.data.resolution, run.accelerator.device,
+                            autocast_dtype=run.autocast_dtype)
     samples = output_dir / "samples"
     samples.mkdir(exist_ok=True)
-    grid.save(samples / f"step_{step:06d}.png")
+    make_grid(images, columns=config.validation.num_images).save(samples / f"step_{step:06d}.png")
+    if selection is not None:
+        selection.score(step, images, [p for p in prompts for _ in range(config.validation.num_images)])
+
+
+class Selection:
+    """Keep-best and early stopping by the validation reward (see rewardbooth.selection)."""
+
+    def __init__(self, run: RunSetup, config: Config, output_dir: Path, metrics: MetricsLog):
+        self.run, self.metrics = run, metrics
+        self.best_dir, self.keep_best = output_dir / BEST_DIR, config.validation.keep_best
+        self.scorer = ValidationScorer(config, run.reference_images, run.accelerator.device)
+        # On resume, the best so far is the one recorded in best/ (a fresh run has none).
+        self.tracker = BestTracker.load(self.best_dir / "best.json", config.validation.patience)
+
+    def score(self, step: int, images, prompts: list[str]) -> None:
+        values = self.scorer.scores(images, prompts)
+        self.metrics.write(step, values)
+        self.best_dir.mkdir(exist_ok=True)
+        if self.tracker.update(step, values["val/score"]) and self.keep_best:
+            self.run.method.save(self.run.parts, self.best_dir)
+        self.tracker.save(self.best_dir / "best.json")
+        logger.info("step %d: validation score %.4f (best %.4f at step %s)", step, values["val/score"],
+                    self.tracker.best_score, self.tracker.best_step)
+
+    def stop_agreed(self, accelerator: Accelerator) -> bool:
+        """The main process decides (it alone validates); every process learns the decision."""
+        from accelerate.utils import broadcast
+
+        flag = torch.tensor([float(self.tracker.should_stop)], device=accelerator.device)
+        return bool(broadcast(flag, from_process=0).item())
 
 
 def save_result(run: RunSetup, output_dir: Path) -> None:

@@ -1,0 +1,98 @@
+"""Reward-based checkpoint selection: every `validation.every` steps the validation images (fixed prompts and
+seeds) are scored by `validation.reward`; the best step's model is kept in `best/`, and with
+`validation.patience` the run stops after that many validations without improvement.
+
+Image rewards score the generated images directly (their `decode` is the identity); a weighted sum or a
+weighted harmonic mean combines several, e.g. subject fidelity with text alignment, so that a run which
+copies the references at the cost of the prompt does not win.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from rewardbooth.config import Config
+from rewardbooth.errors import UserError
+from rewardbooth.rewards import RewardContext, RewardSetup, as_output, build_reward, reward_weights
+
+BEST_DIR = "best"
+LATENT_REWARDS = {"look_forward"}  # they compare x0_hat to a training latent: meaningless on samples
+
+
+def mix_scores(parts: dict[str, tuple[float, float]], mix: str) -> float:
+    """Combine {name: (weight, mean score)}: 'weighted' = sum w s; 'harmonic' = sum w / sum (w / s), the
+    weighted harmonic mean, dominated by the weakest part (scores at or below 0 count as 1e-6)."""
+    if mix == "weighted":
+        return sum(weight * score for weight, score in parts.values())
+    total = sum(weight for weight, _ in parts.values())
+    return total / sum(weight / max(score, 1e-6) for weight, score in parts.values())
+
+
+@dataclass
+class BestTracker:
+    """The best validation score so far, and how many validations have passed without beating it."""
+
+    patience: int = 0  # 0 = never stop early
+    best_score: float = -math.inf
+    best_step: int | None = None
+    since_best: int = 0
+
+    def update(self, step: int, score: float) -> bool:
+        """Record a validation; True if it is a new best (ties keep the earlier step)."""
+        if score > self.best_score:
+            self.best_score, self.best_step, self.since_best = score, step, 0
+            return True
+        self.since_best += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.since_best >= self.patience
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path, patience: int) -> BestTracker:
+        tracker = cls(**json.loads(path.read_text())) if path.is_file() else cls()
+        tracker.patience = patience
+        return tracker
+
+
+def images_to_tensor(images: list[Image.Image]) -> torch.Tensor:
+    """PIL images -> (N, 3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.stack([np.asarray(image.convert("RGB")) for image in images])).permute(0, 3, 1, 2) / 255
+
+
+class ValidationScorer:
+    """`validation.reward` on the validation images; `scores(...)` returns the mixed score and every part."""
+
+    def __init__(self, config: Config, reference_images: torch.Tensor, device: torch.device):
+        validation = config.validation
+        self.weights = reward_weights(validation.reward)
+        latent = sorted(LATENT_REWARDS & set(self.weights))
+        if latent:
+            raise UserError(f"validation.reward scores generated images, but {latent[0]!r} compares latents to a "
+                            f"training image: use image rewards, e.g. {{dino: 1, clip_text: 1}}")
+        setup = RewardSetup(reference_images=reference_images, identifier=config.data.identifier, device=device)
+        self.reward = build_reward(validation.reward, validation.reward_options, setup)
+        self.mix, self.device = validation.mix, device
+
+    @torch.no_grad()
+    def scores(self, images: list[Image.Image], prompts: list[str]) -> dict[str, float]:
+        pixels = images_to_tensor(images).to(self.device)
+        context = RewardContext(x0=torch.zeros(len(pixels), 1), prompts=prompts, decode=lambda x: x)
+        output = as_output(self.reward(pixels, context))
+        if len(self.weights) == 1:
+            (name, weight), = self.weights.items()
+            parts = {name: (weight, float(output.scores.mean()))}
+        else:
+            parts = {name: (weight, float(output.diagnostics[name].mean())) for name, weight in self.weights.items()}
+        return {"val/score": mix_scores(parts, self.mix), **{f"val/{name}": score for name, (_, score) in parts.items()}}
