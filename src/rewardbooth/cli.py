@@ -1,4 +1,4 @@
-"""The `rewardbooth` command: train, generate, bench, demo, rewards."""
+"""The `rewardbooth` command: train, generate, evaluate, bench, demo, rewards."""
 
 from __future__ import annotations
 
@@ -97,9 +97,22 @@ def _add_demo(commands) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rewardbooth", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_generate, _add_bench, _add_demo, _add_rewards):
+    for add in (_add_train, _add_generate, _add_bench, _add_demo, _add_rewards, _add_evaluate):
         add(commands)
     return parser
+
+
+def _add_evaluate(commands) -> None:
+    parser = commands.add_parser("evaluate", help="DreamBench metrics (DINO, CLIP-I, CLIP-T, ...) of generated images")
+    parser.add_argument("generated", type=Path, nargs="+", help="folders written by `rewardbooth generate` (one per run)")
+    parser.add_argument("--subject", type=Path, required=True, help="folder of the subject's reference photos")
+    parser.add_argument("--output", type=Path, default=Path("evaluation"), help="report folder")
+    parser.add_argument("--metrics", nargs="+", default=["dino", "clip_i", "clip_t"],
+                        help="from dino, clip_i, clip_t, face, toy_fidelity, toy_alignment")
+    parser.add_argument("--identifier", default="sks", help="removed from prompts for CLIP-T")
+    parser.add_argument("--dino-model", default="facebook/dino-vits16", help="hub id or local folder")
+    parser.add_argument("--clip-model", default="openai/clip-vit-base-patch32", help="hub id or local folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in --output")
 
 
 def _add_rewards(commands) -> None:
@@ -107,66 +120,87 @@ def _add_rewards(commands) -> None:
     parser.add_argument("names", nargs="*", help="only these (registered names or 'package.module:factory')")
 
 
-def run(args: argparse.Namespace) -> None:
-    if args.command == "train":
-        from rewardbooth.config import describe, load_config
+def _run_train(args: argparse.Namespace) -> None:
+    from rewardbooth.config import describe, load_config
 
-        if args.help_config:
-            print(describe())
-            return
-        from rewardbooth.train import train
+    if args.help_config:
+        print(describe())
+        return
+    from rewardbooth.train import train
 
-        output_dir = train(load_config(args.config, args.overrides))
-        print(f"done: {output_dir}")
-    elif args.command == "generate":
-        from rewardbooth.generate import generate
+    print(f"done: {train(load_config(args.config, args.overrides))}")
 
-        prompts = list(args.prompt)
-        if args.prompts_file is not None:
-            from rewardbooth.dreambench import read_prompt_file
 
-            prompts += read_prompt_file(args.prompts_file)
-        if args.dreambench is not None:
-            from rewardbooth.dreambench import prompts_for
+def _run_generate(args: argparse.Namespace) -> None:
+    from rewardbooth.dreambench import prompts_for, read_prompt_file
+    from rewardbooth.generate import generate
 
-            prompts += prompts_for(args.dreambench, args.identifier)
-        paths = generate(args.model, prompts, args.output, num_images=args.num_images, seed=args.seed,
-                         num_inference_steps=args.steps, guidance_scale=args.guidance,
-                         resolution=args.resolution, overwrite=args.overwrite, lora=args.lora)
-        print(f"wrote {len(paths)} images and {args.output / 'grid.png'}")
-    elif args.command == "bench":
-        if args.toyworld:
-            from rewardbooth.toyworld.benchmark import run_toyworld_benchmark
-            from rewardbooth.toyworld.experiment import OBJECTIVES, Setting
+    prompts = list(args.prompt)
+    if args.prompts_file is not None:
+        prompts += read_prompt_file(args.prompts_file)
+    if args.dreambench is not None:
+        prompts += prompts_for(args.dreambench, args.identifier)
+    paths = generate(args.model, prompts, args.output, num_images=args.num_images, seed=args.seed,
+                     num_inference_steps=args.steps, guidance_scale=args.guidance, resolution=args.resolution,
+                     overwrite=args.overwrite, lora=args.lora)
+    print(f"wrote {len(paths)} images and {args.output / 'grid.png'}")
 
-            unknown = sorted(set(args.objectives or ()) - set(OBJECTIVES))
-            if unknown:
-                raise UserError(f"unknown toy objective {unknown[0]!r}: choose from {', '.join(OBJECTIVES)}")
-            output = args.output or Path("benchmarks/toyworld")
-            report = run_toyworld_benchmark(
-                output, num_subjects=args.subjects, seeds=tuple(args.seeds),
-                objectives=tuple(args.objectives or OBJECTIVES), first_subject=args.first_subject, jobs=args.jobs,
-                setting=Setting(steps=args.train_steps, lr=args.lr, overrides=tuple(args.overrides)))
-            print((output / "results.md").read_text())
-            return report
-        from rewardbooth.bench import VARIANTS, run_bench
 
-        unknown = sorted(set(args.variants or ()) - set(VARIANTS))
+def _run_bench(args: argparse.Namespace) -> None:
+    if args.toyworld:
+        from rewardbooth.toyworld.benchmark import run_toyworld_benchmark
+        from rewardbooth.toyworld.experiment import OBJECTIVES, Setting
+
+        unknown = sorted(set(args.objectives or ()) - set(OBJECTIVES))
         if unknown:
-            raise UserError(f"unknown bench variant {unknown[0]!r}: choose from {', '.join(VARIANTS)}")
-        run_bench(model=args.model, resolution=args.resolution, batch_size=args.batch_size, steps=args.steps,
-                  warmup=args.warmup, mixed_precision=args.mixed_precision, output=args.output,
-                  variants=tuple(args.variants or VARIANTS))
-    elif args.command == "rewards":
-        from rewardbooth.rewards.base import describe_rewards
+            raise UserError(f"unknown toy objective {unknown[0]!r}: choose from {', '.join(OBJECTIVES)}")
+        output = args.output or Path("benchmarks/toyworld")
+        run_toyworld_benchmark(output, num_subjects=args.subjects, seeds=tuple(args.seeds),
+                               objectives=tuple(args.objectives or OBJECTIVES), first_subject=args.first_subject,
+                               jobs=args.jobs,
+                               setting=Setting(steps=args.train_steps, lr=args.lr, overrides=tuple(args.overrides)))
+        print((output / "results.md").read_text())
+        return
+    from rewardbooth.bench import VARIANTS, run_bench
 
-        print(describe_rewards(args.names))
-    elif args.command == "demo":
-        from rewardbooth.demo import run_demo
+    unknown = sorted(set(args.variants or ()) - set(VARIANTS))
+    if unknown:
+        raise UserError(f"unknown bench variant {unknown[0]!r}: choose from {', '.join(VARIANTS)}")
+    run_bench(model=args.model, resolution=args.resolution, batch_size=args.batch_size, steps=args.steps,
+              warmup=args.warmup, mixed_precision=args.mixed_precision, output=args.output,
+              variants=tuple(args.variants or VARIANTS))
 
-        run_demo(args.output, subject_index=args.subject, steps=args.steps,
-                 images_per_prompt=args.images_per_prompt, num_prompts=args.num_prompts, overwrite=args.overwrite,
-                 seed=args.seed)
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from rewardbooth.evaluate import evaluate
+
+    if (args.output / "evaluation.json").exists() and not args.overwrite:
+        raise UserError(f"{args.output} already holds an evaluation; pass --overwrite or choose another --output")
+    evaluate(args.generated, args.subject, args.output, metrics=tuple(args.metrics), identifier=args.identifier,
+             dino_model=args.dino_model, clip_model=args.clip_model)
+    print((args.output / "report.md").read_text())
+    print(f"report: {args.output / 'report.html'}")
+
+
+def _run_rewards(args: argparse.Namespace) -> None:
+    from rewardbooth.rewards.base import describe_rewards
+
+    print(describe_rewards(args.names))
+
+
+def _run_demo(args: argparse.Namespace) -> None:
+    from rewardbooth.demo import run_demo
+
+    run_demo(args.output, subject_index=args.subject, steps=args.steps, images_per_prompt=args.images_per_prompt,
+             num_prompts=args.num_prompts, overwrite=args.overwrite, seed=args.seed)
+
+
+COMMANDS = {"train": _run_train, "generate": _run_generate, "bench": _run_bench, "evaluate": _run_evaluate,
+            "rewards": _run_rewards, "demo": _run_demo}
+
+
+def run(args: argparse.Namespace) -> None:
+    COMMANDS[args.command](args)
 
 
 def main(argv: list[str] | None = None) -> int:
