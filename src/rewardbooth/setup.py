@@ -93,8 +93,9 @@ def check_component_names(config: Config) -> None:
     methods.get(config.method.name)
     if config.objective.name != "baseline":
         for name in reward_weights(config.objective.reward):
-            # A reward class tells its differentiability before it is built: fail before any slow work.
-            if config.objective.name == "direct" and getattr(rewards.get(name), "differentiable", True) is False:
+            factory = rewards.get(name)  # an unknown name fails here, before any slow work
+            # A reward class tells its differentiability before it is built.
+            if config.objective.name == "direct" and getattr(factory, "differentiable", True) is False:
                 raise UserError(f"objective.name=direct backpropagates the reward, but {name!r} is not "
                                 f"differentiable: use objective.name=dpg (the critic learns it)")
     if config.objective.name == "dpg":
