@@ -14,12 +14,12 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 from rewardbooth.config import Config
 from rewardbooth.errors import UserError
+from rewardbooth.evaluate import to_tensor
 from rewardbooth.rewards import RewardContext, RewardSetup, as_output, build_reward, reward_weights
 
 BEST_DIR = "best"
@@ -66,11 +66,6 @@ class BestTracker:
         return tracker
 
 
-def images_to_tensor(images: list[Image.Image]) -> torch.Tensor:
-    """PIL images -> (N, 3, H, W) float32 in [0, 1]."""
-    return torch.from_numpy(np.stack([np.asarray(image.convert("RGB")) for image in images])).permute(0, 3, 1, 2) / 255
-
-
 class ValidationScorer:
     """`validation.reward` on the validation images; `scores(...)` returns the mixed score and every part."""
 
@@ -87,7 +82,7 @@ class ValidationScorer:
 
     @torch.no_grad()
     def scores(self, images: list[Image.Image], prompts: list[str]) -> dict[str, float]:
-        pixels = images_to_tensor(images).to(self.device)
+        pixels = torch.stack([to_tensor(image) for image in images]).to(self.device)
         context = RewardContext(x0=torch.zeros(len(pixels), 1), prompts=prompts, decode=lambda x: x)
         output = as_output(self.reward(pixels, context))
         if len(self.weights) == 1:
