@@ -30,6 +30,19 @@ def test_bench_rejects_an_unknown_variant(capsys):
     assert "unknown bench variant 'dpg-clip'" in capsys.readouterr().err
 
 
+def test_evaluation_bench_times_the_whole_evaluate_path(tmp_path, capsys):
+    from helpers import save_tiny_clip, save_tiny_vit
+    from rewardbooth.bench_evaluation import run_evaluation_bench
+
+    output = tmp_path / "evaluation.json"
+    report = run_evaluation_bench(num_images=6, image_size=64, dino_model=str(save_tiny_vit(tmp_path / "vit")),
+                                  clip_model=str(save_tiny_clip(tmp_path / "clip")), output=output)
+    assert json.loads(output.read_text()) == report
+    assert report["images"] == 6 and report["images_per_s"] == pytest.approx(6 / report["seconds"])
+    assert report["seconds_for_3000"] == pytest.approx(3000 / report["images_per_s"])
+    assert "3,000 images would take" in capsys.readouterr().out
+
+
 def test_demo_end_to_end(tmp_path, capsys):
     """The README's main job on a reduced setting: both methods trained, generated, scored, reported."""
     output = tmp_path / "demo"

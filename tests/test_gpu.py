@@ -1,9 +1,14 @@
-"""GPU tier: mixed precision on CUDA and real-scale timing. Skipped on machines without CUDA."""
+"""GPU tier: mixed precision on CUDA, real-scale timing, and our DINO/CLIP features against the reference
+pipelines when real weights are present. Skipped on machines without CUDA."""
 
 import json
+import os
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file
 
 from helpers import run_cli, tiny_args
@@ -27,3 +32,65 @@ def test_sd15_scale_bench_on_cuda(tmp_path):
     report = json.loads(output.read_text())
     assert report["resolution"] == 512 and report["mixed_precision"] == "fp16"
     assert report["memory_measure"] == "peak CUDA allocation per step"
+
+
+def _real_weights(env: str, hub_id: str) -> str:
+    """A local folder from $env, else the hub id if it is in the local cache; skips the test otherwise."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if os.environ.get(env):
+        return os.environ[env]
+    if isinstance(try_to_load_from_cache(hub_id, "config.json"), str):
+        return hub_id
+    pytest.skip(f"no {hub_id} weights: set {env} to a local folder of them")
+
+
+def _photos():
+    from skimage import data
+
+    return [Image.fromarray(photo) for photo in (data.astronaut(), data.chelsea(), data.coffee(), data.rocket())]
+
+
+def _pil_to_tensor(image):
+    return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1).float() / 255
+
+
+@pytest.mark.gpu
+def test_dino_features_match_the_official_pipeline():
+    """Ours (tensor preprocessing on the GPU) against DreamBench's: torchvision's Resize(256, bicubic) on a PIL
+    image (which is PIL's own resize), CenterCrop(224), ImageNet normalisation, ViT CLS token on the CPU."""
+    from transformers import ViTModel
+
+    from rewardbooth.rewards.backbones import DinoFeatures
+    from rewardbooth.rewards.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+    model = _real_weights("REWARDBOOTH_DINO_MODEL", "facebook/dino-vits16")
+    ours = DinoFeatures(model, torch.device("cuda"))
+    reference = ViTModel.from_pretrained(model, add_pooling_layer=False).eval()
+    for photo in _photos():
+        scale = 256 / min(photo.size)
+        resized = photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.BICUBIC)
+        left, top = (resized.width - 224) // 2, (resized.height - 224) // 2
+        pixels = _pil_to_tensor(resized.crop((left, top, left + 224, top + 224)))
+        pixels = (pixels - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+        with torch.no_grad():
+            expected = F.normalize(reference(pixel_values=pixels[None]).last_hidden_state[:, 0], dim=-1)
+        assert F.cosine_similarity(ours(_pil_to_tensor(photo)[None]).cpu(), expected).item() > 0.999
+
+
+@pytest.mark.gpu
+def test_clip_features_match_transformers_processor_and_model():
+    from transformers import CLIPModel, CLIPProcessor
+
+    from rewardbooth.rewards.backbones import ClipFeatures
+
+    model = _real_weights("REWARDBOOTH_CLIP_MODEL", "openai/clip-vit-base-patch32")
+    ours = ClipFeatures(model, torch.device("cuda"), with_text=True)
+    processor, reference = CLIPProcessor.from_pretrained(model), CLIPModel.from_pretrained(model).eval()
+    photos = _photos()
+    with torch.no_grad():
+        expected = F.normalize(reference.get_image_features(**processor(images=photos, return_tensors="pt")), dim=-1)
+        text = F.normalize(reference.get_text_features(**processor(text=["a cat"], return_tensors="pt")), dim=-1)
+    for photo, row in zip(photos, expected):
+        assert F.cosine_similarity(ours.images(_pil_to_tensor(photo)[None]).cpu(), row[None]).item() > 0.999
+    assert F.cosine_similarity(ours.text("a cat").cpu()[None], text).item() > 0.9999

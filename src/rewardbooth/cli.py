@@ -1,4 +1,4 @@
-"""The `rewardbooth` command: train, generate, evaluate, bench, demo, rewards."""
+"""The `rewardbooth` command: train, generate, evaluate, sweep, bench, demo, rewards."""
 
 from __future__ import annotations
 
@@ -80,6 +80,9 @@ def _add_bench(commands) -> None:
     parser.add_argument("--first-subject", type=int, default=100,
                         help="--toyworld: index of the first subject (100+ are reported, 0-99 are for tuning)")
     parser.add_argument("--jobs", type=int, default=1, help="--toyworld: runs at once, one thread each")
+    parser.add_argument("--evaluation", action="store_true",
+                        help="instead: images/s of `rewardbooth evaluate` with DINO + CLIP (random real-size models)")
+    parser.add_argument("--images", type=int, default=None, help="--evaluation: images (default 3000 CUDA, 128 CPU)")
 
 
 def _add_demo(commands) -> None:
@@ -97,7 +100,7 @@ def _add_demo(commands) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rewardbooth", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_generate, _add_bench, _add_demo, _add_rewards, _add_evaluate):
+    for add in (_add_train, _add_generate, _add_bench, _add_demo, _add_rewards, _add_evaluate, _add_sweep):
         add(commands)
     return parser
 
@@ -113,6 +116,19 @@ def _add_evaluate(commands) -> None:
     parser.add_argument("--dino-model", default="facebook/dino-vits16", help="hub id or local folder")
     parser.add_argument("--clip-model", default="openai/clip-vit-base-patch32", help="hub id or local folder")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in --output")
+
+
+def _add_sweep(commands) -> None:
+    parser = commands.add_parser("sweep", help="train, generate and evaluate many subjects x objectives (resumable)",
+                                 description="Run a sweep file (docs/sweep.md): every subject of a DreamBench-layout "
+                                             "dataset with every objective, then the DINO / CLIP-I / CLIP-T table. "
+                                             "Run it again to resume; finished runs are skipped.")
+    parser.add_argument("sweep", type=Path, nargs="?", help="sweep YAML file")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the sweep file, e.g. output=sweeps/b")
+    parser.add_argument("--shard", default="0/1", help="INDEX/COUNT: this process runs every COUNT-th subject")
+    parser.add_argument("--devices", nargs="+", default=None,
+                        help="one process per GPU (e.g. 0 1 2 3, or 'all'), each on its shard, then the table")
+    parser.add_argument("--help-config", action="store_true", help="list every sweep key and exit")
 
 
 def _add_rewards(commands) -> None:
@@ -147,6 +163,11 @@ def _run_generate(args: argparse.Namespace) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> None:
+    if args.evaluation:
+        from rewardbooth.bench_evaluation import run_evaluation_bench
+
+        run_evaluation_bench(num_images=args.images, output=args.output)
+        return
     if args.toyworld:
         from rewardbooth.toyworld.benchmark import run_toyworld_benchmark
         from rewardbooth.toyworld.experiment import OBJECTIVES, Setting
@@ -182,6 +203,32 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     print(f"report: {args.output / 'report.html'}")
 
 
+def _run_sweep(args: argparse.Namespace) -> None:
+    from rewardbooth.sweep import describe_sweep, launch_per_device, load_sweep, parse_shard, run_sweep
+
+    if args.help_config:
+        print(describe_sweep())
+        return
+    if args.sweep is None:
+        raise UserError("no sweep file given: `rewardbooth sweep SWEEP.yaml` (see examples/sweep-toy.yaml)")
+    sweep, shard = load_sweep(args.sweep, args.overrides), parse_shard(args.shard)
+    if args.devices:
+        import torch
+
+        if shard != (0, 1):
+            raise UserError("--devices shards the subjects itself: leave --shard out")
+        devices = [str(i) for i in range(torch.cuda.device_count())] if args.devices == ["all"] else args.devices
+        if not devices:
+            raise UserError("--devices all: no CUDA device is visible; leave --devices out to run in this process")
+        launch_per_device([str(args.sweep), *args.overrides], devices)
+    result = run_sweep(sweep, shard)
+    if result is None:
+        print(f"sweep: shard {args.shard} finished; run the other shards, then any of them again for the table")
+    else:
+        print((Path(sweep.output) / "results.md").read_text())
+        print(f"table: {Path(sweep.output) / 'results.png'}")
+
+
 def _run_rewards(args: argparse.Namespace) -> None:
     from rewardbooth.rewards.base import describe_rewards
 
@@ -196,7 +243,7 @@ def _run_demo(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"train": _run_train, "generate": _run_generate, "bench": _run_bench, "evaluate": _run_evaluate,
-            "rewards": _run_rewards, "demo": _run_demo}
+            "rewards": _run_rewards, "demo": _run_demo, "sweep": _run_sweep}
 
 
 def run(args: argparse.Namespace) -> None:

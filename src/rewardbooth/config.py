@@ -162,7 +162,7 @@ def preset_names() -> list[str]:
 
 def load_config(source: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Build a Config from a file or preset name, then apply ``section.key=value`` overrides."""
-    tree = _read_source(source) if source is not None else {}
+    tree = read_source(source) if source is not None else {}
     for override in overrides:
         key, value = _parse_override(override)
         section, _, name = key.partition(".")
@@ -174,7 +174,7 @@ def load_config(source: str | Path | None = None, overrides: typing.Sequence[str
 
 
 def from_dict(tree: dict[str, Any]) -> Config:
-    return _build(Config, tree, prefix="")
+    return build_dataclass(Config, tree)
 
 
 def to_dict(config: Config) -> dict[str, Any]:
@@ -199,7 +199,7 @@ def describe(config_type: type = Config) -> str:
     return "\n".join(lines)
 
 
-def _read_source(source: str | Path) -> dict[str, Any]:
+def read_source(source: str | Path) -> dict[str, Any]:
     path = Path(source)
     if not path.exists() and str(source) in preset_names():
         path = PRESET_DIR / f"{source}.yaml"
@@ -228,7 +228,8 @@ def _parse_override(override: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _build(cls: type, tree: Any, prefix: str) -> Any:
+def build_dataclass(cls: type, tree: Any, prefix: str = "") -> Any:
+    """A frozen dataclass from a mapping, every value coerced to its field's type (UserError naming the key)."""
     if not isinstance(tree, dict):
         raise UserError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {tree!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -240,13 +241,15 @@ def _build(cls: type, tree: Any, prefix: str) -> Any:
     for name, value in tree.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, value, prefix=f"{prefix}{name}.")
+            values[name] = build_dataclass(hint, value, prefix=f"{prefix}{name}.")
         else:
             values[name] = _coerce(value, hint, f"{prefix}{name}")
     return cls(**values)
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
+    if hint is Any:  # passed through as YAML gave it (e.g. a sweep's override values)
+        return value
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         return _coerce_union(value, args, key)

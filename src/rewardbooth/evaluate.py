@@ -161,8 +161,10 @@ def summarize(rows: list[dict], metrics: tuple[str, ...]) -> tuple[dict[str, flo
 def evaluate(generated: list[Path], subject_dir: Path, output: Path, metrics: tuple[str, ...] = ("dino", "clip_i", "clip_t"),
              identifier: str = "sks", dino_model: str = "facebook/dino-vits16",
              clip_model: str = "openai/clip-vit-base-patch32", judge_dir: str | None = None,
-             device: str | None = None) -> dict:
-    """Score every generated folder against the subject's photos; writes JSON, CSV, Markdown and HTML."""
+             device: str | None = None, backbones: Backbones | None = None) -> dict:
+    """Score every generated folder against the subject's photos; writes JSON, CSV, Markdown and HTML.
+
+    `backbones` (already loaded) replace the model names, e.g. for a sweep over many subjects."""
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise UserError(f"unknown metric {unknown[0]!r}: choose from {', '.join(METRICS)}")
@@ -170,8 +172,10 @@ def evaluate(generated: list[Path], subject_dir: Path, output: Path, metrics: tu
     if len(set(names)) != len(names):
         raise UserError("two generated folders share a name: the report names runs by folder name; rename one")
     references = [image for _, image in load_subject_images(subject_dir)]
-    backbones = Backbones(dino_model, clip_model, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")),
-                          judge_dir)
+    if backbones is None:
+        backbones = Backbones(dino_model, clip_model,
+                              torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")), judge_dir)
+    dino_model, clip_model = backbones.dino_model, backbones.clip_model
     runs = {}
     for folder in tqdm(generated, desc="evaluate"):
         rows = score_run(folder, references, metrics, identifier, backbones)

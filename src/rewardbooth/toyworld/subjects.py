@@ -254,3 +254,22 @@ def write_subject(subject: Subject, folder: Path, count: int = 5, seed: int = 0,
     attributes = {**dataclasses.asdict(subject), "identifier": identifier, "reference_seed": seed}
     attributes_path.write_text(json.dumps(attributes, indent=2) + "\n")
     return [*images, prompts_path, attributes_path]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Write toy subjects as a DreamBench-layout dataset (one folder per subject) for `rewardbooth sweep`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m rewardbooth.toyworld.subjects", description=main.__doc__)
+    parser.add_argument("output", type=Path, help="dataset folder")
+    parser.add_argument("--indices", type=int, nargs="+", default=list(range(100, 108)),
+                        help="subject indices (100+ are the benchmark's reported subjects)")
+    parser.add_argument("--views", type=int, default=5, help="reference photos per subject")
+    args = parser.parse_args(argv)
+    for index in args.indices:
+        write_subject(make_subject(index), args.output / f"subject_{index:03d}", count=args.views)
+    print(f"wrote {len(args.indices)} subjects to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""`rewardbooth sweep`: subjects, prompts and configs per run; a two-subject toy sweep sharded, interrupted and
+resumed, redoing nothing finished."""
+
+import json
+
+import pytest
+import yaml
+
+from helpers import run_cli, save_tiny_vit
+from rewardbooth import dreambench, sweep
+from rewardbooth.errors import UserError
+from rewardbooth.toyworld import subjects
+
+
+def write_sweep(path, **keys):
+    path.write_text(yaml.safe_dump(keys, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy-dataset")
+    subjects.main([str(root), "--indices", "100", "101", "--views", "3"])
+    return root
+
+
+def test_class_noun_from_class_txt_then_dreambench_then_toy_subject(tmp_path, toy_dataset):
+    (tmp_path / "my_mug").mkdir()
+    (tmp_path / "my_mug" / "class.txt").write_text("mug\n")
+    (tmp_path / "dog6").mkdir()
+    assert sweep.subject_class(tmp_path / "my_mug") == "mug"
+    assert sweep.subject_class(tmp_path / "dog6") == "dog"
+    assert sweep.subject_class(toy_dataset / "subject_100") == subjects.make_subject(100).object_class
+    (tmp_path / "unknown").mkdir()
+    with pytest.raises(UserError, match="class.txt"):
+        sweep.subject_class(tmp_path / "unknown")
+
+
+def test_prompts_from_prompts_txt_else_dreambench_lists(tmp_path, toy_dataset):
+    assert sweep.subject_prompts(toy_dataset / "subject_100", "ball", "sks") == subjects.prompt_set(
+        subjects.make_subject(100))
+    assert sweep.subject_prompts(tmp_path, "dog", "zwx") == dreambench.prompts_for("dog6", "zwx")
+    assert sweep.subject_prompts(tmp_path, "backpack", "sks") == dreambench.prompts_for("backpack", "sks")
+
+
+def test_run_config_layers_shared_then_objective_then_subject(tmp_path, toy_dataset):
+    spec = sweep.load_sweep(write_sweep(
+        tmp_path / "s.yaml", dataset=str(toy_dataset), output=str(tmp_path / "out"),
+        overrides={"model.pretrained": "toy", "train.max_steps": 7, "validation.prompts": ["a sks ball, twice"]},
+        objectives={"a": {"objective.name": "baseline", "train.max_steps": 9}},
+        instance_prompt="a {identifier} {class_noun}"))
+    config = sweep.run_config(spec, toy_dataset / "subject_100", "a")
+    noun = subjects.make_subject(100).object_class
+    assert config.train.max_steps == 9 and config.objective.name == "baseline"
+    assert config.validation.prompts == ("a sks ball, twice",)
+    assert config.data.instance_prompt == f"a sks {noun}" and config.data.class_prompt == f"a photo of {noun}"
+    assert config.train.output_dir == str(tmp_path / "out" / "runs" / "subject_100" / "a" / "model")
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({}, "sets no dataset"),
+    ({"dataset": "nowhere"}, "is not a folder"),
+    ({"dataset": "DATA", "colour": 1}, "unknown config key 'colour'"),
+    ({"dataset": "DATA", "subjects": ["subject_999"]}, "'subject_999' is not a folder"),
+    ({"dataset": "DATA", "objectives": {"x": {"train.max_step": 3}}}, "unknown config key 'train.max_step'"),
+    ({"dataset": "DATA", "overrides": {"model.pretrained": "toy", "train.lr": -1}}, "train.lr"),
+])
+def test_bad_sweep_fails_at_once_with_one_line(keys, message, tmp_path, toy_dataset, capsys):
+    keys = {k: str(toy_dataset) if v == "DATA" else v for k, v in keys.items()}
+    path = write_sweep(tmp_path / "s.yaml", output=str(tmp_path / "out"), **keys)
+    assert run_cli(["sweep", str(path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and "\n" not in error
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_missing_sweep_file_and_bad_shard(tmp_path, capsys):
+    assert run_cli(["sweep", str(tmp_path / "none.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert run_cli(["sweep", str(write_sweep(tmp_path / "s.yaml", dataset=str(tmp_path))), "--shard", "2/2"]) == 2
+    assert "--shard '2/2'" in capsys.readouterr().err
+
+
+def test_help_config_lists_every_key(capsys):
+    assert run_cli(["sweep", "--help-config"]) == 0
+    text = capsys.readouterr().out
+    assert all(f"{key} = " in text for key in ("dataset", "objectives", "metrics", "keep_models"))
+
+
+def test_two_toy_subjects_sharded_interrupted_and_resumed(toy_dataset, tmp_path, monkeypatch, capsys):
+    vit = save_tiny_vit(tmp_path / "vit")
+    out = tmp_path / "sweep"
+    path = write_sweep(
+        tmp_path / "toy.yaml", dataset=str(toy_dataset), output=str(out), config="default",
+        overrides={"model.pretrained": "toy", "data.resolution": 32, "data.prior_preservation": False,
+                   "train.max_steps": 2, "train.lr": 1e-4, "train.report_to": "none", "train.checkpoint_every": 0,
+                   "validation.every": 0},
+        objectives={"dreambooth": {"objective.name": "baseline"}, "dpg": {"objective.name": "dpg"}},
+        instance_prompt="a {identifier} {class_noun}", class_prompt="a {class_noun}", images_per_prompt=1,
+        sampler_steps=2, guidance_scale=4.0, metrics=["toy_fidelity", "toy_alignment", "dino"], dino_model=str(vit))
+    trained = []
+    real = sweep.train_and_generate
+
+    def recording(spec, subject, objective, config):
+        trained.append((subject.name, objective))
+        if (subject.name, objective) == ("subject_101", "dpg") and interrupt:
+            (sweep.run_dir(spec, subject.name, objective) / "model").mkdir(parents=True)
+            (sweep.run_dir(spec, subject.name, objective) / "model" / "half-written").write_text("x")
+            raise KeyboardInterrupt
+        real(spec, subject, objective, config)
+
+    monkeypatch.setattr(sweep, "train_and_generate", recording)
+
+    # Shard 0 of 2: the first subject only, evaluated; no table while the other shard is unfinished.
+    interrupt = True
+    assert run_cli(["sweep", str(path), "--shard", "0/2"]) == 0
+    assert trained == [("subject_100", "dreambooth"), ("subject_100", "dpg")]
+    assert "shard 0/2 finished" in capsys.readouterr().out
+    assert (out / "evaluation" / "subject_100" / "evaluation.json").is_file() and not (out / "results.md").exists()
+    first_done = (out / "runs" / "subject_100" / "dpg" / sweep.DONE).stat().st_mtime_ns
+
+    # The whole sweep, interrupted in its last run.
+    assert run_cli(["sweep", str(path)]) == 130
+    assert trained[2:] == [("subject_101", "dreambooth"), ("subject_101", "dpg")]
+    assert not (out / "runs" / "subject_101" / "dpg" / sweep.DONE).exists()
+
+    # Resumed: only the interrupted run trains again, from scratch; then the table.
+    interrupt = False
+    assert run_cli(["sweep", str(path)]) == 0
+    assert trained[4:] == [("subject_101", "dpg")]
+    assert "3 of 4 runs already done" in capsys.readouterr().out
+    assert (out / "runs" / "subject_100" / "dpg" / sweep.DONE).stat().st_mtime_ns == first_done
+    assert not (out / "runs" / "subject_101" / "dpg" / "model" / "half-written").exists()
+    assert not list((out / "runs").rglob("*.safetensors"))  # keep_models is off: weights dropped, samples kept
+    assert (out / "runs" / "subject_101" / "dpg" / "model" / "metrics.jsonl").is_file()
+
+    result = json.loads((out / "results.json").read_text())
+    assert result["subjects"] == ["subject_100", "subject_101"] and list(result["table"]) == ["dreambooth", "dpg"]
+    report = json.loads((out / "evaluation" / "subject_101" / "evaluation.json").read_text())
+    assert len(report["runs"]["dpg"]["images"]) == 25  # the toy subject's prompts.txt, one image each
+    for metric in ("toy_fidelity", "toy_alignment", "dino"):
+        expected = sum(json.loads((out / "evaluation" / s / "evaluation.json").read_text())["runs"]["dpg"]["summary"]
+                       [metric] for s in result["subjects"]) / 2
+        assert result["table"]["dpg"][metric] == pytest.approx(expected)
+        assert f"{metric}_delta" in result["table"]["dpg"] and f"{metric}_delta" not in result["table"]["dreambooth"]
+    assert "| dpg |" in (out / "results.md").read_text() and (out / "results.png").is_file()
+
+
+def test_a_run_interrupted_after_a_checkpoint_resumes_from_it(toy_dataset, tmp_path, monkeypatch):
+    import rewardbooth.generate
+    import rewardbooth.train
+
+    out = tmp_path / "sweep"
+    path = write_sweep(
+        tmp_path / "toy.yaml", dataset=str(toy_dataset), output=str(out), subjects=["subject_100"],
+        overrides={"model.pretrained": "toy", "data.resolution": 32, "data.prior_preservation": False,
+                   "train.max_steps": 2, "train.report_to": "none", "train.checkpoint_every": 1,
+                   "validation.every": 0},
+        objectives={"dpg": {"objective.name": "dpg"}}, images_per_prompt=1, sampler_steps=1,
+        metrics=["toy_fidelity"])
+    steps, real_step, real_generate = [], rewardbooth.train.accumulate_gradients, rewardbooth.generate.generate
+
+    def counted(*args, **kwargs):
+        steps.append(args[3])
+        return real_step(*args, **kwargs)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rewardbooth.train, "accumulate_gradients", counted)
+    monkeypatch.setattr(rewardbooth.generate, "generate", interrupted)
+    assert run_cli(["sweep", str(path)]) == 130
+    assert steps == [0, 1]
+    monkeypatch.setattr(rewardbooth.generate, "generate", real_generate)
+    assert run_cli(["sweep", str(path)]) == 0
+    assert steps == [0, 1]  # resumed at its step-2 checkpoint: nothing left to train
+    assert len((out / "runs" / "subject_100" / "dpg" / "model" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (out / "results.md").is_file()
+
+
+@pytest.mark.parametrize("example", ["sweep-dreambench.yaml", "sweep-toy.yaml"])
+def test_shipped_example_sweeps_build_every_run_config(example, tmp_path):
+    from pathlib import Path
+
+    (tmp_path / "dog6").mkdir()
+    path = Path(__file__).parents[1] / "examples" / example
+    spec = sweep.load_sweep(path, [f"dataset={tmp_path}", f"output={tmp_path / 'out'}"])
+    for objective in sweep.objectives_of(spec):
+        config = sweep.run_config(spec, tmp_path / "dog6", objective)
+        assert config.data.identifier == "sks" and "dog" in config.data.instance_prompt
