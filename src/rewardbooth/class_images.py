@@ -56,7 +56,9 @@ def generate_class_images(parts: StableDiffusionParts, config: DataConfig, folde
             generator=[torch.Generator().manual_seed(index) for index in indices],
         ).images
         for index, image in zip(indices, images):
-            temporary = folder / f".class_{index:05d}.png.tmp"
+            # Atomic: a crash leaves no half image. The temporary name is the writer's own, since runs that
+            # share the cache (parallel benchmark jobs) may fill it at once; same seed, same image.
+            temporary = folder / f".class_{index:05d}.{os.getpid()}.png.tmp"
             image.save(temporary, format="PNG")
-            temporary.replace(folder / f"class_{index:05d}.png")  # atomic: a crash leaves no half image
+            temporary.replace(folder / f"class_{index:05d}.png")
     return cached_class_images(folder)[: config.num_class_images]
