@@ -13,7 +13,7 @@ def test_bench_reports_ratios(tmp_path, capsys):
     output = tmp_path / "bench.json"
     assert run_cli(["bench", "--steps", "2", "--warmup", "1", "--output", str(output)]) == 0
     report = json.loads(output.read_text())
-    assert set(report["variants"]) == {"baseline", "dpg-look-forward", "dpg-dino"}
+    assert set(report["variants"]) == {"baseline", "dpg-look-forward", "dpg-dino", "dpg-clip-image", "dpg-clip-text"}
     for values in report["variants"].values():
         assert values["median_step_s"] > 0 and values["peak_memory_mib"] > 100
     for name, target in (("dpg-look-forward", 1.03), ("dpg-dino", 1.25)):
@@ -23,6 +23,18 @@ def test_bench_reports_ratios(tmp_path, capsys):
     assert "dpg-look-forward / baseline: time" in printed and "dpg-dino / baseline: time" in printed
     # The DINO step decodes x0_hat and runs a ViT-S/16: it costs more than the latent reward.
     assert report["variants"]["dpg-dino"]["median_step_s"] > report["variants"]["dpg-look-forward"]["median_step_s"]
+
+
+@pytest.mark.parametrize("method", ["lora", "custom_diffusion"])
+def test_bench_times_each_method_and_sdxl(method, tmp_path):
+    model = "tiny" if method == "custom_diffusion" else "tiny-sdxl"  # Custom Diffusion is SD-only
+    output = tmp_path / "bench.json"
+    assert run_cli(["bench", "--model", model, "--method", method, "--variants", "dpg-look-forward", "--steps", "1",
+                    "--warmup", "1", "--set", "train.gradient_checkpointing=true", "--output", str(output)]) == 0
+    report = json.loads(output.read_text())
+    assert (report["model"], report["method"]) == (model, method)
+    assert report["overrides"] == ["train.gradient_checkpointing=true"]
+    assert set(report["variants"]) == {"baseline", "dpg-look-forward"} and report["ratios"]["dpg-look-forward"]["time"] > 0
 
 
 def test_bench_rejects_an_unknown_variant(capsys):

@@ -1,7 +1,9 @@
 """`rewardbooth bench`: the cost of DPG steps relative to the plain DreamBooth step.
 
-Variants: `dpg-look-forward` (the latent reward: target <= 1.03 x baseline) and `dpg-dino` (decode x0_hat at
-256 px or less, DINO ViT-S/16 with random weights, which time like the real ones: target <= 1.25).
+Variants: `dpg-look-forward` (the latent reward: target <= 1.03 x baseline) and the image rewards `dpg-dino`,
+`dpg-clip-image`, `dpg-clip-text` (decode x0_hat at 256 px or less; DINO ViT-S/16 and CLIP ViT-B/32 with random
+weights, which time like the real ones: target <= 1.25). The face reward runs dlib on the CPU whatever the
+device, and finds no face in a 64 px image: it is timed per image in docs/rewards.md instead.
 
 Both variants run on the same model, data and process, interleaved step by step (alternating which goes
 first), so machine noise hits both alike; we report the ratio of median step times. Peak memory is measured
@@ -34,8 +36,13 @@ VARIANTS: dict[str, tuple[list[str], float | None]] = {
     "baseline": (["objective.name=baseline"], None),
     "dpg-look-forward": (["objective.name=dpg"], 1.03),
     "dpg-dino": (["objective.name=dpg", "objective.reward=dino", "critic.input=state_action"], 1.25),
+    "dpg-clip-image": (["objective.name=dpg", "objective.reward=clip_image", "critic.input=state_action"], 1.25),
+    "dpg-clip-text": (["objective.name=dpg", "objective.reward=clip_text", "critic.input=state_action"], 1.25),
 }
-DINO_DECODE_PIXELS = 256  # DINO looks at 224 px: decoding x0_hat at 512 would cost 4x for nothing
+# What each base method needs besides its name (Custom Diffusion learns a new token, so the prompt names it).
+METHOD_OVERRIDES = {"dreambooth": [], "lora": [],
+                    "custom_diffusion": ["data.identifier=<new1>", "data.instance_prompt=a photo of <new1> dog"]}
+DECODE_PIXELS = 256  # DINO and CLIP look at 224 px: decoding x0_hat at 512 would cost 4x for nothing
 
 
 def random_dino(folder: Path) -> Path:
@@ -49,12 +56,37 @@ def random_dino(folder: Path) -> Path:
     return folder
 
 
+def random_clip(folder: Path) -> Path:
+    """CLIP ViT-B/32's architecture (openai/clip-vit-base-patch32) with random weights and the character
+    tokenizer of the built-in tiny model (the text tower runs once per prompt: its vocabulary does not matter
+    for time)."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig
+
+    from rewardbooth.models.builtin import make_character_tokenizer
+
+    if not (folder / "config.json").is_file():
+        tokenizer = make_character_tokenizer()
+        text = CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        CLIPModel(CLIPConfig(text_config=text.to_dict())).save_pretrained(folder)  # vision: ViT-B/32 at 224
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
 def variant_overrides(name: str, workdir: Path, resolution: int) -> list[str]:
     overrides = list(VARIANTS[name][0])
-    if name == "dpg-dino":
-        overrides += [f"objective.reward_options={{dino: {{model: '{random_dino(workdir / 'dino')}'}}}}",
-                      f"objective.reward_resolution={min(resolution, DINO_DECODE_PIXELS)}"]
+    reward = name.removeprefix("dpg-").replace("-", "_")
+    if reward in ("dino", "clip_image", "clip_text"):
+        model = random_dino(workdir / "dino") if reward == "dino" else random_clip(workdir / "clip")
+        overrides.append(f"objective.reward_options={{{reward}: {{model: '{model}'}}}}")
+    if reward != "look_forward":
+        overrides.append(f"objective.reward_resolution={min(resolution, DECODE_PIXELS)}")
     return overrides
+
+
+def default_resolution(model: str) -> int:
+    """The resolution a model was trained at: SDXL's 1024, SD-1.5's 512."""
+    return 1024 if model == "sdxl-random" else 512
 
 
 def bench_config(model: str, resolution: int, batch_size: int, mixed_precision: str, workdir: Path,
@@ -133,14 +165,17 @@ def memory_child(options: dict) -> None:
 
 def run_bench(model: str = "tiny", resolution: int | None = None, batch_size: int = 1, steps: int = 10,
               warmup: int = 2, mixed_precision: str | None = None, output: Path | None = None,
-              variants: tuple[str, ...] = tuple(VARIANTS)) -> dict:
+              variants: tuple[str, ...] = tuple(VARIANTS), method: str = "dreambooth",
+              extra_overrides: tuple[str, ...] = ()) -> dict:
+    """`extra_overrides` (`section.key=value`) apply to every variant, e.g. train.gradient_checkpointing=true."""
     cuda = torch.cuda.is_available()
-    resolution = resolution or (64 if model == "tiny" or not cuda else 512)
+    resolution = resolution or (64 if model.startswith("tiny") or not cuda else default_resolution(model))
     mixed_precision = mixed_precision or ("fp16" if cuda else "no")
     variants = ("baseline", *[name for name in variants if name != "baseline"])
+    common = [f"method.name={method}", *METHOD_OVERRIDES.get(method, []), *extra_overrides]
     with tempfile.TemporaryDirectory() as workdir:
         workdir = Path(workdir)
-        overrides = {name: variant_overrides(name, workdir, resolution) for name in variants}
+        overrides = {name: [*common, *variant_overrides(name, workdir, resolution)] for name in variants}
         configs = {name: bench_config(model, resolution, batch_size, mixed_precision, workdir, overrides[name])
                    for name in variants}
         # One run holds the models; each variant builds only its own reward and critic on top.
@@ -155,7 +190,8 @@ def run_bench(model: str = "tiny", resolution: int | None = None, batch_size: in
                     model=model, resolution=resolution, batch_size=batch_size, mixed_precision=mixed_precision,
                     workdir=str(workdir), overrides=overrides[name]))
     report = {
-        "model": model, "resolution": resolution, "batch_size": batch_size, "mixed_precision": mixed_precision,
+        "model": model, "method": method, "overrides": list(extra_overrides), "resolution": resolution,
+        "batch_size": batch_size, "mixed_precision": mixed_precision,
         "timed_steps": steps, "warmup_steps": warmup,
         "device": torch.cuda.get_device_name() if cuda else f"cpu ({platform.processor() or platform.machine()}, "
                                                              f"{torch.get_num_threads()} threads)",
@@ -173,7 +209,8 @@ def run_bench(model: str = "tiny", resolution: int | None = None, batch_size: in
 
 
 def format_report(report: dict) -> str:
-    lines = [f"model {report['model']}, {report['resolution']} px, batch {report['batch_size']}, "
+    lines = [f"model {report['model']} ({report.get('method', 'dreambooth')}), {report['resolution']} px, "
+             f"batch {report['batch_size']}, "
              f"precision {report['mixed_precision']}, {report['device']}; median of {report['timed_steps']} "
              f"interleaved steps",
              f"{'variant':<20}{'median step (s)':>18}{'peak memory (MiB)':>20}"]

@@ -19,27 +19,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rewardbooth.bench import random_dino
+from rewardbooth.bench import random_clip, random_dino
 from rewardbooth.dreambench import prompts_for
 
 TARGET_IMAGES, TARGET_SECONDS = 3000, 60.0
-
-
-def random_clip(folder: Path) -> Path:
-    """CLIP ViT-B/32's architecture (openai/clip-vit-base-patch32) with random weights and the character
-    tokenizer of the built-in tiny model (the text tower runs once per prompt: its vocabulary does not matter
-    for time)."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig
-
-    from rewardbooth.models.builtin import make_character_tokenizer
-
-    if not (folder / "config.json").is_file():
-        tokenizer = make_character_tokenizer()
-        text = CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        CLIPModel(CLIPConfig(text_config=text.to_dict())).save_pretrained(folder)  # vision: ViT-B/32 at 224
-        tokenizer.save_pretrained(folder)
-    return folder
 
 
 def write_images(folder: Path, count: int, size: int, seed: int = 0) -> None:

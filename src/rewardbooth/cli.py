@@ -56,15 +56,20 @@ def _add_generate(commands) -> None:
 
 def _add_bench(commands) -> None:
     parser = commands.add_parser("bench", help="time baseline vs DPG steps (ratios of median time and memory)")
-    parser.add_argument("--model", default="tiny", help="'tiny', 'sd15-random' or a diffusers folder")
-    parser.add_argument("--resolution", type=int, default=None, help="pixels (default 64 tiny, 512 otherwise)")
+    parser.add_argument("--model", default="tiny",
+                        help="'tiny', 'tiny-sdxl', 'sd15-random', 'sdxl-random' or a diffusers folder")
+    parser.add_argument("--method", default="dreambooth",
+                        help="base method of every variant: dreambooth, lora, custom_diffusion")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="pixels (default: 64 on CPU and for tiny models; 512 SD-1.5, 1024 SDXL on CUDA)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (after warm-up)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
                         help="default: fp16 on CUDA, no on CPU")
     parser.add_argument("--variants", nargs="+", default=None, metavar="VARIANT",
-                        help="DPG variants timed against baseline (default: all): dpg-look-forward, dpg-dino")
+                        help="DPG variants timed against baseline (default: all): dpg-look-forward, dpg-dino, "
+                             "dpg-clip-image, dpg-clip-text")
     parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON here "
                                                                   "(with --toyworld: the benchmark folder)")
     parser.add_argument("--toyworld", action="store_true",
@@ -76,7 +81,8 @@ def _add_bench(commands) -> None:
     parser.add_argument("--objectives", nargs="+", default=None,
                         help="--toyworld: objectives compared with baseline (default: all)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="--toyworld: a config override for every run (repeat), e.g. objective.gamma=0.99")
+                        help="a config override for every run (repeat), e.g. train.gradient_checkpointing=true; "
+                             "with --toyworld e.g. objective.gamma=0.99")
     parser.add_argument("--first-subject", type=int, default=100,
                         help="--toyworld: index of the first subject (100+ are reported, 0-99 are for tuning)")
     parser.add_argument("--jobs", type=int, default=1, help="--toyworld: runs at once, one thread each")
@@ -189,7 +195,7 @@ def _run_bench(args: argparse.Namespace) -> None:
         raise UserError(f"unknown bench variant {unknown[0]!r}: choose from {', '.join(VARIANTS)}")
     run_bench(model=args.model, resolution=args.resolution, batch_size=args.batch_size, steps=args.steps,
               warmup=args.warmup, mixed_precision=args.mixed_precision, output=args.output,
-              variants=tuple(args.variants or VARIANTS))
+              variants=tuple(args.variants or VARIANTS), method=args.method, extra_overrides=tuple(args.overrides))
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
