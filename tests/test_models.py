@@ -24,11 +24,23 @@ def test_loader_contract(name, tiny_folder):
         parts = load_by_name(name, tiny_folder)
     assert isinstance(parts, StableDiffusionParts)
     assert parts.unet.config.in_channels == parts.vae.config.latent_channels
-    assert parts.unet.config.cross_attention_dim == parts.text_encoder.config.hidden_size
-    assert len(parts.tokenizer) <= parts.text_encoder.config.vocab_size
-    assert parts.tokenizer.model_max_length == parts.text_encoder.config.max_position_embeddings
+    assert parts.unet.config.cross_attention_dim == parts.text_embedding_dim
+    for tokenizer, encoder in zip(parts.tokenizers, parts.text_encoders, strict=True):
+        assert len(tokenizer) <= encoder.config.vocab_size
+        assert tokenizer.model_max_length == encoder.config.max_position_embeddings
     assert parts.prediction_type in {"epsilon", "v_prediction", "sample"}
     assert parts.noise_scheduler.config.num_train_timesteps == 1000
+    if parts.is_sdxl:  # the added "text_time" embedding takes 6 size ids and the pooled projection
+        expected = 6 * parts.unet.config.addition_time_embed_dim + parts.text_encoder_2.config.projection_dim
+        assert parts.unet.config.projection_class_embeddings_input_dim == expected
+
+
+def test_sdxl_random_has_the_sdxl_unet_size():
+    with torch.device("meta"):
+        parts = load_model(ModelConfig("sdxl-random"))
+    num_parameters = sum(p.numel() for p in parts.unet.parameters())
+    assert 2.55e9 < num_parameters < 2.6e9  # SDXL 1.0 base's UNet has 2.567 B parameters
+    assert parts.text_embedding_dim == 2048 and parts.text_encoder_2.config.projection_dim == 1280
 
 
 def test_sd15_random_has_the_sd15_unet_size():

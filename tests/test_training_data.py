@@ -2,9 +2,10 @@
 
 import torch
 
+from rewardbooth.conditioning import tokenize_prompts
 from rewardbooth.config import ModelConfig
 from rewardbooth.models import load_model
-from rewardbooth.training_data import ImageSet, TrainingData, step_generator, tokenize, with_flips
+from rewardbooth.training_data import ImageSet, TrainingData, step_generator, with_flips
 
 
 def make_data(cache=True, prior=True):
@@ -12,7 +13,7 @@ def make_data(cache=True, prior=True):
     images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     instance = ImageSet(with_flips(images, True), "a sks dog", parts.vae, cache=cache)
     prior_set = ImageSet(images.flip(1), "a dog", parts.vae, cache=cache) if prior else None
-    conditioning = {p: tokenize(parts.tokenizer, [p]) for p in ("a sks dog", "a dog")}
+    conditioning = {p: {"token_ids": tokenize_prompts(parts.tokenizers, [p])} for p in ("a sks dog", "a dog")}
     return TrainingData(parts.vae, 1000, instance, prior_set, conditioning, seed=7)
 
 
@@ -26,7 +27,7 @@ def test_batch_layout():
     batch = make_data().draw(step=0, micro=0, batch_size=2, process_index=0, num_processes=1)
     assert batch.x0.shape == (4, 4, 16, 16) and batch.noise.shape == batch.x0.shape
     assert batch.num_instance == 2 and batch.prompts == ["a sks dog"] * 2 + ["a dog"] * 2
-    assert batch.conditioning.shape == (4, 77) and batch.timesteps.dtype == torch.int64
+    assert batch.conditioning["token_ids"].shape == (4, 1, 77) and batch.timesteps.dtype == torch.int64
     assert 0 <= batch.timesteps.min() and batch.timesteps.max() < 1000
 
 
@@ -35,11 +36,14 @@ def test_processes_split_the_global_batch_exactly():
     whole = data.draw(step=3, micro=1, batch_size=4, process_index=0, num_processes=1)
     halves = [data.draw(step=3, micro=1, batch_size=2, process_index=k, num_processes=2) for k in range(2)]
     # Instance rows of process k are rows 2k..2k+1 of the global instance batch; prior rows likewise.
+    def field_of(batch, field):
+        return batch.conditioning["token_ids"] if field == "conditioning" else getattr(batch, field)
+
     for field in ("x0", "noise", "timesteps", "conditioning"):
-        full = getattr(whole, field)
+        full = field_of(whole, field)
         expected = [torch.cat([full[2 * k:2 * k + 2], full[4 + 2 * k:4 + 2 * k + 2]]) for k in range(2)]
         for k in range(2):
-            assert torch.equal(getattr(halves[k], field), expected[k]), field
+            assert torch.equal(field_of(halves[k], field), expected[k]), field
 
 
 def test_uncached_latents_match_cached():

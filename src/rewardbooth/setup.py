@@ -22,6 +22,7 @@ from torch import nn
 
 from rewardbooth import data as subject_data
 from rewardbooth.class_images import class_image_dir, generate_class_images
+from rewardbooth.conditioning import encode_prompts, size_ids, tokenize_prompts
 from rewardbooth.config import Config, check_values, to_dict
 from rewardbooth.critic import critics, make_critic, make_critic_optimizer
 from rewardbooth.dpg import critic_input_channels
@@ -29,7 +30,7 @@ from rewardbooth.errors import UserError
 from rewardbooth.methods import Method, make_method, methods
 from rewardbooth.models import StableDiffusionParts, load_model
 from rewardbooth.rewards import Reward, RewardSetup, build_reward, reward_weights, rewards
-from rewardbooth.training_data import ImageSet, TrainingData, encode_text, tokenize, with_flips
+from rewardbooth.training_data import ImageSet, TrainingData, with_flips
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class RunSetup:
     noise_scheduler: DDPMScheduler
     prediction_type: str
     unet: nn.Module  # prepared (DDP-wrapped when distributed)
-    text_encoder: nn.Module | None  # prepared, when it trains
+    text_encoders: list[nn.Module] | None  # prepared, when they train (SDXL: both)
     critic: nn.Module | None  # prepared, DPG only
     reward: Reward | None
     optimizer: torch.optim.Optimizer
@@ -55,10 +56,11 @@ class RunSetup:
     autocast_dtype: torch.dtype | None
     effective_batch_size: int
     reference_images: torch.Tensor  # (N, 3, R, R) in [0, 1]: the subject's photos, for image rewards
+    size_ids: torch.Tensor | None  # SDXL's (1, 6) size/crop conditioning; None for SD 1.x/2.x
 
     @property
     def trained_models(self) -> list[nn.Module]:
-        return [m for m in (self.unet, self.text_encoder, self.critic) if m is not None]
+        return [m for m in (self.unet, *(self.text_encoders or []), self.critic) if m is not None]
 
     def start_trackers(self, config: Config) -> None:
         flat = {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
@@ -121,17 +123,7 @@ def build_run(config: Config) -> RunSetup:
     device, autocast_dtype = accelerator.device, AUTOCAST_DTYPES[config.train.mixed_precision]
     method = make_method(parts, config)
     train_text_encoder = "text_encoder" in method.trainable
-    # Frozen parts only run forward: keep them in the autocast dtype to save memory (trainable stay fp32).
-    frozen_dtype = autocast_dtype or torch.float32
-    parts.vae.to(device, frozen_dtype)
-    if getattr(method, "adapters_only", False):
-        # Adapter methods: the base weights are frozen too; only the adapters are kept in fp32.
-        parts.text_encoder.to(device, frozen_dtype)
-        parts.unet.to(device, frozen_dtype)
-        cast_training_params([parts.unet, parts.text_encoder], dtype=torch.float32)
-    else:
-        parts.text_encoder.to(device, torch.float32 if train_text_encoder else frozen_dtype)
-        parts.unet.to(device)
+    place_models(parts, method, device, autocast_dtype, train_text_encoder)
 
     data = build_training_data(config, parts, instance_images, train_text_encoder, accelerator)
     reward, critic, critic_optimizer = build_objective(config, parts, instance_images, device)
@@ -139,7 +131,8 @@ def build_run(config: Config) -> RunSetup:
     if config.train.gradient_checkpointing:
         parts.unet.enable_gradient_checkpointing()
         if train_text_encoder:
-            parts.text_encoder.gradient_checkpointing_enable()
+            for encoder in parts.text_encoders:
+                encoder.gradient_checkpointing_enable()
     policy_parameters = [p for module in method.trainable.values() for p in module.parameters() if p.requires_grad]
     optimizer = make_policy_optimizer(policy_parameters, config)
     lr_scheduler = get_scheduler(config.train.lr_scheduler, optimizer=optimizer,
@@ -152,18 +145,37 @@ def build_run(config: Config) -> RunSetup:
     prepared = accelerator.prepare(*modules, optimizer)
     *prepared_modules, optimizer = prepared
     named = dict(zip(list(method.trainable) + (["critic"] if critic is not None else []), prepared_modules))
+    text_encoders = [named[name] for name in ("text_encoder", "text_encoder_2") if name in named]
     accelerator.register_for_checkpointing(lr_scheduler)
     if critic_optimizer is not None:
         accelerator.register_for_checkpointing(critic_optimizer)
     num_processes = accelerator.num_processes
     return RunSetup(
         accelerator=accelerator, parts=parts, method=method, data=data, noise_scheduler=parts.noise_scheduler,
-        prediction_type=parts.prediction_type, unet=named["unet"], text_encoder=named.get("text_encoder"),
+        prediction_type=parts.prediction_type, unet=named["unet"], text_encoders=text_encoders or None,
         critic=named.get("critic"), reward=reward, optimizer=optimizer, critic_optimizer=critic_optimizer,
         lr_scheduler=lr_scheduler, policy_parameters=policy_parameters, autocast_dtype=autocast_dtype,
         effective_batch_size=config.train.batch_size * num_processes * config.train.gradient_accumulation_steps,
-        reference_images=instance_images,
+        reference_images=instance_images, size_ids=size_ids(config.data.resolution) if parts.is_sdxl else None,
     )
+
+
+def place_models(parts: StableDiffusionParts, method: Method, device: torch.device,
+                 autocast_dtype: torch.dtype | None, train_text_encoder: bool) -> None:
+    """Frozen parts only run forward: keep them in the autocast dtype to save memory (trainable stay fp32)."""
+    frozen_dtype = autocast_dtype or torch.float32
+    # As the stock pipelines do: a VAE marked force_upcast (SDXL's overflows in fp16) stays fp32 under fp16.
+    upcast = frozen_dtype == torch.float16 and parts.vae.config.get("force_upcast", False)
+    parts.vae.to(device, torch.float32 if upcast else frozen_dtype)
+    if getattr(method, "adapters_only", False):
+        # Adapter methods: the base weights are frozen too; only the adapters are kept in fp32.
+        for module in (parts.unet, *parts.text_encoders):
+            module.to(device, frozen_dtype)
+        cast_training_params([parts.unet, *parts.text_encoders], dtype=torch.float32)
+        return
+    for encoder in parts.text_encoders:
+        encoder.to(device, torch.float32 if train_text_encoder else frozen_dtype)
+    parts.unet.to(device)
 
 
 def build_objective(config: Config, parts: StableDiffusionParts, reference_images: torch.Tensor,
@@ -180,7 +192,7 @@ def build_objective(config: Config, parts: StableDiffusionParts, reference_image
         in_channels = critic_input_channels(config.critic.input, parts.unet.config.in_channels)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.train.seed)  # the critic's initial weights are part of the run's seed
-            critic = make_critic(in_channels, parts.text_encoder.config.hidden_size, config.critic).to(device)
+            critic = make_critic(in_channels, parts.text_embedding_dim, config.critic).to(device)
         critic_optimizer = make_critic_optimizer(critic, config.critic)
     return reward, critic, critic_optimizer
 
@@ -202,10 +214,14 @@ def build_training_data(config: Config, parts: StableDiffusionParts, instance_im
         prior = ImageSet(with_flips(class_images, data_config.random_flip), data_config.class_prompt, parts.vae,
                          cache=config.train.cache_latents)
     prompts = [data_config.instance_prompt, data_config.class_prompt]
-    token_ids = {prompt: tokenize(parts.tokenizer, [prompt]) for prompt in prompts}
-    # A frozen text encoder gives the same embedding every step: compute it once.
-    conditioning = token_ids if train_text_encoder else {
-        prompt: encode_text(parts.text_encoder, ids).float().cpu() for prompt, ids in token_ids.items()}
+    token_ids = {prompt: tokenize_prompts(parts.tokenizers, [prompt]) for prompt in prompts}
+    if train_text_encoder:
+        conditioning = {prompt: {"token_ids": ids} for prompt, ids in token_ids.items()}
+    else:  # a frozen text encoder gives the same embedding every step: compute it once
+        with torch.no_grad():
+            conditioning = {prompt: {key: value.float().cpu() for key, value in
+                                     encode_prompts(parts.text_encoders, ids).items()}
+                            for prompt, ids in token_ids.items()}
     return TrainingData(parts.vae, parts.noise_scheduler.config.num_train_timesteps, instance, prior,
                         conditioning, seed=config.train.seed)
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from rewardbooth import dpg
 from rewardbooth.checkpoints import check_output_dir, load_checkpoint, prepare_output_dir, save_checkpoint
+from rewardbooth.conditioning import unet_inputs
 from rewardbooth.config import Config, TrainConfig, save_config
 from rewardbooth.methods.base import after_step
 from rewardbooth.monitoring import MetricsLog, make_grid, plot_metrics, render_samples, validation_prompts
@@ -40,7 +41,8 @@ class Policy:
     """The modules one step touches; `critic` is the (possibly DDP-wrapped) one the critic loss trains."""
 
     unet: nn.Module
-    text_encoder: nn.Module | None  # set only when the text encoder trains (batches then carry token ids)
+    text_encoders: list[nn.Module] | None  # set only when they train (batches then carry token ids)
+    size_ids: torch.Tensor | None  # SDXL's size/crop conditioning (rewardbooth.conditioning)
     critic: nn.Module | None
     critic_module: nn.Module | None  # the same critic unwrapped, evaluated with frozen weights for the actor
     vae: nn.Module  # frozen; decodes x0_hat for rewards that score images
@@ -69,8 +71,8 @@ def compute_losses(policy: Policy, batch: Batch, alphas_cumprod: torch.Tensor, p
     x_t = dpg.expand_to(alpha_bar.sqrt(), batch.x0) * batch.x0 \
         + dpg.expand_to((1 - alpha_bar).sqrt(), batch.x0) * batch.noise
     # 2. Act: the deterministic policy's action is the UNet output.
-    text = policy.text_encoder(batch.conditioning)[0] if policy.text_encoder is not None else batch.conditioning
-    action = policy.unet(x_t, batch.timesteps, text).sample
+    text, unet_extras = unet_inputs(batch.conditioning, policy.text_encoders, policy.size_ids)
+    action = policy.unet(x_t, batch.timesteps, text, **unet_extras).sample
     # 3. Denoising losses (the DreamBooth objective), in the model's own parameterization.
     target = dpg.denoising_target(batch.x0, batch.noise, alpha_bar, prediction_type)
     mse = dpg.per_sample_mse(action, target)
@@ -240,8 +242,8 @@ def apply_update(run: RunSetup, train_config: TrainConfig, skipped: bool, step: 
 
 def make_policy(run: RunSetup) -> Policy:
     critic_module = run.accelerator.unwrap_model(run.critic) if run.critic is not None else None
-    return Policy(unet=run.unet, text_encoder=run.text_encoder, critic=run.critic, critic_module=critic_module,
-                  vae=run.parts.vae)
+    return Policy(unet=run.unet, text_encoders=run.text_encoders, size_ids=run.size_ids, critic=run.critic,
+                  critic_module=critic_module, vae=run.parts.vae)
 
 
 def _due(step: int, every: int) -> bool:

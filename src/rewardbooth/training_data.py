@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTokenizer
 
 
 def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
@@ -27,12 +27,6 @@ def tokenize(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:
     """Shape: -> (B, L) token ids, padded to the tokenizer's max length as Stable Diffusion is trained."""
     return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                      return_tensors="pt").input_ids
-
-
-@torch.no_grad()
-def encode_text(text_encoder: CLIPTextModel, token_ids: torch.Tensor) -> torch.Tensor:
-    """Shape: (B, L) -> (B, L, D)"""
-    return text_encoder(token_ids.to(text_encoder.device))[0]
 
 
 @torch.no_grad()
@@ -80,13 +74,14 @@ class Batch:
     x0: torch.Tensor  # (B, C, h, w) reference latents
     noise: torch.Tensor  # (B, C, h, w)
     timesteps: torch.Tensor  # (B,) int64
-    conditioning: torch.Tensor  # (B, L, D) text embeddings, or (B, L) token ids when the encoder trains
+    conditioning: dict[str, torch.Tensor]  # see rewardbooth.conditioning: embeddings, or token ids
     num_instance: int
     prompts: list[str]
 
     def to(self, device: torch.device) -> Batch:
         return Batch(x0=self.x0.to(device), noise=self.noise.to(device), timesteps=self.timesteps.to(device),
-                     conditioning=self.conditioning.to(device), num_instance=self.num_instance,
+                     conditioning={k: v.to(device) for k, v in self.conditioning.items()},
+                     num_instance=self.num_instance,
                      prompts=self.prompts)
 
 
@@ -109,11 +104,11 @@ class TrainingData:
     """Draws the micro-batches of a run from an instance set and an optional prior (class) set."""
 
     def __init__(self, vae: AutoencoderKL, num_train_timesteps: int, instance: ImageSet,
-                 prior: ImageSet | None, conditioning: dict[str, torch.Tensor], seed: int):
+                 prior: ImageSet | None, conditioning: dict[str, dict[str, torch.Tensor]], seed: int):
         self.vae = vae
         self.num_train_timesteps = num_train_timesteps
         self.instance, self.prior = instance, prior
-        self.conditioning = conditioning  # prompt -> (1, L, D) embedding or (1, L) token ids
+        self.conditioning = conditioning  # prompt -> {"embeds": (1, L, D), ...} or {"token_ids": (1, E, L)}
         self.seed = seed
         self.scaling_factor = vae.config.scaling_factor
         self.shift_factor = vae.config.get("shift_factor") or 0.0
@@ -135,6 +130,7 @@ class TrainingData:
         noise = torch.randn(global_shape, generator=generator).view(len(sets), -1, *x0.shape[1:])
         timesteps = torch.randint(self.num_train_timesteps, (global_shape[0],), generator=generator)
         timesteps = timesteps.view(len(sets), -1)
-        conditioning = torch.cat([self.conditioning[prompt] for prompt in prompts])
+        conditioning = {key: torch.cat([self.conditioning[prompt][key] for prompt in prompts])
+                        for key in self.conditioning[prompts[0]]}
         return Batch(x0=x0, noise=noise[:, local].flatten(0, 1), timesteps=timesteps[:, local].flatten(),
                      conditioning=conditioning, num_instance=batch_size, prompts=prompts)

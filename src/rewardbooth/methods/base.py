@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 from torch import nn
 
 from rewardbooth.config import Config
@@ -23,7 +23,7 @@ class Method(Protocol):
         """Write the trained result into output_dir in a format stock diffusers loads."""
 
     @staticmethod
-    def load_result(pipeline: StableDiffusionPipeline, output_dir: Path) -> StableDiffusionPipeline:
+    def load_result(pipeline: DiffusionPipeline, output_dir: Path) -> DiffusionPipeline:
         """Apply a saved result to a pipeline of the base model, with stock diffusers calls."""
 
 

@@ -56,6 +56,9 @@ class CustomDiffusion:
     adapters_only = False  # the new embedding row lives inside the text encoder's table: keep it fp32
 
     def __init__(self, parts: StableDiffusionParts, config: Config):
+        if parts.is_sdxl:
+            raise UserError("method.name=custom_diffusion supports Stable Diffusion 1.x/2.x models; for an SDXL "
+                            "model use method.name=lora or method.name=dreambooth")
         self.token = config.data.identifier
         if parts.tokenizer.add_tokens(self.token) != 1:
             raise UserError(f"custom_diffusion learns a new token, but data.identifier {self.token!r} is already in "

@@ -1,10 +1,10 @@
-"""DreamBooth (Ruiz et al. 2023): fine-tune the whole UNet, optionally the text encoder; save a pipeline folder."""
+"""DreamBooth (Ruiz et al. 2023): fine-tune the whole UNet, optionally the text encoder(s); save a pipeline folder."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 from torch import nn
 
 from rewardbooth.config import Config
@@ -14,21 +14,23 @@ from rewardbooth.models import StableDiffusionParts
 
 @methods.register("dreambooth")
 class DreamBooth:
-    """The whole UNet (and optionally the text encoder) trains; the result is a full pipeline folder."""
+    """The whole UNet (and optionally the text encoder, both of SDXL's) trains; the result is a full pipeline
+    folder of the base model's pipeline class."""
 
     def __init__(self, parts: StableDiffusionParts, full_config: Config):
         config = full_config.method
         parts.vae.requires_grad_(False)
         parts.unet.requires_grad_(True)
-        parts.text_encoder.requires_grad_(config.train_text_encoder)
         self.trainable: dict[str, nn.Module] = {"unet": parts.unet}
-        if config.train_text_encoder:
-            self.trainable["text_encoder"] = parts.text_encoder
+        for name, encoder in zip(("text_encoder", "text_encoder_2"), parts.text_encoders):
+            encoder.requires_grad_(config.train_text_encoder)
+            if config.train_text_encoder:
+                self.trainable[name] = encoder
 
     def save(self, parts: StableDiffusionParts, output_dir: Path) -> None:
-        """A stock pipeline folder: ``StableDiffusionPipeline.from_pretrained(output_dir)`` loads it."""
+        """A stock pipeline folder: ``StableDiffusion[XL]Pipeline.from_pretrained(output_dir)`` loads it."""
         parts.pipeline().save_pretrained(output_dir)
 
     @staticmethod
-    def load_result(pipeline: StableDiffusionPipeline, output_dir: Path) -> StableDiffusionPipeline:
-        return StableDiffusionPipeline.from_pretrained(output_dir)
+    def load_result(pipeline: DiffusionPipeline, output_dir: Path) -> DiffusionPipeline:
+        return type(pipeline).from_pretrained(output_dir)

@@ -1,13 +1,13 @@
 """LoRA (Hu et al. 2022) through peft: low-rank adapters on the UNet's attention projections (optionally on
-the text encoder's), everything else frozen. Saved as `pytorch_lora_weights.safetensors`, the file stock
-diffusers loads with `pipeline.load_lora_weights(folder)`.
+the text encoder's, both of SDXL's), everything else frozen. Saved as `pytorch_lora_weights.safetensors`, the
+file stock diffusers loads with `pipeline.load_lora_weights(folder)` (SD and SDXL pipelines alike).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers
 from torch import nn
 
@@ -16,6 +16,7 @@ from rewardbooth.methods.base import methods
 from rewardbooth.models import StableDiffusionParts
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")  # the pipelines' component names, in parts.text_encoders order
 
 
 def lora_config(config: MethodConfig, target_modules: tuple[str, ...]):
@@ -36,7 +37,7 @@ class LoRA:
         from peft import inject_adapter_in_model
 
         config = full_config.method
-        for module in (parts.vae, parts.unet, parts.text_encoder):
+        for module in (parts.vae, parts.unet, *parts.text_encoders):
             module.requires_grad_(False)
         self.unet_config = lora_config(config, config.lora_unet_modules)
         parts.unet.add_adapter(self.unet_config)  # diffusers' peft integration
@@ -45,24 +46,24 @@ class LoRA:
         if config.train_text_encoder:
             # peft directly: transformers' own add_adapter demands a newer peft than this stack resolves.
             self.text_encoder_config = lora_config(config, config.lora_text_encoder_modules)
-            inject_adapter_in_model(self.text_encoder_config, parts.text_encoder)
-            self.trainable["text_encoder"] = parts.text_encoder
+            for name, encoder in zip(TEXT_ENCODERS, parts.text_encoders):
+                inject_adapter_in_model(self.text_encoder_config, encoder)
+                self.trainable[name] = encoder
 
     def save(self, parts: StableDiffusionParts, output_dir: Path) -> None:
         """`pytorch_lora_weights.safetensors` with the adapter configs (rank, alpha) in its metadata, so that
         `load_lora_weights` rebuilds the very same scaling."""
         from peft.utils import get_peft_model_state_dict
 
-        text_encoder_layers, text_encoder_metadata = None, None
+        layers = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(parts.unet)),
+                  "unet_lora_adapter_metadata": self.unet_config.to_dict()}
         if self.text_encoder_config is not None:
-            text_encoder_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(parts.text_encoder))
-            text_encoder_metadata = self.text_encoder_config.to_dict()
-        StableDiffusionPipeline.save_lora_weights(
-            output_dir, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(parts.unet)),
-            text_encoder_lora_layers=text_encoder_layers, unet_lora_adapter_metadata=self.unet_config.to_dict(),
-            text_encoder_lora_adapter_metadata=text_encoder_metadata, weight_name=WEIGHT_NAME)
+            for name, encoder in zip(TEXT_ENCODERS, parts.text_encoders):
+                layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(encoder))
+                layers[f"{name}_lora_adapter_metadata"] = self.text_encoder_config.to_dict()
+        parts.pipeline_class.save_lora_weights(output_dir, weight_name=WEIGHT_NAME, **layers)
 
     @staticmethod
-    def load_result(pipeline: StableDiffusionPipeline, output_dir: Path) -> StableDiffusionPipeline:
+    def load_result(pipeline: DiffusionPipeline, output_dir: Path) -> DiffusionPipeline:
         pipeline.load_lora_weights(str(output_dir), weight_name=WEIGHT_NAME)
         return pipeline

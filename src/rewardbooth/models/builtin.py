@@ -1,4 +1,5 @@
-"""Architectures built in code with random weights: `tiny` for tests and smoke runs, `sd15-random` for timing.
+"""Architectures built in code with random weights: `tiny` and `tiny-sdxl` for tests and smoke runs,
+`sd15-random` and `sdxl-random` for timing.
 
 Random weights of the SD-1.5 architecture time exactly like the real ones, so `bench --model sd15-random`
 gives real-scale step costs on a machine with no access to the weights.
@@ -9,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from rewardbooth.config import ModelConfig
 from rewardbooth.models.loaders import StableDiffusionParts, loaders
@@ -48,7 +49,9 @@ def _text_config(tokenizer: CLIPTokenizer, **sizes) -> CLIPTextConfig:
                           pad_token_id=tokenizer.pad_token_id, **sizes)
 
 
-def _build(unet_kwargs: dict, vae_kwargs: dict, text_sizes: dict, source: str, seed: int = 0):
+def _build(unet_kwargs: dict, vae_kwargs: dict, text_sizes: dict, source: str, seed: int = 0,
+           text_sizes_2: dict | None = None):
+    """With `text_sizes_2`: an SDXL model (second text encoder with projection, Euler sampler as SDXL ships)."""
     # A fixed seed makes every process (and every resumed run) build bit-identical weights.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -56,8 +59,18 @@ def _build(unet_kwargs: dict, vae_kwargs: dict, text_sizes: dict, source: str, s
         unet = UNet2DConditionModel(**unet_kwargs)
         vae = AutoencoderKL(**vae_kwargs)
         text_encoder = CLIPTextModel(_text_config(tokenizer, **text_sizes))
+        second = {}
+        if text_sizes_2 is not None:
+            second = dict(text_encoder_2=CLIPTextModelWithProjection(_text_config(tokenizer, **text_sizes_2)),
+                          tokenizer_2=make_character_tokenizer())
+    with torch.device("cpu"):  # a scheduler's tables are data, even when the weights are built on "meta"
+        if text_sizes_2 is not None:
+            schedule = {k: v for k, v in SD_SCHEDULE.items() if k not in ("clip_sample", "set_alpha_to_one")}
+            scheduler = EulerDiscreteScheduler(**schedule, timestep_spacing="leading")
+        else:
+            scheduler = DDIMScheduler(**SD_SCHEDULE)
     return StableDiffusionParts(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                scheduler=DDIMScheduler(**SD_SCHEDULE), source=source)
+                                scheduler=scheduler, source=source, **second)
 
 
 @loaders.register("tiny")
@@ -84,6 +97,43 @@ def load_sd15_random(config: ModelConfig) -> StableDiffusionParts:
     text = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                 projection_dim=768, hidden_act="quick_gelu")
     return _build(unet, vae, text, source="sd15-random")
+
+
+@loaders.register("tiny-sdxl")
+def load_tiny_sdxl(config: ModelConfig) -> StableDiffusionParts:
+    """The SDXL wiring at `tiny`'s size: two text encoders (32 + 32 = 64-dim context), the second's pooled
+    projection and the six size/crop ids feed the UNet's added "text_time" embedding."""
+    pooled, time_embedding = 32, 8
+    unet = dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
+                attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=8,
+                addition_embed_type="text_time", addition_time_embed_dim=time_embedding,
+                projection_class_embeddings_input_dim=6 * time_embedding + pooled)
+    vae = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 32),
+               down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+               layers_per_block=1, norm_num_groups=8, sample_size=64, scaling_factor=0.13025)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    return _build(unet, vae, text, source="tiny-sdxl", text_sizes_2={**text, "projection_dim": pooled})
+
+
+@loaders.register("sdxl-random")
+def load_sdxl_random(config: ModelConfig) -> StableDiffusionParts:
+    """SDXL 1.0 base's architecture (2.6 B UNet, CLIP ViT-L + OpenCLIP bigG text towers), random weights."""
+    unet = dict(sample_size=128, block_out_channels=(320, 640, 1280),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+                use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+                projection_class_embeddings_input_dim=2816)
+    vae = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+               down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+               layers_per_block=2, sample_size=1024, scaling_factor=0.13025)
+    text = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                projection_dim=768, hidden_act="quick_gelu")
+    text_2 = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                  projection_dim=1280, hidden_act="gelu")
+    return _build(unet, vae, text, source="sdxl-random", text_sizes_2=text_2)
 
 
 @loaders.register("toy")

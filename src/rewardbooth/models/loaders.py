@@ -5,9 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    DiffusionPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from diffusers.schedulers import SchedulerMixin
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from rewardbooth.config import ModelConfig
 from rewardbooth.errors import UserError
@@ -18,7 +25,8 @@ loaders = Registry("model loader")
 
 @dataclass
 class StableDiffusionParts:
-    """The components of a Stable-Diffusion-family model, plus where they came from."""
+    """The components of a Stable-Diffusion-family model, plus where they came from. SDXL models also have a
+    second text encoder (with projection: its pooled output conditions the UNet) and tokenizer."""
 
     unet: UNet2DConditionModel
     vae: AutoencoderKL
@@ -26,6 +34,29 @@ class StableDiffusionParts:
     tokenizer: CLIPTokenizer
     scheduler: SchedulerMixin  # the sampler the model ships with (used for generation)
     source: str
+    text_encoder_2: CLIPTextModelWithProjection | None = None
+    tokenizer_2: CLIPTokenizer | None = None
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+    @property
+    def text_encoders(self) -> list:
+        return [m for m in (self.text_encoder, self.text_encoder_2) if m is not None]
+
+    @property
+    def tokenizers(self) -> list[CLIPTokenizer]:
+        return [t for t in (self.tokenizer, self.tokenizer_2) if t is not None]
+
+    @property
+    def text_embedding_dim(self) -> int:
+        """Width of the UNet's text context: SDXL concatenates its two encoders' hidden states."""
+        return sum(encoder.config.hidden_size for encoder in self.text_encoders)
+
+    @property
+    def pipeline_class(self) -> type[StableDiffusionPipeline] | type[StableDiffusionXLPipeline]:
+        return StableDiffusionXLPipeline if self.is_sdxl else StableDiffusionPipeline
 
     @property
     def noise_scheduler(self) -> DDPMScheduler:
@@ -40,9 +71,15 @@ class StableDiffusionParts:
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
-    def pipeline(self, **components) -> StableDiffusionPipeline:
+    def pipeline(self, **components) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
         """A stock pipeline over these parts; keyword arguments replace components (e.g. a trained UNet)."""
         parts = replace(self, **components)
+        if parts.is_sdxl:
+            return StableDiffusionXLPipeline(
+                vae=parts.vae, text_encoder=parts.text_encoder, text_encoder_2=parts.text_encoder_2,
+                tokenizer=parts.tokenizer, tokenizer_2=parts.tokenizer_2, unet=parts.unet, scheduler=parts.scheduler,
+                add_watermarker=False,
+            )
         return StableDiffusionPipeline(
             vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
             scheduler=parts.scheduler, safety_checker=None, feature_extractor=None,
@@ -59,7 +96,7 @@ def load_model(config: ModelConfig) -> StableDiffusionParts:
 
 @loaders.register("diffusers")
 def load_diffusers(config: ModelConfig) -> StableDiffusionParts:
-    """Load the components of a diffusers Stable Diffusion folder or hub id (the path users pass)."""
+    """Load the components of a diffusers Stable Diffusion or SDXL folder or hub id (the path users pass)."""
     source = str(Path(config.pretrained).expanduser()) if Path(config.pretrained).expanduser().exists() \
         else config.pretrained
     local = Path(source).exists()
@@ -68,17 +105,20 @@ def load_diffusers(config: ModelConfig) -> StableDiffusionParts:
                         f"(saved with save_pretrained) or a hub id")
     kwargs = {"revision": config.revision} if config.revision else {}
     try:
-        pipeline = StableDiffusionPipeline.from_pretrained(
-            source, variant=config.variant, safety_checker=None,
-            requires_safety_checker=False, **kwargs,
-        )
+        sdxl = "XL" in DiffusionPipeline.load_config(source, **kwargs).get("_class_name", "")
+        if sdxl:
+            pipeline = StableDiffusionXLPipeline.from_pretrained(source, variant=config.variant, **kwargs)
+        else:
+            pipeline = StableDiffusionPipeline.from_pretrained(
+                source, variant=config.variant, safety_checker=None, requires_safety_checker=False, **kwargs)
     except Exception as error:  # noqa: BLE001 - any failure here means the user's path or id is wrong
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
         raise UserError(f"cannot load model {config.pretrained!r} ({first_line}); pass a readable diffusers "
                         f"folder or a hub id this machine can download (or 'tiny' for a smoke test)") from None
+    second = dict(text_encoder_2=pipeline.text_encoder_2, tokenizer_2=pipeline.tokenizer_2) if sdxl else {}
     return StableDiffusionParts(
         unet=pipeline.unet, vae=pipeline.vae, text_encoder=pipeline.text_encoder,
-        tokenizer=pipeline.tokenizer, scheduler=pipeline.scheduler, source=source,
+        tokenizer=pipeline.tokenizer, scheduler=pipeline.scheduler, source=source, **second,
     )
 
 
