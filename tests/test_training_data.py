@@ -11,8 +11,8 @@ from rewardbooth.training_data import ImageSet, TrainingData, step_generator, wi
 def make_data(cache=True, prior=True):
     parts = load_model(ModelConfig("tiny"))
     images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    instance = ImageSet(with_flips(images, True), "a sks dog", parts.vae, cache=cache)
-    prior_set = ImageSet(images.flip(1), "a dog", parts.vae, cache=cache) if prior else None
+    instance = ImageSet(with_flips(images, True), ["a sks dog"] * 6, parts.vae, cache=cache)
+    prior_set = ImageSet(images.flip(1), ["a dog"] * 3, parts.vae, cache=cache) if prior else None
     conditioning = {p: {"token_ids": tokenize_prompts(parts.tokenizers, [p])} for p in ("a sks dog", "a dog")}
     return TrainingData(parts.vae, 1000, instance, prior_set, conditioning, seed=7)
 

@@ -28,7 +28,7 @@ import torch
 
 from rewardbooth.config import Config, load_config
 from rewardbooth.data import make_example_subject
-from rewardbooth.setup import RunSetup, build_objective, build_run, load_subject
+from rewardbooth.setup import RunSetup, build_objective, build_run, load_concepts
 from rewardbooth.train import accumulate_gradients, all_finite, apply_update, make_policy
 
 # name -> (config overrides, target time and memory ratio against baseline)
@@ -104,7 +104,7 @@ def bench_config(model: str, resolution: int, batch_size: int, mixed_precision: 
 
 def with_objective(run: RunSetup, config: Config) -> RunSetup:
     """The run with this variant's reward and critic (same UNet, data and optimizer)."""
-    reward, critic, critic_optimizer = build_objective(config, run.parts, load_subject(config), run.accelerator.device)
+    reward, critic, critic_optimizer = build_objective(config, run.parts, load_concepts(config), run.accelerator.device)
     return dataclasses.replace(run, critic=critic, critic_optimizer=critic_optimizer, reward=reward)
 
 

@@ -34,6 +34,17 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class ConceptConfig:
+    """One more subject of a multi-concept run, with its own photos, prompt and identifier."""
+
+    instance_dir: str | None = _field(None, "folder of 3-6 photos of this subject")
+    instance_prompt: str | None = _field(None, "its training prompt, containing its identifier")
+    identifier: str | None = _field(None, "its rare token (custom_diffusion: its own new token, e.g. '<new2>')")
+    class_prompt: str | None = _field(None, "its class prompt, for prior preservation")
+    class_dir: str | None = _field(None, "its class-image cache folder (default: under ~/.cache/rewardbooth)")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     instance_dir: str | None = _field(None, "folder of 3-6 photos of the subject")
     instance_prompt: str = _field("a photo of sks dog", "training prompt; must contain the identifier")
@@ -46,6 +57,9 @@ class DataConfig:
     resolution: int = _field(512, "training resolution in pixels; a multiple of the VAE factor")
     center_crop: bool = _field(True, "center crop after resizing the short side (else resize the whole image)")
     random_flip: bool = _field(True, "random horizontal flips")
+    concepts: tuple[ConceptConfig, ...] = _field(
+        (), "more subjects trained in the same run (Custom Diffusion's multi-concept training), each "
+            "{instance_dir, instance_prompt, identifier, class_prompt}; the first subject is the one above")
 
 
 @dataclass(frozen=True)
@@ -250,6 +264,8 @@ def build_dataclass(cls: type, tree: Any, prefix: str = "") -> Any:
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is Any:  # passed through as YAML gave it (e.g. a sweep's override values)
         return value
+    if dataclasses.is_dataclass(hint):
+        return build_dataclass(hint, value, prefix=f"{key}.")
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         return _coerce_union(value, args, key)

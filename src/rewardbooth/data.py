@@ -142,12 +142,17 @@ def check_identifier(prompt: str, identifier: str) -> None:
     """Raise UserError unless ``identifier`` is a whole word of ``prompt`` (case-sensitive)."""
     if not identifier.strip():
         raise UserError("data.identifier is empty; set it to a rare token such as 'sks'")
-    if not _identifier_pattern(identifier).search(prompt):
+    if not names_identifier(prompt, identifier):
         example = f"a photo of {identifier} dog"
         raise UserError(
             f"instance prompt '{_one_line(prompt)}' does not contain the identifier '{identifier}'; "
             f"write it like '{example}' (or set data.identifier)"
         )
+
+
+def names_identifier(prompt: str, identifier: str) -> bool:
+    """Whether ``identifier`` is a whole word of ``prompt`` (case-sensitive)."""
+    return _identifier_pattern(identifier).search(prompt) is not None
 
 
 def remove_identifier(prompt: str, identifier: str) -> str:

@@ -24,8 +24,9 @@ def make_grid(images: list[Image.Image], columns: int | None = None) -> Image.Im
     return grid
 
 
-def validation_prompts(config: ValidationConfig, instance_prompt: str) -> list[str]:
-    return list(config.prompts) or [instance_prompt]
+def validation_prompts(config: ValidationConfig, instance_prompts: list[str]) -> list[str]:
+    """The configured prompts, or every concept's instance prompt."""
+    return list(config.prompts) or list(instance_prompts)
 
 
 @torch.no_grad()

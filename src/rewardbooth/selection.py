@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from rewardbooth.concepts import build_concept_reward
 from rewardbooth.config import Config
 from rewardbooth.errors import UserError
 from rewardbooth.evaluate import to_tensor
@@ -69,15 +70,16 @@ class BestTracker:
 class ValidationScorer:
     """`validation.reward` on the validation images; `scores(...)` returns the mixed score and every part."""
 
-    def __init__(self, config: Config, reference_images: torch.Tensor, device: torch.device):
+    def __init__(self, config: Config, setups: list[RewardSetup], device: torch.device):
+        """`setups`: one per concept (its photos and identifier); each image is scored against its own."""
         validation = config.validation
         self.weights = reward_weights(validation.reward)
         latent = sorted(LATENT_REWARDS & set(self.weights))
         if latent:
             raise UserError(f"validation.reward scores generated images, but {latent[0]!r} compares latents to a "
                             f"training image: use image rewards, e.g. {{dino: 1, clip_text: 1}}")
-        setup = RewardSetup(reference_images=reference_images, identifier=config.data.identifier, device=device)
-        self.reward = build_reward(validation.reward, validation.reward_options, setup)
+        self.reward = build_concept_reward(
+            lambda setup: build_reward(validation.reward, validation.reward_options, setup), setups)
         self.mix, self.device = validation.mix, device
 
     @torch.no_grad()

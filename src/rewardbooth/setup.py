@@ -22,8 +22,9 @@ from torch import nn
 
 from rewardbooth import data as subject_data
 from rewardbooth.class_images import class_image_dir, generate_class_images
+from rewardbooth.concepts import build_concept_reward, check_concepts, concept_data, concepts_of
 from rewardbooth.conditioning import encode_prompts, size_ids, tokenize_prompts
-from rewardbooth.config import Config, check_values, to_dict
+from rewardbooth.config import Config, DataConfig, check_values, to_dict
 from rewardbooth.critic import critics, make_critic, make_critic_optimizer
 from rewardbooth.dpg import critic_input_channels
 from rewardbooth.errors import UserError
@@ -55,7 +56,7 @@ class RunSetup:
     policy_parameters: list[nn.Parameter]
     autocast_dtype: torch.dtype | None
     effective_batch_size: int
-    reference_images: torch.Tensor  # (N, 3, R, R) in [0, 1]: the subject's photos, for image rewards
+    concept_images: list[torch.Tensor]  # per concept (N_k, 3, R, R) in [0, 1]: the photos, for image rewards
     size_ids: torch.Tensor | None  # SDXL's (1, 6) size/crop conditioning; None for SD 1.x/2.x
 
     @property
@@ -82,12 +83,16 @@ def make_accelerator(config: Config) -> Accelerator:
                                                            logging_dir=str(output_dir / "logs")))
 
 
-def load_subject(config: Config) -> torch.Tensor:
-    """Shape: -> (N, 3, R, R) float32 in [0, 1]"""
-    subject_data.check_identifier(config.data.instance_prompt, config.data.identifier)
-    images = subject_data.load_subject_images(config.data.instance_dir)
-    return torch.stack([subject_data.image_to_tensor(image, config.data.resolution, config.data.center_crop)
-                        for _, image in images])
+def load_concepts(config: Config) -> list[torch.Tensor]:
+    """Every concept's photos, the main subject first. Shape: -> [(N_k, 3, R, R) float32 in [0, 1]]"""
+    check_concepts(config.data)
+    loaded = []
+    for concept in concepts_of(config.data):
+        subject_data.check_identifier(concept.instance_prompt, concept.identifier)
+        images = subject_data.load_subject_images(concept.instance_dir)
+        loaded.append(torch.stack([subject_data.image_to_tensor(image, config.data.resolution,
+                                                                config.data.center_crop) for _, image in images]))
+    return loaded
 
 
 def check_component_names(config: Config) -> None:
@@ -117,7 +122,7 @@ def build_run(config: Config) -> RunSetup:
     check_component_names(config)
     accelerator = make_accelerator(config)
     set_seed(config.train.seed)  # for user components that draw from the global generators
-    instance_images = load_subject(config)
+    concept_images = load_concepts(config)
     parts = load_model(config.model)
     check_resolution(config.data.resolution, parts)
     device, autocast_dtype = accelerator.device, AUTOCAST_DTYPES[config.train.mixed_precision]
@@ -125,8 +130,8 @@ def build_run(config: Config) -> RunSetup:
     train_text_encoder = "text_encoder" in method.trainable
     place_models(parts, method, device, autocast_dtype, train_text_encoder)
 
-    data = build_training_data(config, parts, instance_images, train_text_encoder, accelerator)
-    reward, critic, critic_optimizer = build_objective(config, parts, instance_images, device)
+    data = build_training_data(config, parts, concept_images, train_text_encoder, accelerator)
+    reward, critic, critic_optimizer = build_objective(config, parts, concept_images, device)
 
     if config.train.gradient_checkpointing:
         parts.unet.enable_gradient_checkpointing()
@@ -156,7 +161,7 @@ def build_run(config: Config) -> RunSetup:
         critic=named.get("critic"), reward=reward, optimizer=optimizer, critic_optimizer=critic_optimizer,
         lr_scheduler=lr_scheduler, policy_parameters=policy_parameters, autocast_dtype=autocast_dtype,
         effective_batch_size=config.train.batch_size * num_processes * config.train.gradient_accumulation_steps,
-        reference_images=instance_images, size_ids=size_ids(config.data.resolution) if parts.is_sdxl else None,
+        concept_images=concept_images, size_ids=size_ids(config.data.resolution) if parts.is_sdxl else None,
     )
 
 
@@ -178,13 +183,14 @@ def place_models(parts: StableDiffusionParts, method: Method, device: torch.devi
     parts.unet.to(device)
 
 
-def build_objective(config: Config, parts: StableDiffusionParts, reference_images: torch.Tensor,
+def build_objective(config: Config, parts: StableDiffusionParts, concept_images: list[torch.Tensor],
                     device: torch.device) -> tuple[Reward | None, nn.Module | None, torch.optim.Optimizer | None]:
-    """The reward (dpg, direct) and the critic with its optimizer (dpg), on `device`."""
+    """The reward (dpg, direct; one per concept) and the critic with its optimizer (dpg), on `device`."""
     reward, critic, critic_optimizer = None, None, None
     if config.objective.name != "baseline":
-        setup = RewardSetup(reference_images=reference_images, identifier=config.data.identifier, device=device)
-        reward = build_reward(config.objective.reward, config.objective.reward_options, setup)
+        setups = reward_setups(config, concept_images, device)
+        reward = build_concept_reward(
+            lambda setup: build_reward(config.objective.reward, config.objective.reward_options, setup), setups)
         if config.objective.name == "direct" and not reward.differentiable:
             raise UserError(f"objective.name=direct backpropagates the reward, but {config.objective.reward!r} is "
                             f"not differentiable (says the built reward): use objective.name=dpg")
@@ -197,23 +203,24 @@ def build_objective(config: Config, parts: StableDiffusionParts, reference_image
     return reward, critic, critic_optimizer
 
 
-def build_training_data(config: Config, parts: StableDiffusionParts, instance_images: torch.Tensor,
+def reward_setups(config: Config, concept_images: list[torch.Tensor], device: torch.device) -> list[RewardSetup]:
+    """What each concept's reward is built from: its photos and its identifier."""
+    return [RewardSetup(reference_images=images, identifier=concept.identifier, device=device)
+            for concept, images in zip(concepts_of(config.data), concept_images, strict=True)]
+
+
+def build_training_data(config: Config, parts: StableDiffusionParts, concept_images: list[torch.Tensor],
                         train_text_encoder: bool, accelerator: Accelerator) -> TrainingData:
-    data_config = config.data
-    instance = ImageSet(with_flips(instance_images, data_config.random_flip), data_config.instance_prompt,
-                        parts.vae, cache=config.train.cache_latents)
+    data_config, flip = config.data, config.data.random_flip
+    concepts = concepts_of(data_config)
+    cache = config.train.cache_latents
+    instance = prompted_set(concept_images, [c.instance_prompt for c in concepts], flip, parts.vae, cache)
     prior = None
     if data_config.prior_preservation:
-        folder = class_image_dir(data_config, parts.source)
-        if accelerator.is_main_process:
-            generate_class_images(parts, data_config, folder, accelerator.device)
-        accelerator.wait_for_everyone()
-        paths = sorted(folder.glob("class_*.png"))[: data_config.num_class_images]
-        class_images = torch.stack([subject_data.image_to_tensor(subject_data.load_image(p), data_config.resolution,
-                                                                 data_config.center_crop) for p in paths])
-        prior = ImageSet(with_flips(class_images, data_config.random_flip), data_config.class_prompt, parts.vae,
-                         cache=config.train.cache_latents)
-    prompts = [data_config.instance_prompt, data_config.class_prompt]
+        class_images = [load_class_images(parts, concept_data(data_config, concept), accelerator)
+                        for concept in concepts]
+        prior = prompted_set(class_images, [c.class_prompt for c in concepts], flip, parts.vae, cache)
+    prompts = [prompt for c in concepts for prompt in (c.instance_prompt, c.class_prompt) if prompt]
     token_ids = {prompt: tokenize_prompts(parts.tokenizers, [prompt]) for prompt in prompts}
     if train_text_encoder:
         conditioning = {prompt: {"token_ids": ids} for prompt, ids in token_ids.items()}
@@ -224,6 +231,24 @@ def build_training_data(config: Config, parts: StableDiffusionParts, instance_im
                             for prompt, ids in token_ids.items()}
     return TrainingData(parts.vae, parts.noise_scheduler.config.num_train_timesteps, instance, prior,
                         conditioning, seed=config.train.seed)
+
+
+def prompted_set(image_groups: list[torch.Tensor], prompts: list[str], flip: bool, vae, cache: bool) -> ImageSet:
+    """One image set over several concepts' images, each image labelled with its concept's prompt."""
+    groups = [with_flips(images, flip) for images in image_groups]
+    labels = [prompt for prompt, images in zip(prompts, groups, strict=True) for _ in range(len(images))]
+    return ImageSet(torch.cat(groups), labels, vae, cache=cache)
+
+
+def load_class_images(parts: StableDiffusionParts, data_config: DataConfig, accelerator: Accelerator) -> torch.Tensor:
+    """One concept's class images, generated once by the main process and cached. Shape: -> (M, 3, R, R)"""
+    folder = class_image_dir(data_config, parts.source)
+    if accelerator.is_main_process:
+        generate_class_images(parts, data_config, folder, accelerator.device)
+    accelerator.wait_for_everyone()
+    paths = sorted(folder.glob("class_*.png"))[: data_config.num_class_images]
+    return torch.stack([subject_data.image_to_tensor(subject_data.load_image(path), data_config.resolution,
+                                                     data_config.center_crop) for path in paths])
 
 
 def make_policy_optimizer(parameters: list[nn.Parameter], config: Config) -> torch.optim.Optimizer:

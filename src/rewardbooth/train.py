@@ -24,13 +24,14 @@ from tqdm.auto import tqdm
 
 from rewardbooth import dpg
 from rewardbooth.checkpoints import check_output_dir, load_checkpoint, prepare_output_dir, save_checkpoint
+from rewardbooth.concepts import concepts_of
 from rewardbooth.conditioning import unet_inputs
 from rewardbooth.config import Config, TrainConfig, save_config
 from rewardbooth.methods.base import after_step
 from rewardbooth.monitoring import MetricsLog, make_grid, plot_metrics, render_samples, validation_prompts
 from rewardbooth.rewards import Reward, RewardContext, RewardOutput, as_output
 from rewardbooth.selection import BEST_DIR, BestTracker, ValidationScorer
-from rewardbooth.setup import RunSetup, build_run
+from rewardbooth.setup import RunSetup, build_run, reward_setups
 from rewardbooth.training_data import Batch, decode_latents
 
 logger = logging.getLogger(__name__)
@@ -272,7 +273,7 @@ def validate_everywhere(run: RunSetup, config: Config, step: int, output_dir: Pa
 
 def validate(run: RunSetup, config: Config, step: int, output_dir: Path, selection: Selection | None) -> None:
     """The sample grid of this step; with a validation reward, its score, and the best model kept."""
-    prompts = validation_prompts(config.validation, config.data.instance_prompt)
+    prompts = validation_prompts(config.validation, [c.instance_prompt for c in concepts_of(config.data)])
     images = render_samples(run.parts, prompts, config.validation, config.data.resolution, run.accelerator.device,
                             autocast_dtype=run.autocast_dtype)
     samples = output_dir / "samples"
@@ -288,7 +289,8 @@ class Selection:
     def __init__(self, run: RunSetup, config: Config, output_dir: Path, metrics: MetricsLog):
         self.run, self.metrics = run, metrics
         self.best_dir, self.keep_best = output_dir / BEST_DIR, config.validation.keep_best
-        self.scorer = ValidationScorer(config, run.reference_images, run.accelerator.device)
+        self.scorer = ValidationScorer(config, reward_setups(config, run.concept_images, run.accelerator.device),
+                                       run.accelerator.device)
         # On resume, the best so far is the one recorded in best/ (a fresh run has none).
         self.tracker = BestTracker.load(self.best_dir / "best.json", config.validation.patience)
 

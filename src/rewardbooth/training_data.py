@@ -86,10 +86,13 @@ class Batch:
 
 
 class ImageSet:
-    """A set of training images with one prompt: posteriors cached, or the pixels kept to encode per step."""
+    """Training images, each with its prompt (one per concept): posteriors cached, or the pixels kept to encode
+    per step."""
 
-    def __init__(self, images: torch.Tensor, prompt: str, vae: AutoencoderKL, cache: bool):
-        self.prompt = prompt
+    def __init__(self, images: torch.Tensor, prompts: list[str], vae: AutoencoderKL, cache: bool):
+        if len(prompts) != len(images):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        self.prompts = list(prompts)
         self.pixels = None if cache else images
         self.posterior = encode_posteriors(vae, images) if cache else None
         self.size = len(images)
@@ -124,7 +127,7 @@ class TrainingData:
             sample_noise = torch.randn((batch_size * num_processes, *mean.shape[1:]), generator=generator)
             # z ~ q(z | image), then scaled to the unit-variance space the UNet works in.
             latents.append((mean + std * sample_noise[local] - self.shift_factor) * self.scaling_factor)
-            prompts += [image_set.prompt] * batch_size
+            prompts += [image_set.prompts[index] for index in indices[local].tolist()]
         x0 = torch.cat(latents)
         global_shape = (len(sets) * batch_size * num_processes, *x0.shape[1:])
         noise = torch.randn(global_shape, generator=generator).view(len(sets), -1, *x0.shape[1:])

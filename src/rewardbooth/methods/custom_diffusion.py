@@ -1,8 +1,9 @@
 """Custom Diffusion (Kumari et al. 2023): train only the cross-attention key/value projections (or all of
-cross-attention) plus the embedding of a new modifier token, `data.identifier` (e.g. "<new1>"); everything
-else stays frozen. Saved in the files stock diffusers loads:
-`pipeline.unet.load_attn_procs(dir, weight_name="pytorch_custom_diffusion_weights.safetensors")` and
-`pipeline.load_textual_inversion(dir, weight_name="<new1>.safetensors")`.
+cross-attention) plus the embedding of a new modifier token per concept, `data.identifier` (e.g. "<new1>")
+and each of `data.concepts`' identifiers ("<new2>", ...: multi-concept training, the paper's §3.2);
+everything else stays frozen. Saved in the files stock diffusers loads:
+`pipeline.unet.load_attn_procs(dir, weight_name="pytorch_custom_diffusion_weights.safetensors")` and, per
+token, `pipeline.load_textual_inversion(dir, weight_name="<new1>.safetensors")`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from diffusers.models.attention_processor import CustomDiffusionAttnProcessor
 from safetensors.torch import save_file
 from torch import nn
 
+from rewardbooth.concepts import concepts_of
 from rewardbooth.config import Config
 from rewardbooth.errors import UserError
 from rewardbooth.methods.base import methods
@@ -51,7 +53,7 @@ def custom_processors(unet: nn.Module, train_q_out: bool) -> dict[str, CustomDif
 
 @methods.register("custom_diffusion")
 class CustomDiffusion:
-    """Cross-attention K/V (or all cross-attention) and one new token's embedding train."""
+    """Cross-attention K/V (or all cross-attention) and one new token's embedding per concept train."""
 
     adapters_only = False  # the new embedding row lives inside the text encoder's table: keep it fp32
 
@@ -59,16 +61,17 @@ class CustomDiffusion:
         if parts.is_sdxl:
             raise UserError("method.name=custom_diffusion supports Stable Diffusion 1.x/2.x models; for an SDXL "
                             "model use method.name=lora or method.name=dreambooth")
-        self.token = config.data.identifier
-        if parts.tokenizer.add_tokens(self.token) != 1:
-            raise UserError(f"custom_diffusion learns a new token, but data.identifier {self.token!r} is already in "
-                            f"the tokenizer: use a new one such as data.identifier='<new1>'")
-        self.token_id = parts.tokenizer.convert_tokens_to_ids(self.token)
+        self.tokens = [concept.identifier for concept in concepts_of(config.data)]
+        for token in self.tokens:
+            if parts.tokenizer.add_tokens(token) != 1:
+                raise UserError(f"custom_diffusion learns a new token, but the identifier {token!r} is already in "
+                                f"the tokenizer: use a new one such as data.identifier='<new1>'")
+        self.token_ids = parts.tokenizer.convert_tokens_to_ids(self.tokens)
         parts.text_encoder.resize_token_embeddings(len(parts.tokenizer))
         embeddings = parts.text_encoder.get_input_embeddings().weight
         with torch.no_grad():
             ids = parts.tokenizer(config.method.initializer_token, add_special_tokens=False).input_ids
-            embeddings[self.token_id] = embeddings[ids].mean(dim=0)
+            embeddings[self.token_ids] = embeddings[ids].mean(dim=0)
         self.original_embeddings = embeddings.detach().clone()
 
         for module in (parts.vae, parts.unet, parts.text_encoder):
@@ -82,16 +85,18 @@ class CustomDiffusion:
 
     @torch.no_grad()
     def after_step(self) -> None:
-        """Only the new token's row may move: put every other row back (the optimizer's weight decay and
+        """Only the new tokens' rows may move: put every other row back (the optimizer's weight decay and
         momentum would otherwise drift the whole vocabulary)."""
         keep = torch.ones(len(self.embeddings), dtype=torch.bool, device=self.embeddings.device)
-        keep[self.token_id] = False
+        keep[self.token_ids] = False
         self.embeddings[keep] = self.original_embeddings.to(self.embeddings.device)[keep]
 
     def save(self, parts: StableDiffusionParts, output_dir: Path) -> None:
         parts.unet.save_attn_procs(output_dir, weight_name=WEIGHT_NAME, safe_serialization=True)
-        embedding = parts.text_encoder.get_input_embeddings().weight[self.token_id].detach().float().cpu()
-        save_file({self.token: embedding.contiguous()}, str(output_dir / f"{self.token}.safetensors"))
+        table = parts.text_encoder.get_input_embeddings().weight
+        for token, token_id in zip(self.tokens, self.token_ids):
+            save_file({token: table[token_id].detach().float().cpu().contiguous()},
+                      str(output_dir / f"{token}.safetensors"))
 
     @staticmethod
     def load_result(pipeline: StableDiffusionPipeline, output_dir: Path) -> StableDiffusionPipeline:
