@@ -81,3 +81,28 @@ def save_tiny_clip(folder, with_tokenizer=True):
     if with_tokenizer:
         tokenizer.save_pretrained(folder)
     return folder
+
+
+# The stock diffusers calls a user makes to load each method's result (DiffusionPipeline picks the SD or SDXL
+# pipeline class from the folder's model_index.json).
+def load_dreambooth(base, output):
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.from_pretrained(output)
+
+
+def load_lora(base, output):
+    from diffusers import DiffusionPipeline
+
+    pipeline = DiffusionPipeline.from_pretrained(base)
+    pipeline.load_lora_weights(output)
+    return pipeline
+
+
+def load_custom_diffusion(base, output):
+    from diffusers import DiffusionPipeline
+
+    pipeline = DiffusionPipeline.from_pretrained(base)
+    pipeline.unet.load_attn_procs(output, weight_name="pytorch_custom_diffusion_weights.safetensors")
+    pipeline.load_textual_inversion(output, weight_name="<new1>.safetensors")
+    return pipeline

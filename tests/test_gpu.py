@@ -34,6 +34,18 @@ def test_sd15_scale_bench_on_cuda(tmp_path):
     assert report["memory_measure"] == "peak CUDA allocation per step"
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["dreambooth", "lora"])
+def test_sdxl_fp16_dpg_on_cuda(method, subject_dir, tmp_path):
+    """SDXL under fp16: the frozen parts in fp16 except the force_upcast VAE, losses finite."""
+    out = tmp_path / "run"
+    assert run_cli(tiny_args(subject_dir, out, "model.pretrained=tiny-sdxl", f"method.name={method}",
+                             "train.mixed_precision=fp16", "train.max_steps=3", "method.train_text_encoder=true",
+                             "validation.every=2")) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(row["loss"]) and np.isfinite(row["critic_loss"]) for row in rows)
+
+
 def _real_weights(env: str, hub_id: str) -> str:
     """A local folder from $env, else the hub id if it is in the local cache; skips the test otherwise."""
     from huggingface_hub import try_to_load_from_cache

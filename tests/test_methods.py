@@ -7,26 +7,8 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from helpers import assert_same_weights, run_cli, tiny_args
+from helpers import assert_same_weights, load_custom_diffusion, load_dreambooth, load_lora, run_cli, tiny_args
 from rewardbooth.methods import methods
-
-
-def load_dreambooth(base, output):
-    return StableDiffusionPipeline.from_pretrained(output)
-
-
-def load_lora(base, output):
-    pipeline = StableDiffusionPipeline.from_pretrained(base)
-    pipeline.load_lora_weights(output)
-    return pipeline
-
-
-def load_custom_diffusion(base, output):
-    pipeline = StableDiffusionPipeline.from_pretrained(base)
-    pipeline.unet.load_attn_procs(output, weight_name="pytorch_custom_diffusion_weights.safetensors")
-    pipeline.load_textual_inversion(output, weight_name="<new1>.safetensors")
-    return pipeline
-
 
 # The stock diffusers calls a user makes to load each method's result; a new method must add its own.
 STOCK_LOADERS = {"dreambooth": load_dreambooth, "lora": load_lora, "custom_diffusion": load_custom_diffusion}

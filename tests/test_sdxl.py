@@ -7,7 +7,7 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from safetensors.torch import load_file
 
-from helpers import run_cli, save_tiny_clip, tiny_args
+from helpers import load_dreambooth, load_lora, run_cli, save_tiny_clip, tiny_args
 from rewardbooth.conditioning import encode_prompts, tokenize_prompts, unet_inputs
 from rewardbooth.config import ModelConfig
 from rewardbooth.models import load_model
@@ -56,16 +56,6 @@ def test_sd_conditioning_has_no_sdxl_extras(tiny_folder):
     assert set(conditioning) == {"embeds"} and unet_inputs(conditioning, None, None)[1] == {}
 
 
-def load_dreambooth(base, output):
-    return StableDiffusionXLPipeline.from_pretrained(output)
-
-
-def load_lora(base, output):
-    pipeline = StableDiffusionXLPipeline.from_pretrained(base)
-    pipeline.load_lora_weights(output)
-    return pipeline
-
-
 @pytest.mark.parametrize("objective", ["baseline", "dpg"])
 @pytest.mark.parametrize("method, load", [("dreambooth", load_dreambooth), ("lora", load_lora)])
 def test_sdxl_trains_and_reloads_with_stock_diffusers(method, load, objective, tiny_sdxl_folder, subject_dir,
@@ -73,7 +63,9 @@ def test_sdxl_trains_and_reloads_with_stock_diffusers(method, load, objective, t
     out = tmp_path / "run"
     assert run_cli(tiny_args(subject_dir, out, f"model.pretrained={tiny_sdxl_folder}", f"method.name={method}",
                              f"objective.name={objective}", *TRAIN)) == 0
-    trained = draw(load(tiny_sdxl_folder, out))
+    trained = load(tiny_sdxl_folder, out)
+    assert isinstance(trained, StableDiffusionXLPipeline)
+    trained = draw(trained)
     assert np.abs(trained - draw(StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_folder))).max() > 1e-3
     if objective == "dpg":
         critic = load_file(out / "critic.safetensors")
