@@ -118,3 +118,22 @@ def test_round_trip_through_dict(tmp_path):
     save_config(config, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == config == from_dict(to_dict(config))
     assert Path(tmp_path / "c.yaml").read_text().startswith("model:")
+
+
+def test_train_help_config_needs_no_config_and_a_missing_config_is_one_line(capsys):
+    from helpers import run_cli
+
+    assert run_cli(["train", "--help-config"]) == 0
+    assert "data.concepts = ()" in capsys.readouterr().out
+    assert run_cli(["train"]) == 2
+    error = capsys.readouterr().err
+    assert "no config given" in error and error.count("\n") == 1
+
+
+def test_concepts_round_trip_through_the_saved_config(tmp_path):
+    from rewardbooth.config import save_config
+
+    concept = "{instance_dir: cat, instance_prompt: a <new2> cat, identifier: <new2>, class_prompt: a cat}"
+    config = load_config("default", ["data.instance_dir=x", f"data.concepts=[{concept}]"])
+    save_config(config, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == config and config.data.concepts[0].identifier == "<new2>"

@@ -31,7 +31,7 @@ def _add_train(commands) -> None:
                                  description="Fine-tune a model on a subject. CONFIG is a YAML/TOML file or a "
                                              f"preset ({', '.join(preset_names())}); then section.key=value "
                                              "overrides, e.g. data.instance_dir=photos/ train.max_steps=400.")
-    parser.add_argument("config", help="config file or preset name")
+    parser.add_argument("config", nargs="?", help="config file or preset name")
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     parser.add_argument("--help-config", action="store_true", help="list every config key and exit")
 
@@ -148,6 +148,9 @@ def _run_train(args: argparse.Namespace) -> None:
     if args.help_config:
         print(describe())
         return
+    if args.config is None:
+        raise UserError("no config given: `rewardbooth train default data.instance_dir=PHOTOS ...` (a preset or a "
+                        "YAML/TOML file; --help-config lists every key)")
     from rewardbooth.train import train
 
     print(f"done: {train(load_config(args.config, args.overrides))}")

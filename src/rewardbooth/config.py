@@ -28,7 +28,8 @@ def _field(default: Any, help: str) -> Any:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    pretrained: str | None = _field(None, "diffusers folder, hub id, or a built-in: 'toy', 'tiny', 'sd15-random'")
+    pretrained: str | None = _field(None, "diffusers SD or SDXL folder, hub id, or a built-in: 'toy', 'tiny', "
+                                          "'tiny-sdxl', 'sd15-random', 'sdxl-random'")
     revision: str | None = _field(None, "hub revision (branch, tag or commit)")
     variant: str | None = _field(None, "weight variant to load, e.g. 'fp16'")
 
@@ -64,7 +65,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    name: str = _field("dreambooth", "base method: 'dreambooth' (all UNet weights) or 'lora' (adapters)")
+    name: str = _field("dreambooth", "base method: 'dreambooth' (all UNet weights), 'lora' (adapters) or "
+                                        "'custom_diffusion' (cross-attention K/V + new tokens)")
     train_text_encoder: bool = _field(False, "also fine-tune the text encoder (lora: adapters on it too)")
     lora_rank: int = _field(4, "lora: rank r of every adapter")
     lora_alpha: float | None = _field(None, "lora: scale alpha (the update is alpha / r * B A); default r")
