@@ -124,3 +124,16 @@ def test_multi_concept_custom_diffusion_with_a_per_concept_image_reward(tiny_fol
     assert not torch.equal(first, second)  # both started from the initializer word; each learned its own
     # The validation grid shows both concepts (one row per concept's instance prompt).
     assert (out / "samples" / "step_000000.png").is_file()
+
+
+def test_the_shipped_multi_concept_example_is_a_valid_config():
+    from pathlib import Path
+
+    from rewardbooth.concepts import check_concepts
+    from rewardbooth.config import check_values
+
+    config = load_config(Path(__file__).parents[1] / "examples" / "custom-diffusion-two-concepts.yaml")
+    check_values(config)
+    check_concepts(config.data)
+    assert [c.identifier for c in concepts_of(config.data)] == ["<new1>", "<new2>"]
+    assert config.method.name == "custom_diffusion" and config.validation.mix == "harmonic"
