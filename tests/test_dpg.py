@@ -105,3 +105,15 @@ def test_critic_features():
     torch.testing.assert_close(dpg.critic_features("residual", x_t, action, x0_hat, x0), torch.full((1, 4, 2, 2), 4.0))
     assert dpg.critic_input_channels("state_action", 4) == 8
     assert dpg.critic_input_channels("residual", 4) == 4
+    assert torch.equal(dpg.critic_features("prediction", x_t, action, x0_hat, x0), x0_hat)
+    assert dpg.critic_input_channels("prediction", 4) == 4
+
+
+def test_prediction_critic_input_passes_the_policy_gradient_through_the_look_forward_step():
+    """dQ/da through x0_hat: for eps-prediction d x0_hat / d eps = -sqrt(1 - abar) / sqrt(abar)."""
+    alpha_bar = torch.tensor([0.64])
+    x_t, action = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2, requires_grad=True)
+    x0_hat = dpg.predict_x0(x_t, action, alpha_bar, "epsilon")
+    q = dpg.critic_features("prediction", x_t, action, x0_hat, torch.zeros_like(x_t)).sum()  # Q = sum(x0_hat)
+    q.backward()
+    torch.testing.assert_close(action.grad, torch.full_like(x_t, -0.6 / 0.8))

@@ -105,8 +105,9 @@ class ObjectiveConfig:
 @dataclass(frozen=True)
 class CriticConfig:
     name: str = _field("conv", "critic architecture (registry name or 'pkg.mod:factory')")
-    input: Literal["state_action", "residual"] = _field(
-        "residual", "'state_action' = [x_t, a]; 'residual' = (x0_hat - x0)^2 as in the released code"
+    input: Literal["state_action", "residual", "prediction"] = _field(
+        "residual", "'state_action' = [x_t, a]; 'residual' = (x0_hat - x0)^2 as in the released code; "
+                    "'prediction' = x0_hat, which every image reward scores"
     )
     hidden_channels: int = _field(64, "width of the critic's conv trunk")
     num_layers: int = _field(3, "conv layers in the critic's trunk")

@@ -128,7 +128,7 @@ def critic_loss(q_values: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
 
 
 def critic_features(
-    kind: Literal["state_action", "residual"],
+    kind: Literal["state_action", "residual", "prediction"],
     x_t: torch.Tensor,
     action: torch.Tensor,
     x0_hat: torch.Tensor,
@@ -139,6 +139,9 @@ def critic_features(
     state_action: [x_t, a] stacked on channels, the textbook Q(s, a).
     residual:     (x0_hat - x0)^2, the released code's input; it makes the look-forward reward nearly linear
                   in the input, so the critic learns it fast but only for rewards that compare to x0.
+    prediction:   x0_hat itself. Still a function of (s, a) (Eq. look-forward: x0_hat = (x_t - sqrt(1 - abar_t)
+                  a) / sqrt(abar_t) for eps-prediction), and every reward here scores x0_hat alone, so
+                  Q(x0_hat, t) can represent any of them exactly, without first learning the look-forward map.
 
     Shape: all (B, C, h, w) -> (B, 2C, h, w) or (B, C, h, w)
     """
@@ -146,6 +149,8 @@ def critic_features(
         return torch.cat([x_t, action], dim=1)
     if kind == "residual":
         return (x0_hat - x0).square()
+    if kind == "prediction":
+        return x0_hat
     raise ValueError(f"unknown critic input {kind!r}")
 
 
