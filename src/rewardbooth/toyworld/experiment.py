@@ -31,6 +31,9 @@ OBJECTIVES = {
     "dpg-look-forward-paper": ["objective.name=dpg", "objective.instance_weight=0", "objective.gamma=0.9986",
                                "critic.input=residual", "critic.optimizer=sgd", "critic.lr=0.01"],
     "dpg-toy-identity": ["objective.name=dpg", "objective.reward=toy_identity", "critic.input=state_action"],
+    # The critic reads x0_hat, which the reward scores; lambda tuned on subjects 1-2 (1, 0.3 tried; 0.3 best).
+    "dpg-toy-identity-x0": ["objective.name=dpg", "objective.reward=toy_identity", "critic.input=prediction",
+                            "objective.critic_weight=0.3"],
 }
 
 
