@@ -94,11 +94,12 @@ def test_decode_at_a_lower_resolution():
     torch.testing.assert_close(decode_latents(vae, latents, size=64), decode_latents(vae, latents))
 
 
-def test_critic_learns_a_non_differentiable_reward(subject_dir, tmp_path):
+@pytest.mark.parametrize("critic_input", ["state_action", "prediction"])
+def test_critic_learns_a_non_differentiable_reward(critic_input, subject_dir, tmp_path):
     """DPG's premise: the critic regresses a black-box reward, so its loss falls as it learns."""
     out = tmp_path / "critic"
     assert run_cli(tiny_args(subject_dir, out, "train.max_steps=40", "validation.every=0", "train.lr=1e-6",
-                             "critic.lr=1e-3", "critic.input=state_action", f"objective.reward={DARK}",
+                             "critic.lr=1e-3", f"critic.input={critic_input}", f"objective.reward={DARK}",
                              "objective.reward_resolution=32")) == 0
     losses = [row["critic_loss"] for row in read_metrics(out)]
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10, losses
