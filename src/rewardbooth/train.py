@@ -10,6 +10,7 @@ One optimizer step, read top to bottom (``compute_losses`` then ``train``):
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -186,8 +187,12 @@ def train(config: Config) -> Path:
             validate(run, config, finished, output_dir, selection)
         save_result(run, output_dir)
         plot_metrics(output_dir / "metrics.jsonl", output_dir / "metrics.png")
-    # All ranks tear the process group down together: a rank that leaves while the main one is still saving
-    # can block forever in gloo's teardown (seen once in CI).
+    # DDP's reducers hold the process group. Freed only when train() returns, after end_training destroyed the
+    # group, one rank could hang in their destructors (seen in CI, reproduced under load: the other rank done,
+    # this one stuck past train()). So every rank frees them first, then all tear the group down together.
+    del run, policy, selection
+    accelerator.free_memory()
+    gc.collect()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return output_dir
