@@ -37,6 +37,13 @@ def test_bench_times_each_method_and_sdxl(method, tmp_path):
     assert set(report["variants"]) == {"baseline", "dpg-look-forward"} and report["ratios"]["dpg-look-forward"]["time"] > 0
 
 
+def test_bench_default_resolution_is_the_models_own(tiny_folder):
+    from rewardbooth.bench import native_resolution
+
+    assert native_resolution("sd15-random") == 512 and native_resolution("sdxl-random") == 1024
+    assert native_resolution(str(tiny_folder)) == native_resolution("tiny") == 64  # a folder: its configs only
+
+
 def test_bench_rejects_an_unknown_variant(capsys):
     assert run_cli(["bench", "--variants", "dpg-clip"]) == 2
     assert "unknown bench variant 'dpg-clip'" in capsys.readouterr().err

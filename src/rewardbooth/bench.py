@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from rewardbooth.config import Config, load_config
+from rewardbooth.config import Config, ModelConfig, load_config
 from rewardbooth.data import make_example_subject
 from rewardbooth.setup import RunSetup, build_objective, build_run, load_concepts
 from rewardbooth.train import accumulate_gradients, all_finite, apply_update, make_policy
@@ -84,9 +84,19 @@ def variant_overrides(name: str, workdir: Path, resolution: int) -> list[str]:
     return overrides
 
 
-def default_resolution(model: str) -> int:
-    """The resolution a model was trained at: SDXL's 1024, SD-1.5's 512."""
-    return 1024 if model == "sdxl-random" else 512
+def native_resolution(model: str) -> int:
+    """The pixels a model was trained at (SD-1.5 512, SDXL 1024), from its UNet's sample size: a built-in
+    architecture is built on the meta device, a folder or hub id reads only its UNet config."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from rewardbooth.models import load_model, loaders
+
+    if model in loaders.names():
+        with torch.device("meta"):
+            parts = load_model(ModelConfig(model))
+        return parts.unet.config.sample_size * parts.vae_scale_factor
+    vae_levels = len(AutoencoderKL.load_config(model, subfolder="vae")["block_out_channels"])
+    return UNet2DConditionModel.load_config(model, subfolder="unet")["sample_size"] * 2 ** (vae_levels - 1)
 
 
 def bench_config(model: str, resolution: int, batch_size: int, mixed_precision: str, workdir: Path,
@@ -169,7 +179,7 @@ def run_bench(model: str = "tiny", resolution: int | None = None, batch_size: in
               extra_overrides: tuple[str, ...] = ()) -> dict:
     """`extra_overrides` (`section.key=value`) apply to every variant, e.g. train.gradient_checkpointing=true."""
     cuda = torch.cuda.is_available()
-    resolution = resolution or (64 if model.startswith("tiny") or not cuda else default_resolution(model))
+    resolution = resolution or (64 if model.startswith("tiny") or not cuda else native_resolution(model))
     mixed_precision = mixed_precision or ("fp16" if cuda else "no")
     variants = ("baseline", *[name for name in variants if name != "baseline"])
     common = [f"method.name={method}", *METHOD_OVERRIDES.get(method, []), *extra_overrides]
@@ -209,7 +219,7 @@ def run_bench(model: str = "tiny", resolution: int | None = None, batch_size: in
 
 
 def format_report(report: dict) -> str:
-    lines = [f"model {report['model']} ({report.get('method', 'dreambooth')}), {report['resolution']} px, "
+    lines = [f"model {report['model']} ({report['method']}), {report['resolution']} px, "
              f"batch {report['batch_size']}, "
              f"precision {report['mixed_precision']}, {report['device']}; median of {report['timed_steps']} "
              f"interleaved steps",

@@ -150,7 +150,7 @@ def build_run(config: Config) -> RunSetup:
     prepared = accelerator.prepare(*modules, optimizer)
     *prepared_modules, optimizer = prepared
     named = dict(zip(list(method.trainable) + (["critic"] if critic is not None else []), prepared_modules))
-    text_encoders = [named[name] for name in ("text_encoder", "text_encoder_2") if name in named]
+    text_encoders = [named[name] for name in parts.named_text_encoders if name in named]
     accelerator.register_for_checkpointing(lr_scheduler)
     if critic_optimizer is not None:
         accelerator.register_for_checkpointing(critic_optimizer)

@@ -22,7 +22,7 @@ class DreamBooth:
         parts.vae.requires_grad_(False)
         parts.unet.requires_grad_(True)
         self.trainable: dict[str, nn.Module] = {"unet": parts.unet}
-        for name, encoder in zip(("text_encoder", "text_encoder_2"), parts.text_encoders):
+        for name, encoder in parts.named_text_encoders.items():
             encoder.requires_grad_(config.train_text_encoder)
             if config.train_text_encoder:
                 self.trainable[name] = encoder

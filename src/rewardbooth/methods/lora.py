@@ -16,7 +16,6 @@ from rewardbooth.methods.base import methods
 from rewardbooth.models import StableDiffusionParts
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2")  # the pipelines' component names, in parts.text_encoders order
 
 
 def lora_config(config: MethodConfig, target_modules: tuple[str, ...]):
@@ -46,7 +45,7 @@ class LoRA:
         if config.train_text_encoder:
             # peft directly: transformers' own add_adapter demands a newer peft than this stack resolves.
             self.text_encoder_config = lora_config(config, config.lora_text_encoder_modules)
-            for name, encoder in zip(TEXT_ENCODERS, parts.text_encoders):
+            for name, encoder in parts.named_text_encoders.items():
                 inject_adapter_in_model(self.text_encoder_config, encoder)
                 self.trainable[name] = encoder
 
@@ -58,7 +57,7 @@ class LoRA:
         layers = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(parts.unet)),
                   "unet_lora_adapter_metadata": self.unet_config.to_dict()}
         if self.text_encoder_config is not None:
-            for name, encoder in zip(TEXT_ENCODERS, parts.text_encoders):
+            for name, encoder in parts.named_text_encoders.items():
                 layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(encoder))
                 layers[f"{name}_lora_adapter_metadata"] = self.text_encoder_config.to_dict()
         parts.pipeline_class.save_lora_weights(output_dir, weight_name=WEIGHT_NAME, **layers)

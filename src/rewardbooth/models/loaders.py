@@ -21,6 +21,7 @@ from rewardbooth.errors import UserError
 from rewardbooth.registry import Registry
 
 loaders = Registry("model loader")
+TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")  # the pipelines' component names, in this order
 
 
 @dataclass
@@ -43,7 +44,12 @@ class StableDiffusionParts:
 
     @property
     def text_encoders(self) -> list:
-        return [m for m in (self.text_encoder, self.text_encoder_2) if m is not None]
+        return list(self.named_text_encoders.values())
+
+    @property
+    def named_text_encoders(self) -> dict:
+        """Pipeline component name -> text encoder: `text_encoder` (and SDXL's `text_encoder_2`)."""
+        return {name: getattr(self, name) for name in TEXT_ENCODER_NAMES if getattr(self, name) is not None}
 
     @property
     def tokenizers(self) -> list[CLIPTokenizer]:
