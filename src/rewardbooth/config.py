@@ -96,6 +96,9 @@ class ObjectiveConfig:
     reward_resolution: int | None = _field(
         None, "pixels at which x0_hat is decoded for image rewards (latents resized first; default: the "
               "training resolution). 256 suits DINO and CLIP, which look at 224 px")
+    decoder_checkpointing: bool = _field(
+        False, "when an image reward is differentiated (objective.name=direct, critic diagnostics): recompute "
+               "the VAE decoder's activations in the backward pass instead of keeping them (less memory, slower)")
     instance_weight: float = _field(1.0, "w_inst: weight of the instance denoising loss")
     prior_weight: float = _field(1.0, "w_prior: weight of the prior-preservation loss")
     critic_weight: float = _field(1.0, "lambda: weight of the -Q(s, a) policy term")
@@ -104,17 +107,26 @@ class ObjectiveConfig:
 
 @dataclass(frozen=True)
 class CriticConfig:
-    name: str = _field("conv", "critic architecture (registry name or 'pkg.mod:factory')")
+    name: str = _field("pooled", "critic architecture: 'released' (the paper code's, all-positive init), 'pooled' "
+                               "(per-channel statistics; starts at the look-forward reward with the residual "
+                               "input), 'conv', or 'pkg.mod:factory'")
     input: Literal["state_action", "residual", "prediction"] = _field(
         "residual", "'state_action' = [x_t, a]; 'residual' = (x0_hat - x0)^2 as in the released code; "
                     "'prediction' = x0_hat, which every image reward scores"
     )
+    residual_prior: bool = _field(
+        True, "conv and pooled critics with the residual input: start Q as the look-forward reward "
+              "-mean((x0_hat - x0)^2) (exact gradient from step 0; false: start at Q = 0)")
     hidden_channels: int = _field(64, "width of the critic's conv trunk")
     num_layers: int = _field(3, "conv layers in the critic's trunk")
     condition_on_text: bool = _field(False, "also feed the pooled text embedding to the critic")
     optimizer: Literal["adamw", "sgd"] = _field("adamw", "critic optimizer")
     lr: float = _field(1e-4, "critic learning rate")
     weight_decay: float = _field(0.0, "critic weight decay")
+    diagnostics_every: int = _field(
+        10, "log critic/grad_cosine = cos(dQ/da, dr/da) and critic/grad_ratio = |dQ/da| / |dr/da| every N steps "
+            "when the reward is differentiable (0 = never); critic/r2 is logged on every scoring step")
+    r2_window: int = _field(64, "samples over which the on-policy R^2 of Q against the reward is computed")
 
 
 @dataclass(frozen=True)
@@ -328,6 +340,8 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("critic.hidden_channels", lambda v: v >= 1, "at least 1"),
     ("critic.num_layers", lambda v: v >= 0, "non-negative"),
     ("critic.lr", lambda v: v > 0, "positive"),
+    ("critic.diagnostics_every", lambda v: v >= 0, "non-negative (0 = never)"),
+    ("critic.r2_window", lambda v: v >= 2, "at least 2"),
     ("train.max_steps", lambda v: v >= 1, "at least 1"),
     ("train.batch_size", lambda v: v >= 1, "at least 1"),
     ("train.gradient_accumulation_steps", lambda v: v >= 1, "at least 1"),

@@ -25,7 +25,7 @@ from rewardbooth.class_images import class_image_dir, generate_class_images
 from rewardbooth.concepts import build_concept_reward, check_concepts, concept_data, concepts_of
 from rewardbooth.conditioning import encode_prompts, size_ids, tokenize_prompts
 from rewardbooth.config import Config, DataConfig, check_values, to_dict
-from rewardbooth.critic import critics, make_critic, make_critic_optimizer
+from rewardbooth.critic import CriticSpec, critics, make_critic, make_critic_optimizer
 from rewardbooth.dpg import critic_input_channels
 from rewardbooth.errors import UserError
 from rewardbooth.methods import Method, make_method, methods
@@ -58,6 +58,14 @@ class RunSetup:
     effective_batch_size: int
     concept_images: list[torch.Tensor]  # per concept (N_k, 3, R, R) in [0, 1]: the photos, for image rewards
     size_ids: torch.Tensor | None  # SDXL's (1, 6) size/crop conditioning; None for SD 1.x/2.x
+
+    @property
+    def stateful(self) -> dict[str, object]:
+        """What a checkpoint saves besides accelerate's prepared models and optimizer, by file name."""
+        extra = {"lr_schedule": self.lr_scheduler}
+        if self.critic_optimizer is not None:
+            extra["critic_optimizer"] = self.critic_optimizer
+        return extra
 
     @property
     def trained_models(self) -> list[nn.Module]:
@@ -133,6 +141,8 @@ def build_run(config: Config) -> RunSetup:
     data = build_training_data(config, parts, concept_images, train_text_encoder, accelerator)
     reward, critic, critic_optimizer = build_objective(config, parts, concept_images, device)
 
+    if config.objective.decoder_checkpointing:
+        parts.vae.enable_gradient_checkpointing()
     if config.train.gradient_checkpointing:
         parts.unet.enable_gradient_checkpointing()
         if train_text_encoder:
@@ -145,15 +155,13 @@ def build_run(config: Config) -> RunSetup:
                                  num_training_steps=config.train.max_steps)
 
     # The LR schedule and the critic optimizer are stepped by hand once per optimizer step (accelerate would
-    # step a prepared scheduler once per process), and saved with the checkpoint through registration.
+    # step a prepared scheduler once per process); checkpoints save them as plain tensors (RunSetup.stateful),
+    # not through accelerate's registration, whose pickles are loaded with weights_only=False.
     modules = list(method.trainable.values()) + ([critic] if critic is not None else [])
     prepared = accelerator.prepare(*modules, optimizer)
     *prepared_modules, optimizer = prepared
     named = dict(zip(list(method.trainable) + (["critic"] if critic is not None else []), prepared_modules))
     text_encoders = [named[name] for name in parts.named_text_encoders if name in named]
-    accelerator.register_for_checkpointing(lr_scheduler)
-    if critic_optimizer is not None:
-        accelerator.register_for_checkpointing(critic_optimizer)
     num_processes = accelerator.num_processes
     return RunSetup(
         accelerator=accelerator, parts=parts, method=method, data=data, noise_scheduler=parts.noise_scheduler,
@@ -195,10 +203,12 @@ def build_objective(config: Config, parts: StableDiffusionParts, concept_images:
             raise UserError(f"objective.name=direct backpropagates the reward, but {config.objective.reward!r} is "
                             f"not differentiable (says the built reward): use objective.name=dpg")
     if config.objective.name == "dpg":
-        in_channels = critic_input_channels(config.critic.input, parts.unet.config.in_channels)
+        side = config.data.resolution // parts.vae_scale_factor
+        spec = CriticSpec(critic_input_channels(config.critic.input, parts.unet.config.in_channels), (side, side),
+                          parts.text_embedding_dim)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.train.seed)  # the critic's initial weights are part of the run's seed
-            critic = make_critic(in_channels, parts.text_embedding_dim, config.critic).to(device)
+            critic = make_critic(spec, config.critic).to(device)
         critic_optimizer = make_critic_optimizer(critic, config.critic)
     return reward, critic, critic_optimizer
 
