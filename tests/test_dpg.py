@@ -117,3 +117,26 @@ def test_prediction_critic_input_passes_the_policy_gradient_through_the_look_for
     q = dpg.critic_features("prediction", x_t, action, x0_hat, torch.zeros_like(x_t)).sum()  # Q = sum(x0_hat)
     q.backward()
     torch.testing.assert_close(action.grad, torch.full_like(x_t, -0.6 / 0.8))
+
+
+def test_gradient_alignment_by_hand():
+    """Batch vectors laid end to end: a = (3, 4 | 0, 0), b = (3, 0 | 0, 4): cos = 9 / (5 * 5), ratio 5 / 5."""
+    critic = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
+    reward = torch.tensor([[3.0, 0.0], [0.0, 4.0]])
+    cosine, ratio = dpg.gradient_alignment(critic, reward)
+    assert cosine.item() == pytest.approx(9 / 25) and ratio.item() == pytest.approx(1.0)
+    cosine, ratio = dpg.gradient_alignment(2 * reward, reward)  # parallel, twice as long
+    assert cosine.item() == pytest.approx(1.0) and ratio.item() == pytest.approx(2.0)
+    cosine, ratio = dpg.gradient_alignment(-reward, reward)
+    assert cosine.item() == pytest.approx(-1.0)
+    cosine, ratio = dpg.gradient_alignment(reward, torch.zeros_like(reward))  # no reward gradient: undefined
+    assert cosine.isnan() and ratio.isnan()
+
+
+def test_r_squared_by_hand():
+    targets = torch.tensor([1.0, 2.0, 3.0, 4.0])  # mean 2.5, SS_tot = 5
+    assert dpg.r_squared(targets, targets).item() == pytest.approx(1.0)
+    assert dpg.r_squared(torch.full((4,), 2.5), targets).item() == pytest.approx(0.0)  # predicting the mean
+    # residuals (0.5, -0.5, 0.5, -0.5): SS_res = 1, R^2 = 1 - 1/5
+    assert dpg.r_squared(targets + torch.tensor([0.5, -0.5, 0.5, -0.5]), targets).item() == pytest.approx(0.8)
+    assert dpg.r_squared(torch.zeros(4), torch.ones(4)).isnan()  # constant targets

@@ -115,3 +115,33 @@ def test_rewards_command_lists_every_reward_with_its_options(capsys):
     assert run_cli(["rewards", DARK]) == 0
     described = capsys.readouterr().out
     assert "not differentiable" in described and "options: target=0.0" in described
+
+
+def test_critic_diagnostics_are_logged_and_read_the_true_reward_gradient(subject_dir, tmp_path):
+    """pooled + residual starts as the look-forward reward itself: its gradient cosine is 1 (a diagnostic
+    comparing the wrong gradients could not say so); a zero-start conv critic pushes nothing at first."""
+    out = tmp_path / "exact"
+    assert run_cli(tiny_args(subject_dir, out, "train.max_steps=12", "validation.every=0", "critic.name=pooled",
+                             "critic.diagnostics_every=4", "critic.r2_window=8")) == 0
+    rows = read_metrics(out)
+    diagnosed = [row["step"] for row in rows if "critic/grad_cosine" in row]
+    assert diagnosed == [1, 5, 9]  # steps 0, 4, 8 are logged as 1, 5, 9
+    assert rows[0]["critic/grad_cosine"] == pytest.approx(1, abs=1e-6) and rows[0]["critic/grad_ratio"] == \
+        pytest.approx(1, abs=1e-6)  # step 0: Q is the reward
+    assert all(row["critic/grad_cosine"] > 0.999 and abs(row["critic/grad_ratio"] - 1) < 0.05
+               for row in rows if "critic/grad_cosine" in row)  # later: still the reward, up to its fit
+    assert [row["step"] for row in rows if "critic/r2" in row] == list(range(8, 13))  # once 8 samples are in
+    assert all(row["critic/r2"] > 0.9 for row in rows if "critic/r2" in row)
+    zero = tmp_path / "zero"
+    assert run_cli(tiny_args(subject_dir, zero, "train.max_steps=1", "validation.every=0", "critic.name=conv",
+                             "critic.residual_prior=false")) == 0
+    assert read_metrics(zero)[0]["critic/grad_ratio"] == 0
+
+
+def test_no_gradient_diagnostics_for_a_reward_without_a_gradient(subject_dir, tmp_path):
+    out = tmp_path / "dark"
+    assert run_cli(tiny_args(subject_dir, out, "train.max_steps=10", "validation.every=0", "critic.r2_window=8",
+                             f"objective.reward={DARK}", "objective.reward_resolution=32")) == 0
+    rows = read_metrics(out)
+    assert not any("critic/grad_cosine" in row for row in rows)
+    assert "critic/r2" in rows[-1]  # the fit is measured for every reward

@@ -49,3 +49,29 @@ def test_resume_with_a_longer_schedule_continues(subject_dir, tmp_path):
     assert run_cli([*args, "train.max_steps=2"]) == 0
     assert run_cli([*args, "train.max_steps=4", "train.resume=latest"]) == 0
     assert (out / "checkpoints" / "step_000004").is_dir()
+
+
+class _RunsCode:
+    """A pickle that runs code when loaded: what a crafted checkpoint file would hold."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("name", ["lr_schedule.pt", "critic_optimizer.pt"])
+def test_resume_refuses_a_checkpoint_file_that_would_run_code(name, subject_dir, tmp_path, capsys):
+    import pickle
+
+    out = tmp_path / "run"
+    args = tiny_args(subject_dir, out, "train.max_steps=2", "train.checkpoint_every=1", "validation.every=0")
+    assert run_cli([*args, "train.max_steps=1"]) == 0
+    checkpoint = out / "checkpoints" / "step_000001"
+    assert sorted(p.name for p in checkpoint.glob("*.pkl")) == ["random_states_0.pkl"]  # accelerate's, weights_only
+    marker = tmp_path / "code-ran"
+    (checkpoint / name).write_bytes(pickle.dumps(_RunsCode(marker)))
+    assert run_cli([*args, "train.resume=latest"]) == 2
+    assert f"{name} is not a plain tensor file" in capsys.readouterr().err
+    assert not marker.exists()

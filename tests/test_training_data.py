@@ -1,5 +1,6 @@
-"""Every random draw of a step comes from (seed, step, micro), for the global batch."""
+"""Every random draw of a step comes from (seed, step), for the global batch."""
 
+import pytest
 import torch
 
 from rewardbooth.conditioning import tokenize_prompts
@@ -18,9 +19,9 @@ def make_data(cache=True, prior=True):
 
 
 def test_step_generators_are_distinct_and_reproducible():
-    draws = {(s, m): torch.rand(4, generator=step_generator(0, s, m)) for s in range(3) for m in range(2)}
+    draws = {(seed, s): torch.rand(4, generator=step_generator(seed, s)) for s in range(3) for seed in range(2)}
     assert len({tuple(v.tolist()) for v in draws.values()}) == 6
-    assert torch.equal(draws[(2, 1)], torch.rand(4, generator=step_generator(0, 2, 1)))
+    assert torch.equal(draws[(1, 2)], torch.rand(4, generator=step_generator(1, 2)))
 
 
 def test_batch_layout():
@@ -31,19 +32,26 @@ def test_batch_layout():
     assert 0 <= batch.timesteps.min() and batch.timesteps.max() < 1000
 
 
-def test_processes_split_the_global_batch_exactly():
+@pytest.mark.parametrize("num_processes,accumulation", [(2, 1), (1, 2), (2, 2)])
+def test_processes_and_micro_steps_split_the_global_batch_exactly(num_processes, accumulation):
+    """Micro-step j of process p is slice p*k + j of the global batch: k micro-steps of batch b on N processes
+    see exactly what one process with batch N*k*b sees."""
     data = make_data()
-    whole = data.draw(step=3, micro=1, batch_size=4, process_index=0, num_processes=1)
-    halves = [data.draw(step=3, micro=1, batch_size=2, process_index=k, num_processes=2) for k in range(2)]
-    # Instance rows of process k are rows 2k..2k+1 of the global instance batch; prior rows likewise.
+    whole = data.draw(step=3, micro=0, batch_size=4, process_index=0, num_processes=1)
+    size = 4 // (num_processes * accumulation)
+
     def field_of(batch, field):
         return batch.conditioning["token_ids"] if field == "conditioning" else getattr(batch, field)
 
-    for field in ("x0", "noise", "timesteps", "conditioning"):
-        full = field_of(whole, field)
-        expected = [torch.cat([full[2 * k:2 * k + 2], full[4 + 2 * k:4 + 2 * k + 2]]) for k in range(2)]
-        for k in range(2):
-            assert torch.equal(field_of(halves[k], field), expected[k]), field
+    for process in range(num_processes):
+        for micro in range(accumulation):
+            piece = data.draw(step=3, micro=micro, batch_size=size, process_index=process,
+                              num_processes=num_processes, accumulation=accumulation)
+            first = (process * accumulation + micro) * size
+            for field in ("x0", "noise", "timesteps", "conditioning"):
+                full = field_of(whole, field)  # 4 instance rows, then 4 prior rows
+                expected = torch.cat([full[first:first + size], full[4 + first:4 + first + size]])
+                assert torch.equal(field_of(piece, field), expected), (field, process, micro)
 
 
 def test_uncached_latents_match_cached():

@@ -124,7 +124,7 @@ def make_step(run: RunSetup, config: Config):
     alphas_cumprod = run.noise_scheduler.alphas_cumprod.to(run.accelerator.device, torch.float32)
 
     def step(index: int) -> None:
-        terms = accumulate_gradients(run, policy, config, index, alphas_cumprod)
+        terms, _ = accumulate_gradients(run, policy, config, index, alphas_cumprod)
         apply_update(run, config.train, not all_finite(run.accelerator, terms), index)
 
     return step

@@ -7,15 +7,24 @@ Layout of a run folder::
     config.yaml                                     the resolved config of the run
     metrics.jsonl                                   one JSON line per logged step
     samples/step_000000.png ...                     validation grids
-    checkpoints/step_000200/ ...                    accelerate states: models, optimizers, LR schedule, RNG
+    checkpoints/step_000200/ ...                    accelerate states (models, optimizer, RNG), the LR schedule
+                                                    and critic optimizer (lr_schedule.pt, critic_optimizer.pt)
+                                                    and the loop's own state (train_state.json)
+
+Nothing in a checkpoint can run code when it is resumed: accelerate loads its files with
+``torch.load(weights_only=True)``, and so do we for ours (accelerate's `register_for_checkpointing` would
+save them as pickles that it loads with ``weights_only=False``, executing whatever a crafted file holds).
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
+from typing import Any
 
+import torch
 import yaml
 from accelerate import Accelerator
 
@@ -98,8 +107,14 @@ def prepare_output_dir(config: Config, resuming: bool) -> Path:
     return output_dir
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> Path:
-    """Write the full training state atomically: a checkpoint folder either exists whole or not at all."""
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int,
+                    stateful: dict[str, Any] | None = None, state: dict | None = None) -> Path:
+    """Write the full training state atomically: a checkpoint folder either exists whole or not at all.
+
+    `stateful` objects (name -> an object with state_dict/load_state_dict of tensors and plain values, e.g. an
+    LR scheduler) are saved as `<name>.pt`; `state` is the loop's own JSON-serialisable state (e.g. the
+    critic's fit window), saved next to the step.
+    """
     final = output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:06d}"
     partial = final.with_name(final.name + ".partial")
     if accelerator.is_main_process and partial.exists():
@@ -108,7 +123,9 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep:
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (partial / STATE_FILE).write_text(json.dumps({"step": step}))
+        for name, obj in (stateful or {}).items():
+            torch.save(obj.state_dict(), partial / f"{name}.pt")
+        (partial / STATE_FILE).write_text(json.dumps({**(state or {}), "step": step}))
         if final.exists():
             shutil.rmtree(final)
         partial.rename(final)
@@ -118,7 +135,30 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep:
     return final
 
 
-def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> int:
-    """Restore the state saved by save_checkpoint; returns the step to continue from."""
+def load_checkpoint(accelerator: Accelerator, checkpoint: Path,
+                    stateful: dict[str, Any] | None = None) -> tuple[int, dict]:
+    """Restore the state saved by save_checkpoint; returns the step to continue from and the loop's state.
+
+    Raises UserError, before anything is restored, for a file that is missing or is not plain tensors and
+    values (a pickle that would run code is refused, not executed).
+    """
+    saved = {}
+    for name in stateful or {}:
+        path = checkpoint / f"{name}.pt"
+        if not path.is_file():
+            raise UserError(f"checkpoint {str(checkpoint)!r} has no {path.name} (written by an older version?); "
+                            f"start the run again with train.overwrite=true")
+        try:
+            saved[name] = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(f"refusing to resume from {str(checkpoint)!r}: {path.name} is not a plain tensor file "
+                            f"and loading it could run code ({first_line}); resume from a checkpoint you trust") from None
+        except (RuntimeError, EOFError, OSError) as error:
+            raise UserError(f"cannot resume from {str(checkpoint)!r}: {path.name} is damaged ({error}); resume from "
+                            f"an earlier checkpoint (train.resume=PATH) or start again").replace("\n", " ") from None
     accelerator.load_state(str(checkpoint))
-    return json.loads((checkpoint / STATE_FILE).read_text())["step"]
+    for name, obj in (stateful or {}).items():
+        obj.load_state_dict(saved[name])
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    return state.pop("step"), state

@@ -156,3 +156,36 @@ def critic_features(
 
 def critic_input_channels(kind: str, latent_channels: int) -> int:
     return 2 * latent_channels if kind == "state_action" else latent_channels
+
+
+def gradient_alignment(critic_gradient: torch.Tensor, reward_gradient: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """How well the critic's push matches the reward's: cos(dQ/da, dr/da) and ||dQ/da|| / ||dr/da||.
+
+    Both gradients are of the batch's weighted sum (sum_i gamma^t_i Q_i and sum_i gamma^t_i r_i) with respect
+    to the batch of actions, i.e. exactly what the policy term hands to the UNet; each sample's action only
+    moves its own term, so the batch vectors are the per-sample gradients laid end to end. A cosine near 1 and
+    a ratio near 1 mean the critic carries the reward's gradient; a well-fitted Q (high R^2) does not imply
+    either (DESIGN.md §1). Undefined (NaN) when the reward's gradient is zero.
+
+    Shape: (B, ...) each -> two scalars (float32)
+    """
+    critic_flat, reward_flat = critic_gradient.flatten().double(), reward_gradient.flatten().double()
+    reward_norm = reward_flat.norm()
+    if reward_norm == 0:
+        nan = torch.tensor(float("nan"))
+        return nan, nan
+    critic_norm = critic_flat.norm()
+    cosine = (critic_flat @ reward_flat) / (critic_norm * reward_norm).clamp_min(1e-300)
+    return cosine.float(), (critic_norm / reward_norm).float()
+
+
+def r_squared(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Coefficient of determination 1 - SS_res / SS_tot of predictions of targets (NaN if targets are constant).
+
+    Shape: (N,), (N,) -> scalar (float32)
+    """
+    predictions, targets = predictions.double(), targets.double()
+    total = (targets - targets.mean()).square().sum()
+    if len(targets) < 2 or total == 0:
+        return torch.tensor(float("nan"))
+    return (1 - (predictions - targets).square().sum() / total).float()

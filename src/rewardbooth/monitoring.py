@@ -65,7 +65,10 @@ class MetricsLog:
         self.path.write_text("".join(line + "\n" for line in kept))
 
 
-PLOTTED_METRICS = ("loss", "instance_loss", "prior_loss", "critic_loss", "reward", "q")
+PLOTTED_METRICS = ("loss", "instance_loss", "prior_loss", "policy_term", "critic_loss", "reward", "q", "critic/r2",
+                   "critic/grad_cosine", "critic/grad_ratio", "lr", "grad_norm", "discount_mean")
+# Levels drawn as dashed lines (and kept in view): what the critic diagnostics should reach.
+REFERENCE_LEVELS = {"critic/grad_cosine": (0.0, 0.9, 1.0), "critic/grad_ratio": (0.5, 1.0, 2.0), "critic/r2": (0.0, 1.0)}
 
 
 def plot_metrics(metrics_file: Path, output: Path, panel_size: tuple[int, int] = (360, 200)) -> Path | None:
@@ -84,22 +87,39 @@ def plot_metrics(metrics_file: Path, output: Path, panel_size: tuple[int, int] =
     for index, name in enumerate(names):
         points = [(row["step"], row[name]) for row in rows if name in row and math.isfinite(row[name])]
         left, top = (index % 3) * width, (index // 3) * height
-        _draw_panel(draw, (left + 45, top + 22, left + width - 12, top + height - 24), name, points)
+        _draw_panel(draw, (left + 45, top + 22, left + width - 12, top + height - 24), name, points,
+                    REFERENCE_LEVELS.get(name, ()))
     canvas.save(output)
     return output
 
 
-def _draw_panel(draw, box: tuple[int, int, int, int], title: str, points: list[tuple[int, float]]) -> None:
+def _draw_panel(draw, box: tuple[int, int, int, int], title: str, points: list[tuple[int, float]],
+                levels: tuple[float, ...] = ()) -> None:
     x0, y0, x1, y1 = box
     draw.rectangle(box, outline="gray")
     draw.text((x0, y0 - 16), title, fill="black")
     if not points:
         return
     steps, values = zip(*points)
-    low, high = min(values), max(values)
+    low, high = min([*values, *levels]), max([*values, *levels])
     span_x, span_y = max(steps[-1] - steps[0], 1), (high - low) or 1.0
-    xy = [(x0 + (s - steps[0]) / span_x * (x1 - x0), y1 - (v - low) / span_y * (y1 - y0)) for s, v in points]
-    draw.line(xy, fill=(31, 119, 180), width=2) if len(xy) > 1 else draw.point(xy, fill=(31, 119, 180))
+    for level in levels:
+        y = y1 - (level - low) / span_y * (y1 - y0)
+        for start in range(x0, x1, 8):  # dashed
+            draw.line([(start, y), (min(start + 4, x1), y)], fill=(160, 160, 160))
+    def to_xy(pairs):
+        return [(x0 + (s - steps[0]) / span_x * (x1 - x0), y1 - (v - low) / span_y * (y1 - y0)) for s, v in pairs]
+
+    xy = to_xy(points)
+    if len(xy) > 40:  # a noisy per-step series: the raw values faint, a running mean over ~5 % of the run on top
+        draw.line(xy, fill=(174, 199, 232), width=1)
+        window = max(2, len(values) // 20)
+        running = [sum(values[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
+        draw.line(to_xy(zip(steps, running)), fill=(31, 119, 180), width=2)
+    elif len(xy) > 1:
+        draw.line(xy, fill=(31, 119, 180), width=2)
+    else:
+        draw.point(xy, fill=(31, 119, 180))
     draw.text((2 + x0 - 45, y0), f"{high:.3g}", fill="black")
     draw.text((2 + x0 - 45, y1 - 10), f"{low:.3g}", fill="black")
     draw.text((x0, y1 + 4), f"step {steps[0]}", fill="black")

@@ -28,6 +28,7 @@ from rewardbooth.checkpoints import check_output_dir, load_checkpoint, prepare_o
 from rewardbooth.concepts import concepts_of
 from rewardbooth.conditioning import unet_inputs
 from rewardbooth.config import Config, TrainConfig, save_config
+from rewardbooth.critic_diagnostics import FitWindow, alignment_terms
 from rewardbooth.methods.base import after_step
 from rewardbooth.monitoring import MetricsLog, make_grid, plot_metrics, render_samples, validation_prompts
 from rewardbooth.rewards import Reward, RewardContext, RewardOutput, as_output
@@ -60,12 +61,22 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
         module.requires_grad_(True)
 
 
+@dataclass
+class Losses:
+    """What one micro-batch contributes: loss terms (scalars; "loss" and "critic_loss" are backpropagated, all
+    are logged) and, on scoring steps, the critic's fit: (Q(s, a_taken) before its update, r), per sample."""
+
+    terms: dict[str, torch.Tensor]
+    fit: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
 def compute_losses(policy: Policy, batch: Batch, alphas_cumprod: torch.Tensor, prediction_type: str,
-                   config: Config, reward_fn: Reward | None, score: bool = True) -> dict[str, torch.Tensor]:
+                   config: Config, reward_fn: Reward | None, score: bool = True, diagnose: bool = False) -> Losses:
     """Every loss of one micro-batch. Instance samples are batch[:n], prior samples batch[n:].
 
     With `score` false (steps between `objective.reward_every`), DPG skips the reward and the critic update;
-    the policy still climbs the critic.
+    the policy still climbs the critic. With `diagnose`, a DPG scoring step also measures how well dQ/da
+    matches the reward's gradient (rewardbooth.critic_diagnostics).
     """
     objective, n = config.objective, batch.num_instance
     # 1. Forward diffusion: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps.
@@ -82,17 +93,18 @@ def compute_losses(policy: Policy, batch: Batch, alphas_cumprod: torch.Tensor, p
     weights = dict(instance_weight=objective.instance_weight, prior_weight=objective.prior_weight,
                    critic_weight=objective.critic_weight, gamma=objective.gamma)
     if objective.name == "baseline":
-        return dpg.actor_loss(mse[:n], prior_mse, None, batch.timesteps[:n], **weights)
+        return Losses(dpg.actor_loss(mse[:n], prior_mse, None, batch.timesteps[:n], **weights))
     # 4. Look forward to x0_hat.
-    x_t, action, x0, timesteps = x_t[:n], action[:n], batch.x0[:n], batch.timesteps[:n]
-    x0_hat = dpg.predict_x0(x_t, action, alpha_bar[:n], prediction_type)
+    x_t, action, x0, timesteps, alpha_bar = x_t[:n], action[:n], batch.x0[:n], batch.timesteps[:n], alpha_bar[:n]
+    x0_hat = dpg.predict_x0(x_t, action, alpha_bar, prediction_type)
     context = RewardContext(x0=x0.float(), prompts=batch.prompts[:n],
                             decode=partial(decode_latents, policy.vae, size=objective.reward_resolution))
     if objective.name == "direct":
-        # The reward itself in place of Q: its gradient flows through x0_hat into the policy.
+        # The reward itself in place of Q: its gradient flows through x0_hat (and the VAE decoder, for an
+        # image reward) into the policy.
         output = as_output(reward_fn(x0_hat.float(), context))
-        return {**dpg.actor_loss(mse[:n], prior_mse, output.scores, timesteps, **weights),
-                **reward_terms(output)}
+        return Losses({**dpg.actor_loss(mse[:n], prior_mse, output.scores, timesteps, **weights),
+                       **reward_terms(output)})
     # 5. Actor: climb Q through dQ/da with the critic's weights frozen (deterministic policy gradient).
     features = dpg.critic_features(config.critic.input, x_t, action, x0_hat, x0)
     critic_text = text[:n].detach()
@@ -100,7 +112,7 @@ def compute_losses(policy: Policy, batch: Batch, alphas_cumprod: torch.Tensor, p
         q_policy = critic(features, timesteps, critic_text)
     terms = dpg.actor_loss(mse[:n], prior_mse, q_policy, timesteps, **weights)
     if not score:
-        return terms
+        return Losses(terms)
     # 6. Score x0_hat (a regression target, never differentiated: no graph through the VAE or a backbone) and
     # regress Q(s, a_taken) on it, with the action detached so theta is untouched.
     with torch.no_grad():
@@ -108,13 +120,44 @@ def compute_losses(policy: Policy, batch: Batch, alphas_cumprod: torch.Tensor, p
     q_taken = policy.critic(features.detach(), timesteps, critic_text)
     terms["critic_loss"] = dpg.critic_loss(q_taken, output.scores)
     terms["q"] = q_taken.detach().mean()
-    return {**terms, **reward_terms(output)}
+    if diagnose and reward_fn.differentiable:
+        terms.update(critic_alignment(policy.critic_module, reward_fn, config, prediction_type, x_t, action,
+                                      alpha_bar, x0, timesteps, critic_text, context))
+    return Losses({**terms, **reward_terms(output)}, fit=(q_taken.detach().float(), output.scores.detach().float()))
+
+
+def critic_alignment(critic: nn.Module, reward_fn: Reward, config: Config, prediction_type: str,
+                     x_t: torch.Tensor, action: torch.Tensor, alpha_bar: torch.Tensor, x0: torch.Tensor,
+                     timesteps: torch.Tensor, text: torch.Tensor, context: RewardContext) -> dict[str, torch.Tensor]:
+    """cos(dQ/da, dr/da) and the norm ratio at the actions taken, through the same look-forward step."""
+    x_t = x_t.detach()
+
+    def look_forward(a: torch.Tensor) -> torch.Tensor:
+        return dpg.predict_x0(x_t, a, alpha_bar, prediction_type)
+
+    def q_of(a: torch.Tensor) -> torch.Tensor:
+        return critic(dpg.critic_features(config.critic.input, x_t, a, look_forward(a), x0), timesteps, text)
+
+    def reward_of(a: torch.Tensor) -> torch.Tensor:
+        return as_output(reward_fn(look_forward(a).float(), context)).scores
+
+    weights = dpg.discount(timesteps, config.objective.gamma).to(action.device)
+    return alignment_terms(q_of, reward_of, action, weights)
 
 
 def reward_terms(output: RewardOutput) -> dict[str, torch.Tensor]:
     """The batch means of the reward and of its diagnostics, for the logs."""
     return {"reward": output.scores.detach().float().mean(),
             **{f"reward/{key}": value.detach().float().mean() for key, value in output.diagnostics.items()}}
+
+
+def record_fit(accelerator: Accelerator, window: FitWindow, fit: tuple[torch.Tensor, torch.Tensor] | None) -> dict:
+    """Add every process's (Q, r) pairs of this step to the window; the windowed R^2 to log, once defined."""
+    if fit is None:
+        return {}
+    window.add(*(accelerator.gather(values) for values in fit))
+    r2 = window.r2()
+    return {} if r2 is None else {"critic/r2": r2}
 
 
 def all_finite(accelerator: Accelerator, terms: dict[str, torch.Tensor]) -> bool:
@@ -146,8 +189,10 @@ def train(config: Config) -> Path:
     metrics = MetricsLog(output_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
 
     start_step = 0
+    fit_window = FitWindow(config.critic.r2_window)  # on-policy R^2 of the critic (DPG)
     if resume_from is not None:
-        start_step = load_checkpoint(accelerator, resume_from)
+        start_step, state = load_checkpoint(accelerator, resume_from, run.stateful)
+        fit_window.load_state_dict(state.get("critic_fit", fit_window.state_dict()))
         metrics.truncate_after(start_step)
         if accelerator.is_main_process:
             logger.info("resumed from %s at step %d", resume_from, start_step)
@@ -166,9 +211,10 @@ def train(config: Config) -> Path:
         if _due(step, config.validation.every) and validate_everywhere(run, config, step, output_dir, selection):
             stopped = True
             break
-        terms = accumulate_gradients(run, policy, config, step, alphas_cumprod)
+        terms, fit = accumulate_gradients(run, policy, config, step, alphas_cumprod)
         skipped = not all_finite(accelerator, terms)
         logged = {**terms, **apply_update(run, train_config, skipped, step)}
+        logged.update(record_fit(accelerator, fit_window, None if skipped else fit))
         done = step + 1
         if done % train_config.log_every == 0 or done == train_config.max_steps:
             values = mean_over_processes(accelerator, logged)
@@ -177,7 +223,8 @@ def train(config: Config) -> Path:
             progress.set_postfix({k: f"{values[k]:.4g}" for k in ("loss", "critic_loss", "reward") if k in values})
         progress.update(1)
         if train_config.checkpoint_every and done % train_config.checkpoint_every == 0:
-            save_checkpoint(accelerator, output_dir, done, train_config.checkpoints_total_limit)
+            save_checkpoint(accelerator, output_dir, done, train_config.checkpoints_total_limit, run.stateful,
+                            state={"critic_fit": fit_window.state_dict()})
         finished = done
     progress.close()
 
@@ -198,26 +245,34 @@ def train(config: Config) -> Path:
     return output_dir
 
 
-def accumulate_gradients(run: RunSetup, policy: Policy, config: Config, step: int,
-                         alphas_cumprod: torch.Tensor) -> dict[str, torch.Tensor]:
+def accumulate_gradients(run: RunSetup, policy: Policy, config: Config, step: int, alphas_cumprod: torch.Tensor
+                         ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
     """Backpropagate every micro-step of one optimizer step; DDP all-reduces only on the last one.
 
-    Returns the mean of each loss term over the micro-steps (detached, still on the device: no sync here).
+    Returns the mean of each loss term over the micro-steps (detached, still on the device: no sync here) and
+    this process's critic fit (Q, r) over all of them (None when the step did not score).
     """
-    accelerator, accumulation = run.accelerator, config.train.gradient_accumulation_steps
+    accelerator, train_config = run.accelerator, config.train
+    accumulation = train_config.gradient_accumulation_steps
+    score = step % config.objective.reward_every == 0
+    diagnose = score and config.critic.diagnostics_every > 0 and step % config.critic.diagnostics_every == 0
     totals: dict[str, torch.Tensor] = {}
+    fits: list[tuple[torch.Tensor, torch.Tensor]] = []
     for micro in range(accumulation):
-        batch = run.data.draw(step, micro, config.train.batch_size, accelerator.process_index,
-                              accelerator.num_processes).to(accelerator.device)
+        batch = run.data.draw(step, micro, train_config.batch_size, accelerator.process_index,
+                              accelerator.num_processes, accumulation).to(accelerator.device)
         with no_sync(accelerator, run.trained_models, enabled=micro < accumulation - 1):
-            terms = compute_losses(policy, batch, alphas_cumprod, run.prediction_type, config, run.reward,
-                                   score=step % config.objective.reward_every == 0)
-            accelerator.backward(terms["loss"] / accumulation)
-            if "critic_loss" in terms:
-                (terms["critic_loss"] / accumulation).backward()  # fp32 critic: no loss scaling needed
-        for key, value in terms.items():
+            losses = compute_losses(policy, batch, alphas_cumprod, run.prediction_type, config, run.reward,
+                                    score=score, diagnose=diagnose)
+            accelerator.backward(losses.terms["loss"] / accumulation)
+            if "critic_loss" in losses.terms:
+                (losses.terms["critic_loss"] / accumulation).backward()  # fp32 critic: no loss scaling needed
+        for key, value in losses.terms.items():
             totals[key] = totals.get(key, 0) + value.detach().float() / accumulation
-    return totals
+        if losses.fit is not None:
+            fits.append(losses.fit)
+    fit = (torch.cat([q for q, _ in fits]), torch.cat([r for _, r in fits])) if fits else None
+    return totals, fit
 
 
 def apply_update(run: RunSetup, train_config: TrainConfig, skipped: bool, step: int) -> dict:

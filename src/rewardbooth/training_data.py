@@ -1,9 +1,10 @@
 """Training batches: VAE posteriors (cached once), text conditioning, and every random draw of a step.
 
-All randomness of micro-step (step, micro) comes from one generator seeded by (seed, step, micro) and is
-drawn for the *global* batch; each process then takes its slice. Hence a run resumed from a checkpoint draws
-exactly what an uninterrupted run draws, and N processes with batch b see what one process with batch N*b
-sees — no RNG state has to be saved or synchronised.
+All randomness of optimizer step `step` comes from one generator seeded by (seed, step) and is drawn for the
+*global* batch of the step (batch size x processes x accumulation micro-steps); micro-step j of process p
+takes slice p*k + j of it. Hence a run resumed from a checkpoint draws exactly what an uninterrupted run
+draws, and N processes with batch b, or k accumulation micro-steps of batch b, see what one process with
+batch N*b or k*b sees — no RNG state has to be saved or synchronised.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from diffusers import AutoencoderKL
 from transformers import CLIPTokenizer
 
 
-def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
-    """A CPU generator unique to (seed, step, micro), independent of everything drawn before."""
-    state = np.random.SeedSequence([seed, step, micro]).generate_state(2, dtype=np.uint32)
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator unique to (seed, step), independent of everything drawn before."""
+    # The trailing 0 keeps the streams of runs recorded when each micro-step had its own generator.
+    state = np.random.SeedSequence([seed, step, 0]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
@@ -44,12 +46,13 @@ def encode_posteriors(vae: AutoencoderKL, images: torch.Tensor, chunk: int = 8) 
     return torch.cat(means), torch.cat(stds)
 
 
-@torch.no_grad()
 def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, size: int | None = None) -> torch.Tensor:
     """The inverse of the training-latent scaling, then the VAE decoder.
 
     With `size`, the latents are first resized to size / f per side, so the decoder (the costly part of an
-    image reward) produces size x size pixels: decoding 4x fewer latents is ~4x cheaper.
+    image reward) produces size x size pixels: decoding 4x fewer latents is ~4x cheaper. Differentiable: a
+    reward scored under `torch.no_grad` (DPG) builds no graph, one scored with gradients (`direct`, the
+    critic diagnostics) backpropagates through the decoder to the latents.
 
     Shape: (B, C, h, w) in the UNet's latent space -> (B, 3, h*f, w*f) float32 in [0, 1]
     """
@@ -116,20 +119,24 @@ class TrainingData:
         self.scaling_factor = vae.config.scaling_factor
         self.shift_factor = vae.config.get("shift_factor") or 0.0
 
-    def draw(self, step: int, micro: int, batch_size: int, process_index: int, num_processes: int) -> Batch:
-        generator = step_generator(self.seed, step, micro)
-        local = slice(process_index * batch_size, (process_index + 1) * batch_size)
+    def draw(self, step: int, micro: int, batch_size: int, process_index: int, num_processes: int,
+             accumulation: int = 1) -> Batch:
+        if not 0 <= micro < accumulation:
+            raise ValueError(f"micro-step {micro} of {accumulation}")
+        generator = step_generator(self.seed, step)
+        start = (process_index * accumulation + micro) * batch_size
+        local, global_size = slice(start, start + batch_size), batch_size * num_processes * accumulation
         sets = [self.instance] + ([self.prior] if self.prior is not None else [])
         latents, prompts = [], []
         for image_set in sets:
-            indices = torch.randint(image_set.size, (batch_size * num_processes,), generator=generator)
+            indices = torch.randint(image_set.size, (global_size,), generator=generator)
             mean, std = image_set.posteriors(self.vae, indices[local])
-            sample_noise = torch.randn((batch_size * num_processes, *mean.shape[1:]), generator=generator)
+            sample_noise = torch.randn((global_size, *mean.shape[1:]), generator=generator)
             # z ~ q(z | image), then scaled to the unit-variance space the UNet works in.
             latents.append((mean + std * sample_noise[local] - self.shift_factor) * self.scaling_factor)
             prompts += [image_set.prompts[index] for index in indices[local].tolist()]
         x0 = torch.cat(latents)
-        global_shape = (len(sets) * batch_size * num_processes, *x0.shape[1:])
+        global_shape = (len(sets) * global_size, *x0.shape[1:])
         noise = torch.randn(global_shape, generator=generator).view(len(sets), -1, *x0.shape[1:])
         timesteps = torch.randint(self.num_train_timesteps, (global_shape[0],), generator=generator)
         timesteps = timesteps.view(len(sets), -1)
