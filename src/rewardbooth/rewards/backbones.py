@@ -9,7 +9,10 @@
 Feature extractors (`DinoFeatures`, `ClipFeatures`) are kept apart from the scoring so the evaluator can
 reuse them. Backbones come from the `model` option, a local folder or a hub id, loaded once with the real
 `from_pretrained` (tests save tiny random models of the same classes); each reward embeds the reference
-photos once at construction. None is differentiable: scores train the critic, the policy climbs the critic.
+photos once at construction. All three are differentiable (networks on the decoded image): under
+`objective.name=dpg` their scores only train the critic (no graph is built); `direct` backpropagates
+through backbone and VAE decoder (ReFL / DRaFT style), and the critic diagnostics compare dQ/da with
+their gradient. The backbones are frozen: a gradient reaches the image, never their weights.
 Samples never interact (eval mode: no dropout, no batch statistics), so a score does not depend on how a
 batch is split.
 """
@@ -99,7 +102,6 @@ class DinoFeatures:
         self.crop_size = _side(self.network.config.image_size)
         self.device, self.dtype = device, DTYPES[dtype]
 
-    @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         pixels = dino_preprocess(images.to(self.device), self.crop_size)
         hidden = self.network(pixel_values=pixels.to(self.dtype)).last_hidden_state  # (B, 1 + patches, D)
@@ -137,7 +139,6 @@ class ClipFeatures:
         # A tokenizer saved without model_max_length reports a huge sentinel; the position table is the limit.
         return min(self.tokenizer.model_max_length, text_config.max_position_embeddings)
 
-    @torch.no_grad()
     def images(self, images: torch.Tensor) -> torch.Tensor:
         """Shape: (B, 3, H, W) in [0, 1] -> (B, D) float32, unit length."""
         pixels = clip_preprocess(images.to(self.device), self.image_size)
@@ -165,14 +166,14 @@ class ReferenceSimilarityReward:
     Diagnostics: ``max_cosine``, the similarity to the best-matching reference photo.
     """
 
-    differentiable = False
+    differentiable = True
     name = "reference_similarity"
 
     def __init__(self, embed_fn: Callable[[torch.Tensor], torch.Tensor], setup: RewardSetup):
         self.embed_fn = embed_fn
-        self.references = embed_fn(setup.reference_images)  # (N, D) unit length, computed once
+        with torch.no_grad():
+            self.references = embed_fn(setup.reference_images)  # (N, D) unit length, computed once
 
-    @torch.no_grad()
     def __call__(self, x0_hat: torch.Tensor, context: RewardContext) -> RewardOutput:
         cosines = self.embed_fn(_decoded(x0_hat, context, self.name)) @ self.references.T  # (B, N)
         return RewardOutput(cosines.mean(dim=1).to(x0_hat.device),
@@ -208,7 +209,7 @@ class ClipTextReward:
     handful of prompts, and the text tower then runs once for each.
     """
 
-    differentiable = False
+    differentiable = True
 
     def __init__(self, setup: RewardSetup, model: str = DEFAULT_CLIP, dtype: str = "float32"):
         self.features = ClipFeatures(model, setup.device, dtype, reward="clip_text", with_text=True)
@@ -222,7 +223,6 @@ class ClipTextReward:
             self._text_embeddings[text] = self.features.text(text)
         return self._text_embeddings[text]
 
-    @torch.no_grad()
     def __call__(self, x0_hat: torch.Tensor, context: RewardContext) -> RewardOutput:
         images = self.features.images(_decoded(x0_hat, context, "clip_text"))  # (B, D)
         texts = torch.stack([self.text_embedding(prompt) for prompt in context.prompts])  # (B, D)

@@ -1,5 +1,7 @@
 """`toy_identity`: the toy world's DINO analogue as a reward — the judge's identity similarity of decode(x0_hat)
-to the subject's reference photos. Not differentiable: it trains the critic, and the policy climbs the critic.
+to the subject's reference photos. Like DINO it is a network, hence differentiable: under `dpg` the critic
+learns it from its values alone (the judge is a black box to the policy), under `direct` its gradient flows
+through judge and VAE decoder (the control for the critic), and the critic diagnostics use that gradient.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from rewardbooth.rewards.base import RewardContext, RewardOutput, RewardSetup, r
 class ToyIdentityReward:
     """The toy judge's identity cosine of decode(x0_hat) to the centroid of the subject's photos."""
 
-    differentiable = False
+    differentiable = True
 
     def __init__(self, setup: RewardSetup, judge_dir: str | None = None):
         from rewardbooth.toyworld.assets import JUDGE_DIR, require
@@ -35,7 +37,6 @@ class ToyIdentityReward:
             return images
         return F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear", antialias=True)
 
-    @torch.no_grad()
     def __call__(self, x0_hat: torch.Tensor, context: RewardContext) -> RewardOutput:
         embedding, _ = self.judge(self._resize(context.decode(x0_hat)))
         return RewardOutput((embedding @ self.reference).float())  # (B,) cosine similarity in [-1, 1]
