@@ -93,28 +93,33 @@ def test_toyworld_benchmark_resumes_and_summarizes(tmp_path):
 
     setting = Setting(steps=1, images_per_prompt=1, num_prompts=2, num_class_images=2,
                       overrides=("objective.gamma=0.99",))
-    objectives = ("baseline", "dpg-toy-identity", "base-model")
+    objectives = ("baseline", "dpg-toy-identity-x0", "base-model")
     report = run_toyworld_benchmark(tmp_path, num_subjects=2, seeds=(0,), objectives=objectives[1:],
                                     setting=setting, first_subject=3, jobs=2)
     summary = report["summary"]
-    assert set(summary) == set(objectives) and "fidelity_delta" in summary["dpg-toy-identity"]
+    assert set(summary) == set(objectives) and {"fidelity", "heldout_fidelity"} <= summary["base-model"].keys()
+    comparison = report["comparisons"]["dpg-toy-identity-x0 vs baseline"]["heldout_fidelity"]
+    assert comparison["subjects"] == 2 and len(comparison["per_subject"]) == 2 and comparison["interval"][0] <= \
+        comparison["delta"] <= comparison["interval"][1]
     assert summary["base-model"]["train_s"] == 0 and not (tmp_path / "runs/subject003-seed0/base-model/model").exists()
     base_prompts = sorted(p.name for p in (tmp_path / "runs/subject003-seed0/base-model/generated").glob("a-*.png"))
     assert base_prompts and not any("sks" in name for name in base_prompts)
-    assert -1 <= report["fidelity_ceiling"] <= 1 and set(report["fidelity_ceiling_per_subject"]) == {3, 4}
+    assert all(-1 <= value <= 1 for value in report["fidelity_ceiling"].values())
+    assert set(report["fidelity_ceiling_per_subject"]) == {3, 4}
     assert report["subjects"] == [3, 4] and report["setting"]["overrides"] == ["objective.gamma=0.99"]
-    assert "gamma: 0.99" in (tmp_path / "runs/subject003-seed0/dpg-toy-identity/model/config.yaml").read_text()
+    assert "gamma: 0.99" in (tmp_path / "runs/subject003-seed0/dpg-toy-identity-x0/model/config.yaml").read_text()
     first = sorted(tmp_path.glob("runs/*/*/scores.json"))
     assert len(first) == 6
     stamps = [path.stat().st_mtime_ns for path in first]
     run_toyworld_benchmark(tmp_path, num_subjects=2, seeds=(0,), objectives=objectives, setting=setting,
                            first_subject=3)
     assert [path.stat().st_mtime_ns for path in first] == stamps  # finished runs are not redone
-    assert "| dpg-toy-identity |" in (tmp_path / "results.md").read_text()
+    assert "| dpg-toy-identity-x0 vs baseline |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "results.png").is_file()
 
 
 def test_bootstrap_interval_brackets_the_mean():
-    from rewardbooth.toyworld.benchmark import bootstrap_interval
+    from rewardbooth.comparison import bootstrap_interval
 
     low, high = bootstrap_interval([0.1, 0.2, 0.3, 0.4])
     assert 0.1 <= low < 0.25 < high <= 0.4

@@ -25,16 +25,14 @@ MARKER = ".rewardbooth-demo"  # lets --overwrite replace an interrupted demo, an
 def run_demo(output: Path, subject_index: int = 0, steps: int = 300, images_per_prompt: int = 2,
              num_prompts: int = 25, overwrite: bool = False, seed: int = 0) -> dict[str, dict[str, float]]:
     from rewardbooth.toyworld import subjects
-    from rewardbooth.toyworld.assets import JUDGE_DIR, require
-    from rewardbooth.toyworld.experiment import Setting, personalize_and_score
-    from rewardbooth.toyworld.judge import load_judge
+    from rewardbooth.toyworld.experiment import Setting, load_judges, personalize_and_score
 
     _prepare_folder(output, overwrite)
-    judge = load_judge(require(JUDGE_DIR, "judge.json", "rewardbooth.toyworld.judge"))
+    judges = load_judges()
     subject = subjects.make_subject(subject_index)
     setting = Setting(steps=steps, images_per_prompt=images_per_prompt, num_prompts=num_prompts)
     results = {objective: personalize_and_score(subject, objective, seed, output / objective,
-                                                output / "class_images", judge, setting)
+                                                output / "class_images", judges, setting)
                for objective in DEMO_OBJECTIVES}
     references = [Image.open(p).convert("RGB") for p in sorted((output / DEMO_OBJECTIVES[0] / "subject").glob("*.png"))]
     _write_outputs(output, subject, references, results, setting)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def aggregate(output: Path, subjects: list[str], objectives: list[str], metrics: tuple[str, ...]) -> dict:
-    from rewardbooth.toyworld.benchmark import bootstrap_interval
+    from rewardbooth.comparison import bootstrap_interval
     from rewardbooth.toyworld.scoring import bar_plot
 
     per_subject = {s: json.loads((output / "evaluation" / s / "evaluation.json").read_text())["runs"]

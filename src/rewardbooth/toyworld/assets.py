@@ -7,6 +7,7 @@ from rewardbooth.errors import UserError
 ASSETS = Path(__file__).parent / "assets"
 BASE_MODEL_DIR = ASSETS / "base"
 JUDGE_DIR = ASSETS / "judge"
+HELDOUT_JUDGE_DIR = ASSETS / "judge-heldout"  # scores only, never a reward (see toyworld.judge)
 
 
 def require(folder: Path, marker: str, script: str) -> Path:

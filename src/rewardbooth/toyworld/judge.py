@@ -7,6 +7,13 @@
   score is the mean probability the image gives to each attribute the prompt names.
 
     python -m rewardbooth.toyworld.judge --output runs/toy-judge [--steps 3000]
+
+Two judges ship. `judge/` gives the `toy_identity` reward and scores; `judge-heldout/` (another width,
+embedding size, seed and set of training subjects) is never a reward: it scores the benchmark, so that a
+policy that learned one judge's taste rather than the subject is caught by the other. Rebuild it with
+
+    python -m rewardbooth.toyworld.judge --output judge-heldout --width 48 --embedding-dim 96 --seed 1 \
+        --first-subject 20000
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from rewardbooth.toyworld import subjects, world
 
 logger = logging.getLogger(__name__)
 
-TRAIN_SUBJECTS_START = 10_000  # evaluation subjects are 0..9999: never seen by the judge
+TRAIN_SUBJECTS_START = 10_000  # evaluation subjects are 0..9999: never seen by either judge
 ATTRIBUTES = {"class": list(world.CLASSES), "colour": list(world.COLOURS), "scene": list(world.SCENES),
               "size": list(world.SIZES), "position": list(world.POSITIONS)}
 
@@ -36,6 +43,7 @@ class Judge(nn.Module):
 
     def __init__(self, num_train_subjects: int, width: int = 32, embedding_dim: int = 64):
         super().__init__()
+        self.width, self.embedding_dim = width, embedding_dim
 
         def block(c_in, c_out, stride):
             return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1), nn.GroupNorm(8, c_out), nn.SiLU())
@@ -102,10 +110,10 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return ((images - 0.5) * contrast + 0.5 + noise).clamp(0, 1)
 
 
-def subject_pool(num_subjects: int, views: int, seed: int) -> np.ndarray:
+def subject_pool(num_subjects: int, views: int, seed: int, first_subject: int = TRAIN_SUBJECTS_START) -> np.ndarray:
     """Views of the judge's training subjects, rendered once. Shape: -> (S, V, 32, 32, 3) uint8"""
     return np.stack([np.stack([np.asarray(view) for view in subjects.reference_images(
-        subjects.make_subject(TRAIN_SUBJECTS_START + index), count=views, seed=seed)])
+        subjects.make_subject(first_subject + index), count=views, seed=seed)])
         for index in range(num_subjects)])
 
 
@@ -117,15 +125,19 @@ def attribute_labels(scenes: list) -> dict[str, torch.Tensor]:
             "position": torch.tensor([ATTRIBUTES["position"].index(s.position) for s in scenes])}
 
 
-def train_judge(steps: int, num_subjects: int, batch_size: int, seed: int) -> Judge:
+def train_judge(steps: int, num_subjects: int, batch_size: int, seed: int, width: int = 32,
+                embedding_dim: int = 64, first_subject: int = TRAIN_SUBJECTS_START) -> Judge:
+    if first_subject < TRAIN_SUBJECTS_START:
+        raise ValueError(f"judge training subjects start at {TRAIN_SUBJECTS_START} or later: lower indices are "
+                         f"the evaluation subjects")
     torch.manual_seed(seed)
     generator, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
-    judge = Judge(num_subjects)
+    judge = Judge(num_subjects, width=width, embedding_dim=embedding_dim)
     optimizer = torch.optim.AdamW(judge.parameters(), lr=2e-3, weight_decay=1e-4, fused=True)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps, pct_start=0.05)
     images, _, scenes = world.make_dataset(seed + 7, 20_000, drop=0.0)
     labels = attribute_labels(scenes)
-    pool = subject_pool(num_subjects, views=16, seed=seed)
+    pool = subject_pool(num_subjects, views=16, seed=seed, first_subject=first_subject)
     for step in range(steps):
         index = torch.randint(len(images), (batch_size,), generator=generator)
         _, logits = judge(augment(to_tensor(images[index.numpy()]), generator))
@@ -147,16 +159,17 @@ def train_judge(steps: int, num_subjects: int, batch_size: int, seed: int) -> Ju
     return judge.eval()
 
 
-def save_judge(judge: Judge, folder: Path, report: dict) -> None:
+def save_judge(judge: Judge, folder: Path, report: dict, first_subject: int = TRAIN_SUBJECTS_START) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(folder / "judge.safetensors"))
-    (folder / "judge.json").write_text(json.dumps({"num_train_subjects": judge.subject_weights.shape[0],
-                                                   **report}, indent=2))
+    architecture = {"num_train_subjects": judge.subject_weights.shape[0], "width": judge.width,
+                    "embedding_dim": judge.embedding_dim, "first_train_subject": first_subject}
+    (folder / "judge.json").write_text(json.dumps({**architecture, **report}, indent=2))
 
 
 def load_judge(folder: Path) -> Judge:
     meta = json.loads((folder / "judge.json").read_text())
-    judge = Judge(meta["num_train_subjects"])
+    judge = Judge(meta["num_train_subjects"], width=meta.get("width", 32), embedding_dim=meta.get("embedding_dim", 64))
     judge.load_state_dict(load_file(str(folder / "judge.safetensors")))
     return judge.eval()
 
@@ -168,12 +181,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-subjects", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--width", type=int, default=32, help="channels of the first conv block")
+    parser.add_argument("--embedding-dim", type=int, default=64, help="size of the identity embedding")
+    parser.add_argument("--first-subject", type=int, default=TRAIN_SUBJECTS_START,
+                        help="index of the first training subject (10000 or more)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    judge = train_judge(args.steps, args.num_subjects, args.batch_size, args.seed)
+    judge = train_judge(args.steps, args.num_subjects, args.batch_size, args.seed, args.width, args.embedding_dim,
+                        args.first_subject)
     from rewardbooth.toyworld.judge_eval import evaluate_judge
 
-    save_judge(judge, args.output, evaluate_judge(judge))
+    save_judge(judge, args.output, evaluate_judge(judge), first_subject=args.first_subject)
 
 
 if __name__ == "__main__":
