@@ -135,7 +135,7 @@ def summarize(scores: dict, indices: list[int], seeds: tuple[int, ...], objectiv
             if control not in objectives or control == method:
                 continue
             comparisons[f"{method} vs {control}"] = {
-                key: paired_comparison(lambda i, s, k=key: scores[(i, s, method)][k] - scores[(i, s, control)][k],
+                key: paired_comparison(lambda i, s, k=key, m=method, c=control: scores[(i, s, m)][k] - scores[(i, s, c)][k],
                                        indices, seeds) for key in KEYS}
     return {"summary": summary, "comparisons": comparisons, "judge_agreement": judge_agreement(scores, comparisons)}
 

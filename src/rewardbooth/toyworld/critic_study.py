@@ -57,6 +57,7 @@ def run_one(task: tuple) -> dict:
     if result_file.is_file():
         return json.loads(result_file.read_text())
     import shutil
+
     import torch
 
     torch.set_num_threads(1)
