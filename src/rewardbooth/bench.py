@@ -2,8 +2,11 @@
 
 Variants: `dpg-look-forward` (the latent reward: target <= 1.03 x baseline) and the image rewards `dpg-dino`,
 `dpg-clip-image`, `dpg-clip-text` (decode x0_hat at 256 px or less; DINO ViT-S/16 and CLIP ViT-B/32 with random
-weights, which time like the real ones: target <= 1.25). The face reward runs dlib on the CPU whatever the
-device, and finds no face in a 64 px image: it is timed per image in docs/rewards.md instead.
+weights, which time like the real ones: target <= 1.25). These run without critic diagnostics; the
+`-diagnosed` variants compute them at every step (cos(dQ/da, dr/da): one critic backward and one reward
+backward, through decoder and backbone for DINO), so (diagnosed - plain) / critic.diagnostics_every is their
+cost per step at the default cadence. The face reward runs dlib on the CPU whatever the device, and finds no
+face in a 64 px image: it is timed per image in docs/rewards.md instead.
 
 Both variants run on the same model, data and process, interleaved step by step (alternating which goes
 first), so machine noise hits both alike; we report the ratio of median step times. Peak memory is measured
@@ -31,13 +34,17 @@ from rewardbooth.data import make_example_subject
 from rewardbooth.setup import RunSetup, build_objective, build_run, load_concepts
 from rewardbooth.train import accumulate_gradients, all_finite, apply_update, make_policy
 
+PLAIN, DIAGNOSED = "critic.diagnostics_every=0", "critic.diagnostics_every=1"
 # name -> (config overrides, target time and memory ratio against baseline)
 VARIANTS: dict[str, tuple[list[str], float | None]] = {
     "baseline": (["objective.name=baseline"], None),
-    "dpg-look-forward": (["objective.name=dpg"], 1.03),
-    "dpg-dino": (["objective.name=dpg", "objective.reward=dino", "critic.input=state_action"], 1.25),
-    "dpg-clip-image": (["objective.name=dpg", "objective.reward=clip_image", "critic.input=state_action"], 1.25),
-    "dpg-clip-text": (["objective.name=dpg", "objective.reward=clip_text", "critic.input=state_action"], 1.25),
+    "dpg-look-forward": (["objective.name=dpg", PLAIN], 1.03),
+    "dpg-dino": (["objective.name=dpg", "objective.reward=dino", "critic.input=prediction", PLAIN], 1.25),
+    "dpg-clip-image": (["objective.name=dpg", "objective.reward=clip_image", "critic.input=prediction", PLAIN], 1.25),
+    "dpg-clip-text": (["objective.name=dpg", "objective.reward=clip_text", "critic.input=prediction", PLAIN], 1.25),
+    "dpg-look-forward-diagnosed": (["objective.name=dpg", DIAGNOSED], None),
+    "dpg-dino-diagnosed": (["objective.name=dpg", "objective.reward=dino", "critic.input=prediction", DIAGNOSED],
+                           None),
 }
 # What each base method needs besides its name (Custom Diffusion learns a new token, so the prompt names it).
 METHOD_OVERRIDES = {"dreambooth": [], "lora": [],
@@ -75,7 +82,7 @@ def random_clip(folder: Path) -> Path:
 
 def variant_overrides(name: str, workdir: Path, resolution: int) -> list[str]:
     overrides = list(VARIANTS[name][0])
-    reward = name.removeprefix("dpg-").replace("-", "_")
+    reward = next((o.split("=", 1)[1] for o in overrides if o.startswith("objective.reward=")), "look_forward")
     if reward in ("dino", "clip_image", "clip_text"):
         model = random_dino(workdir / "dino") if reward == "dino" else random_clip(workdir / "clip")
         overrides.append(f"objective.reward_options={{{reward}: {{model: '{model}'}}}}")

@@ -69,7 +69,8 @@ def _add_bench(commands) -> None:
                         help="default: fp16 on CUDA, no on CPU")
     parser.add_argument("--variants", nargs="+", default=None, metavar="VARIANT",
                         help="DPG variants timed against baseline (default: all): dpg-look-forward, dpg-dino, "
-                             "dpg-clip-image, dpg-clip-text")
+                             "dpg-clip-image, dpg-clip-text, and with critic diagnostics at every step "
+                             "dpg-look-forward-diagnosed, dpg-dino-diagnosed")
     parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON here "
                                                                   "(with --toyworld: the benchmark folder)")
     parser.add_argument("--toyworld", action="store_true",
