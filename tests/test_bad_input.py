@@ -1,5 +1,7 @@
 """Bad input: a one-line error naming the problem and the fix, exit status 2, and nothing written."""
 
+from pathlib import Path
+
 import pytest
 
 from helpers import run_cli, tiny_args
@@ -39,9 +41,50 @@ def test_subject_folder_without_readable_image(tmp_path, capsys):
 
 def test_unreadable_model(subject_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    fails_cleanly(tiny_args(subject_dir, out, f"model.pretrained={tmp_path / 'no-model'}"), capsys,
+    (tmp_path / "junk-model").mkdir()
+    (tmp_path / "junk-model" / "model_index.json").write_text("{not json")
+    fails_cleanly(tiny_args(subject_dir, out, f"model.pretrained={tmp_path / 'junk-model'}"), capsys,
                   "cannot load model")
     assert not out.exists()
+
+
+def test_missing_model_folder_is_not_sent_to_the_hub(subject_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    error = fails_cleanly(tiny_args(subject_dir, out, f"model.pretrained={tmp_path / 'no-model'}"), capsys,
+                          "no-model' does not exist", "pass an existing diffusers folder")
+    assert "huggingface.co" not in error
+    assert not out.exists()
+
+
+def test_offline_hub_id_not_on_this_machine(subject_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    error = fails_cleanly(tiny_args(subject_dir, out, "model.pretrained=someone/not-downloaded"), capsys,
+                          "HF_HUB_OFFLINE=1", "hf download someone/not-downloaded")
+    assert "model_index.json" not in error  # the file is not the problem; nothing is downloaded (one line: no warning)
+    assert not out.exists()
+
+
+def test_class_prompt_naming_the_subject_is_refused(subject_dir, tmp_path, capsys):
+    out, classes = tmp_path / "out", tmp_path / "classes"
+    fails_cleanly(tiny_args(subject_dir, out, "data.prior_preservation=true", f"data.class_dir={classes}",
+                            "data.class_prompt=a photo of sks dog"), capsys,
+                  "contains the identifier 'sks'", "defeats prior preservation")
+    assert not out.exists() and not classes.exists()
+
+
+def test_read_only_output_folder_fails_before_any_work(subject_dir, tmp_path, capsys, monkeypatch):
+    import os
+
+    from rewardbooth import storage
+
+    locked, classes = tmp_path / "locked", tmp_path / "classes"
+    locked.mkdir()
+    real_access = os.access
+    # Root writes through permission bits, so the read-only folder is simulated where it is asked about.
+    monkeypatch.setattr(storage.os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    fails_cleanly(tiny_args(subject_dir, locked / "run", "data.prior_preservation=true", f"data.class_dir={classes}"),
+                  capsys, "train.output_dir=", "is not writable", "read-only")
+    assert not classes.exists() and not any(locked.iterdir())
 
 
 def test_prompt_without_identifier(subject_dir, tmp_path, capsys):
@@ -77,11 +120,22 @@ def test_non_empty_output_folder_is_left_alone(subject_dir, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    fails_cleanly(tiny_args(subject_dir, out), capsys, "is not empty", "train.resume=latest", "train.overwrite=true")
-    fails_cleanly(tiny_args(subject_dir, out, "train.overwrite=true"), capsys, "does not look like a RewardBooth run")
-    fails_cleanly(tiny_args(subject_dir, out, "train.resume=latest"), capsys, "holds no checkpoint")
+    # Not a run: neither resume nor overwrite would be accepted, so neither is advised.
+    for extra in ((), ("train.overwrite=true",), ("train.resume=latest",)):
+        error = fails_cleanly(tiny_args(subject_dir, out, *extra), capsys, "is not empty",
+                              "does not look like a RewardBooth run", "choose an empty or new train.output_dir")
+        assert "train.overwrite=true" not in error and "train.resume" not in error
     assert [p.name for p in out.iterdir()] == ["precious.txt"]
     assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_non_empty_run_folder_names_resume_and_overwrite(subject_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = tiny_args(subject_dir, out, "train.max_steps=1", "validation.every=0")
+    assert run_cli(args) == 0
+    capsys.readouterr()
+    fails_cleanly(args, capsys, "is not empty", "train.resume=latest", "train.overwrite=true")
+    fails_cleanly([*args, "train.resume=latest"], capsys, "holds no checkpoint", "train.overwrite=true")
 
 
 def test_overwrite_replaces_a_previous_run(subject_dir, tmp_path):

@@ -105,7 +105,7 @@ def test_toyworld_benchmark_resumes_and_summarizes(tmp_path):
     assert comparison["subjects"] == 2 and len(comparison["per_subject"]) == 2 and comparison["interval"][0] <= \
         comparison["delta"] <= comparison["interval"][1]
     assert summary["base-model"]["train_s"] == 0 and not (tmp_path / "runs/subject003-seed0/base-model/model").exists()
-    base_prompts = sorted(p.name for p in (tmp_path / "runs/subject003-seed0/base-model/generated").glob("a-*.png"))
+    base_prompts = sorted(p.name for p in (tmp_path / "runs/subject003-seed0/base-model/generated").glob("0*.png"))
     assert base_prompts and not any("sks" in name for name in base_prompts)
     assert all(-1 <= value <= 1 for value in report["fidelity_ceiling"].values())
     assert set(report["fidelity_ceiling_per_subject"]) == {3, 4}

@@ -137,3 +137,14 @@ def test_concepts_round_trip_through_the_saved_config(tmp_path):
     config = load_config("default", ["data.instance_dir=x", f"data.concepts=[{concept}]"])
     save_config(config, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == config and config.data.concepts[0].identifier == "<new2>"
+
+
+def test_train_preset_help_config_shows_that_presets_values(capsys):
+    from helpers import run_cli
+
+    assert run_cli(["train", "paper", "train.max_steps=7", "--help-config"]) == 0
+    text = capsys.readouterr().out
+    assert "objective.instance_weight = 0.0  #" in text and "objective.gamma = 0.9986  #" in text
+    assert "train.max_steps = 7  #" in text  # overrides too
+    assert run_cli(["train", "--help-config"]) == 0
+    assert "objective.instance_weight = 1.0  #" in capsys.readouterr().out  # without a config: the defaults

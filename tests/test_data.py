@@ -456,3 +456,57 @@ def test_example_subject_rejects_bad_arguments(tmp_path):
         make_example_subject(tmp_path, num_images=0)
     with pytest.raises(ValueError):
         make_example_subject(tmp_path, size=4)
+
+
+def test_entries_named_like_photos_that_are_not_are_reported(tmp_path, caplog):
+    folder = tmp_path / "subject"
+    _write_good_images(folder, ["a.png", "b.png", "c.png"])
+    (folder / "x.png").mkdir()
+    (folder / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    with caplog.at_level(logging.WARNING, logger="rewardbooth.data"):
+        images = load_subject_images(folder)
+    assert [p.name for p, _ in images] == ["a.png", "b.png", "c.png"]
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "x.png': it is a folder" in warned, warned
+    assert "gone.jpg': it is a broken link" in warned, warned
+
+
+def test_fewer_than_three_photos_are_used_with_a_warning(tmp_path, caplog):
+    folder = tmp_path / "subject"
+    _write_good_images(folder, ["only.png"])
+    with caplog.at_level(logging.WARNING, logger="rewardbooth.data"):
+        assert len(load_subject_images(folder)) == 1
+    assert "only 1 usable photo" in caplog.text
+    _write_good_images(folder, ["two.png", "three.png"])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rewardbooth.data"):
+        load_subject_images(folder)
+    assert "usable photo" not in caplog.text
+
+
+def test_photos_far_below_the_training_resolution_are_reported(tmp_path, caplog):
+    from rewardbooth.setup import warn_if_small
+
+    photos = [(tmp_path / "tiny.png", Image.new("RGB", (1, 1))), (tmp_path / "small.png", Image.new("RGB", (8, 8))),
+              (tmp_path / "fine.png", Image.new("RGB", (300, 400)))]
+    with caplog.at_level(logging.WARNING, logger="rewardbooth.setup"):
+        warn_if_small(photos, 512)
+    assert "2 of 3 photos are far below data.resolution=512" in caplog.text and "1x1 px, upscaled 512x" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rewardbooth.setup"):
+        warn_if_small(photos[2:], 512)
+    assert caplog.text == ""
+
+
+def test_resolution_far_above_the_model_size_is_reported(caplog):
+    from rewardbooth.config import ModelConfig
+    from rewardbooth.models import load_model
+    from rewardbooth.setup import check_resolution
+
+    parts = load_model(ModelConfig("tiny"))  # drawn at 64 px
+    with caplog.at_level(logging.WARNING, logger="rewardbooth.setup"):
+        check_resolution(128, parts)
+    assert caplog.text == ""
+    with caplog.at_level(logging.WARNING, logger="rewardbooth.setup"):
+        check_resolution(512, parts)
+    assert "data.resolution=512 is 8x the 64 px this model was trained at" in caplog.text

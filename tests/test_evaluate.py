@@ -72,7 +72,7 @@ def test_evaluate_two_runs_end_to_end(generated, backbones, subject_dir, tmp_pat
 def test_clip_t_needs_the_prompts(generated, backbones, subject_dir, tmp_path, capsys):
     bare = tmp_path / "bare"
     bare.mkdir()
-    for path in (generated / "method_a").glob("a-*.png"):
+    for path in (generated / "method_a").glob("0*.png"):
         (bare / path.name).write_bytes(path.read_bytes())
     vit, clip = backbones
     base = ["evaluate", str(bare), "--subject", str(subject_dir), "--clip-model", str(clip), "--dino-model", str(vit)]
@@ -89,3 +89,83 @@ def test_toy_judge_metrics(generated, subject_dir, tmp_path):
                     "--metrics", "toy_fidelity", "toy_alignment"]) == 0
     summary = json.loads((out / "evaluation.json").read_text())["runs"]["method_a"]["summary"]
     assert -1 <= summary["toy_fidelity"] <= 1 and 0 <= summary["toy_alignment"] <= 1
+
+
+def test_unreadable_reference_is_skipped_and_thumbnails_are_upright(generated, backbones, subject_dir, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    shutil.copytree(subject_dir, photos)
+    (photos / "broken.png").write_bytes(b"\x89PNG not really")
+    phone = Image.new("RGB", (40, 20), (0, 0, 255))
+    phone.paste((255, 0, 0), (0, 0, 20, 20))  # stored left half red: upright, the top half
+    exif = phone.getexif()
+    exif[0x0112] = 6  # a phone photo: display turns it 90 degrees clockwise
+    phone.save(photos / "a_phone.jpg", exif=exif, quality=95)
+    vit, clip = backbones
+    out = tmp_path / "report"
+    assert run_cli(["evaluate", str(generated / "method_a"), "--subject", str(photos), "--output", str(out),
+                    "--dino-model", str(vit), "--clip-model", str(clip), "--metrics", "dino"]) == 0
+    assert json.loads((out / "evaluation.json").read_text())["reference_images"] == 5
+    grid = Image.open(out / "references.png").convert("RGB")
+    assert grid.size == (5 * 128, 128)
+    top, bottom = grid.getpixel((64, 6)), grid.getpixel((64, 121))  # the phone photo's cell comes first
+    assert top[0] > 200 and top[2] < 60 and bottom[2] > 200 and bottom[0] < 60, (top, bottom)
+
+
+@pytest.mark.parametrize("option", ["--dino-model", "--clip-model"])
+def test_unloadable_backbone_names_the_option_to_change(option, generated, backbones, subject_dir, tmp_path, capsys):
+    vit, clip = backbones
+    models = {"--dino-model": str(vit), "--clip-model": str(clip), option: str(tmp_path / "nowhere")}
+    out = tmp_path / "report"
+    assert run_cli(["evaluate", str(generated / "method_a"), "--subject", str(subject_dir), "--output", str(out),
+                    *(item for pair in models.items() for item in pair)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert option in error and "nowhere" in error and "reward_options" not in error and "\n" not in error
+    assert not out.exists()
+
+
+def test_clip_t_removes_the_identifier_the_run_recorded(backbones, subject_dir, tmp_path):
+    from rewardbooth.data import load_image
+    from rewardbooth.evaluate import embed
+    from rewardbooth.rewards.backbones import ClipFeatures
+
+    vit, clip = backbones
+    generated = tmp_path / "custom"
+    assert run_cli(["generate", "tiny", "--prompt", "a photo of <new1> dog", "--identifier", "<new1>",
+                    "--num-images", "1", "--steps", "1", "--resolution", "64", "--output", str(generated)]) == 0
+    assert json.loads((generated / "generation.json").read_text())["identifiers"] == ["<new1>"]
+    out = tmp_path / "report"
+    assert run_cli(["evaluate", str(generated), "--subject", str(subject_dir), "--output", str(out),
+                    "--clip-model", str(clip), "--dino-model", str(vit), "--metrics", "clip_t"]) == 0
+    run = json.loads((out / "evaluation.json").read_text())["runs"]["custom"]
+    features = ClipFeatures(str(clip), torch.device("cpu"), with_text=True)
+    image = load_image(generated / run["images"][0]["file"])
+    expected = float(embed(features.images, [image], "x")[0] @ features.text("a photo of dog"))
+    assert run["identifiers"] == ["<new1>"] and run["images"][0]["clip_t"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_generate_reads_the_identifiers_of_a_training_output(tmp_path):
+    import yaml
+
+    from rewardbooth.generate import run_identifiers
+
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"identifier": "<new1>", "concepts": [
+        {"identifier": "<new2>", "instance_dir": "cat"}]}}))
+    assert run_identifiers(str(run)) == run_identifiers(str(run / "best")) == ["<new1>", "<new2>"]
+    assert run_identifiers("tiny") == []
+
+
+def test_bar_plot_draws_negative_means_below_zero(tmp_path):
+    from PIL import Image
+
+    from rewardbooth.evaluation_report import COLOURS, bar_plot
+
+    path = bar_plot({"a": {"dino": -0.4}, "b": {"dino": 0.4}}, ("dino",), tmp_path / "bars.png")
+    pixels = list(Image.open(path).convert("RGB").getdata())
+    negative, positive = pixels.count(COLOURS[0]), pixels.count(COLOURS[1])
+    assert negative > 40 * 50 and abs(negative - positive) < 0.1 * positive  # as long as the positive bar

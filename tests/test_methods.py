@@ -61,7 +61,7 @@ def test_lora_saves_only_adapters_and_generate_finds_the_base_model(tiny_folder,
                      generator=torch.Generator().manual_seed(0)).images[0]
     from PIL import Image
 
-    written = np.asarray(Image.open(tmp_path / "images" / "a-photo-of-sks-dog_00000.png"))
+    written = np.asarray(Image.open(tmp_path / "images" / "000_a-photo-of-sks-dog_00000.png"))
     assert np.abs(written.astype(int) - np.asarray(expected).astype(int)).max() <= 1
 
 

@@ -75,3 +75,23 @@ def test_resume_refuses_a_checkpoint_file_that_would_run_code(name, subject_dir,
     assert run_cli([*args, "train.resume=latest"]) == 2
     assert f"{name} is not a plain tensor file" in capsys.readouterr().err
     assert not marker.exists()
+
+
+def test_a_moved_run_folder_resumes(subject_dir, tmp_path):
+    import shutil
+
+    first, moved = tmp_path / "first", tmp_path / "elsewhere" / "run"
+    assert run_cli(tiny_args(subject_dir, first, "train.max_steps=1", "train.checkpoint_every=1",
+                             "validation.every=0")) == 0
+    moved.parent.mkdir()
+    shutil.move(first, moved)
+    assert run_cli(tiny_args(subject_dir, moved, "train.max_steps=2", "train.checkpoint_every=1", "validation.every=0",
+                             "train.resume=latest")) == 0
+    assert (moved / "checkpoints" / "step_000002").is_dir()
+
+
+def test_readme_says_which_configs_run_code():
+    from pathlib import Path
+
+    text = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert "names `package.module:factory`, for a reward, critic or model, imports and runs that code by design" in text

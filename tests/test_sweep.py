@@ -1,6 +1,7 @@
 """`rewardbooth sweep`: subjects, prompts and configs per run; a two-subject toy sweep sharded, interrupted and
 resumed, redoing nothing finished."""
 
+import dataclasses
 import json
 
 import pytest
@@ -188,3 +189,103 @@ def test_shipped_example_sweeps_build_every_run_config(example, tmp_path):
     for objective in sweep.objectives_of(spec):
         config = sweep.run_config(spec, tmp_path / "dog6", objective)
         assert config.data.identifier == "sks" and "dog" in config.data.instance_prompt
+
+
+def toy_sweep(tmp_path, toy_dataset, **keys):
+    """A one-subject toy sweep file, cheap to build configs for."""
+    settings = dict(dataset=str(toy_dataset), output=str(tmp_path / "sweep"), subjects=["subject_100"],
+                    overrides={"model.pretrained": "toy", "data.resolution": 32, "train.max_steps": 2,
+                               "train.report_to": "none", "train.checkpoint_every": 0, "validation.every": 0},
+                    objectives={"dreambooth": {"objective.name": "baseline"}}, images_per_prompt=1,
+                    sampler_steps=1, metrics=["toy_fidelity"])
+    return write_sweep(tmp_path / "s.yaml", **{**settings, **keys})
+
+
+@pytest.mark.parametrize("keys, expected", [
+    ({"metrics": ["dino"], "dino_model": "NOWHERE"}, "set dino_model"),
+    ({"metrics": ["clip_t"], "clip_model": "NOWHERE"}, "set clip_model"),
+    ({"objectives": {"dreambooth": {"objective.name": "baseline"},
+                     "dpg-dino": {"objective.name": "dpg", "objective.reward": "dino",
+                                  "objective.reward_options": {"dino": {"model": "NOWHERE"}}}}},
+     "objective.reward_options"),
+], ids=["dino_model", "clip_model", "reward-model"])
+def test_an_unloadable_model_fails_before_the_first_run(keys, expected, tmp_path, toy_dataset, monkeypatch, capsys):
+    trained = []
+    monkeypatch.setattr(sweep, "train_and_generate", lambda *args: trained.append(args))
+    nowhere = str(tmp_path / "nowhere")
+    keys = json.loads(json.dumps(keys).replace("NOWHERE", nowhere))
+    assert run_cli(["sweep", str(toy_sweep(tmp_path, toy_dataset, **keys))]) == 2
+    error = capsys.readouterr().err.strip()
+    assert expected in error and "nowhere" in error and "\n" not in error, error
+    if expected != "objective.reward_options":
+        assert "reward_options" not in error
+    assert trained == [] and not (tmp_path / "sweep" / "runs").exists()
+
+
+def finish_by_hand(spec, subject, objective, config):
+    """What a finished run leaves behind for the resume logic: its config, and done.json."""
+    from rewardbooth.config import save_config
+
+    folder = sweep.run_dir(spec, subject.name, objective)
+    (folder / "model").mkdir(parents=True)
+    save_config(config, folder / "model" / "config.yaml")
+    (folder / sweep.DONE).write_text(json.dumps({"generation": sweep.generation_settings(spec, subject, config)}))
+
+
+@pytest.mark.parametrize("change, expected", [
+    ("overrides.train.max_steps=3", "train.max_steps was 2 and is 3 now"),
+    ("sampler_steps=5", "sampler_steps was 1 and is 5 now"),
+])
+def test_a_finished_run_made_with_other_settings_is_not_reused(change, expected, tmp_path, toy_dataset, monkeypatch,
+                                                              capsys):
+    path = toy_sweep(tmp_path, toy_dataset)
+    spec = sweep.load_sweep(path)
+    subject = toy_dataset / "subject_100"
+    finish_by_hand(spec, subject, "dreambooth", sweep.run_config(spec, subject, "dreambooth"))
+    assert sweep.stale_setting(spec, subject, "dreambooth", sweep.run_config(spec, subject, "dreambooth")) is None
+    key, value = change.split("=")
+    tree = yaml.safe_load(path.read_text())
+    if key.startswith("overrides."):
+        tree["overrides"][key.removeprefix("overrides.")] = int(value)
+    else:
+        tree[key] = int(value)
+    path.write_text(yaml.safe_dump(tree))
+    monkeypatch.setattr(sweep, "train_and_generate", lambda *args: pytest.fail("nothing may train"))
+    assert run_cli(["sweep", str(path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "finished run subject_100/dreambooth" in error and expected in error and "\n" not in error, error
+
+
+def test_a_report_without_every_objective_or_metric_is_redone(tmp_path, toy_dataset):
+    spec = sweep.load_sweep(toy_sweep(tmp_path, toy_dataset, metrics=["dino"]))
+    report = sweep.evaluation_dir(spec, "subject_100")
+    report.mkdir(parents=True)
+    (report / "evaluation.json").write_text(json.dumps({"runs": {"dreambooth": {}}, "protocol": {"dino": {}}}))
+    assert sweep.evaluated(spec, "subject_100", {"dreambooth": {}})
+    assert not sweep.evaluated(spec, "subject_100", {"dreambooth": {}, "dpg": {}})  # an objective was added
+    assert not sweep.evaluated(dataclasses.replace(spec, metrics=("dino", "clip_t")), "subject_100", {"dreambooth": {}})
+
+
+def test_a_one_subject_table_says_why_it_has_no_interval(tmp_path):
+    from rewardbooth.sweep_report import aggregate
+
+    runs = {"a": {"summary": {"dino": 0.5}}, "b": {"summary": {"dino": 0.3}}}
+    (tmp_path / "evaluation" / "s1").mkdir(parents=True)
+    (tmp_path / "evaluation" / "s1" / "evaluation.json").write_text(json.dumps({"runs": runs}))
+    aggregate(tmp_path, ["s1"], ["a", "b"], ("dino",))
+    table = (tmp_path / "results.md").read_text()
+    assert "| b | 0.3000 | -0.2000 [n/a: one subject] |" in table and "nan" not in table
+    json.loads((tmp_path / "results.json").read_text(), parse_constant=pytest.fail)  # strict JSON: no NaN
+
+
+def test_docs_and_example_agree_on_what_an_interrupted_run_does():
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    text = " ".join((root / "docs" / "sweep.md").read_text().split())
+    example = yaml.safe_load((root / "examples" / "sweep-dreambench.yaml").read_text())
+    assert "continues from its last checkpoint" in text
+    assert example["overrides"]["train.checkpoint_every"] == 0 and "checkpoint_every: 0" in text
+    assert "starts over" in text  # what it does with the shipped examples, said as such
+    # The backbones are named where a user changes them.
+    assert {"dino_model", "clip_model"} <= example.keys()

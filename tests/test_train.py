@@ -111,15 +111,40 @@ def test_generate_writes_images_and_grid(subject_dir, tmp_path, capsys):
             "--num-images", "2", "--seed", "5", "--steps", "2", "--resolution", "64", "--output", str(out)]
     assert run_cli(argv) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["a-sks-dog-on-the-beach_00005.png", "a-sks-dog-on-the-beach_00006.png",
-                     "a-sks-dog_00005.png", "a-sks-dog_00006.png", "generation.json", "grid.png"]
+    assert names == ["000_a-sks-dog_00005.png", "000_a-sks-dog_00006.png", "001_a-sks-dog-on-the-beach_00005.png",
+                     "001_a-sks-dog-on-the-beach_00006.png", "generation.json", "grid.png"]
     record = json.loads((out / "generation.json").read_text())
     assert record["seeds"] == [5, 6] and record["num_inference_steps"] == 2 and record["sampler"]
-    assert {(i["file"], i["prompt"], i["seed"]) for i in record["images"]} >= {("a-sks-dog_00006.png", "a sks dog", 6)}
-    first = (out / "a-sks-dog_00005.png").read_bytes()
+    assert {(i["file"], i["prompt"], i["seed"]) for i in record["images"]} >= {("000_a-sks-dog_00006.png",
+                                                                                "a sks dog", 6)}
+    first = (out / "000_a-sks-dog_00005.png").read_bytes()
     assert run_cli(argv) == 2 and "already exists" in capsys.readouterr().err
     assert run_cli([*argv, "--overwrite"]) == 0
-    assert (out / "a-sks-dog_00005.png").read_bytes() == first  # same seeds, same images
+    assert (out / "000_a-sks-dog_00005.png").read_bytes() == first  # same seeds, same images
+
+
+def test_generate_keeps_prompts_apart_whose_names_agree(tmp_path, capsys):
+    long = "a photo of sks dog sitting on a wooden bench in a park on a sunny afternoon"  # > 60 characters
+    prompts = ["a sks dog", "A sks dog!", f"{long}, watercolour", f"{long}, oil painting"]
+    out = tmp_path / "gen"
+    argv = ["generate", "tiny", "--num-images", "2", "--steps", "1", "--resolution", "64", "--output", str(out)]
+    assert run_cli([*argv, *(arg for prompt in prompts for arg in ("--prompt", prompt))]) == 0
+    assert "wrote 8 images" in capsys.readouterr().out
+    record = json.loads((out / "generation.json").read_text())
+    files = [image["file"] for image in record["images"]]
+    assert len(set(files)) == 8 and sorted(p.name for p in out.glob("0*.png")) == sorted(files)
+    # The mapping is exact: each prompt owns its own two files, in order, seed by seed.
+    assert [(image["prompt"], image["seed"]) for image in record["images"]] == [(p, k) for p in prompts for k in (0, 1)]
+
+
+def test_generate_checks_the_resolution_before_it_writes(tmp_path, capsys):
+    out = tmp_path / "gen"
+    assert run_cli(["generate", "tiny", "--prompt", "a sks dog", "--resolution", "60", "--output", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "--resolution=60 is not a multiple of 8" in error and "use 56 or 64" in error and "\n" not in error
+    assert run_cli(["generate", "tiny", "--prompt", "a sks dog", "--resolution", "0", "--output", str(out)]) == 2
+    assert "at least 8" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_generate_renders_a_dreambench_prompt_set(tmp_path):
@@ -138,3 +163,16 @@ def test_resume_latest_on_a_finished_run_changes_nothing(subject_dir, tmp_path):
     before = weights(out)
     assert run_cli([*args, "train.resume=latest"]) == 0
     assert_same_weights(before, weights(out))
+
+
+def test_metrics_png_plots_what_the_readme_promises():
+    from pathlib import Path
+
+    from rewardbooth.monitoring import PLOTTED_METRICS
+
+    row = next(line for line in (Path(__file__).parents[1] / "README.md").read_text().splitlines()
+               if line.startswith("| `metrics.jsonl`, `metrics.png`"))
+    promised = {"lr": "lr", "grad norm": "grad_norm", "γ-weight `discount_mean`": "discount_mean", "Q": "q",
+                "critic loss": "critic_loss", "reward": "reward"}
+    for words, key in promised.items():
+        assert words in row and key in PLOTTED_METRICS

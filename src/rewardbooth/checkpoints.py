@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,15 @@ from accelerate import Accelerator
 
 from rewardbooth.config import Config, to_dict
 from rewardbooth.errors import UserError
+from rewardbooth.storage import check_writable, describe_write_error, disk_errors, is_disk_error, publish
 
 CHECKPOINT_PREFIX = "step_"
+RESULT_STAGING = ".result.partial"  # the result is written here whole, then moved into the run folder
 STATE_FILE = "train_state.json"
-# Keys that may differ between a run and its resumption without changing what is trained.
+# Keys that may differ between a run and its resumption without changing what is trained (a run folder may
+# be moved or copied, so its own path is one of them).
 RESUMABLE_CHANGES = {"train.resume", "train.overwrite", "train.max_steps", "train.checkpoint_every",
-                     "train.checkpoints_total_limit", "train.log_every", "train.report_to"}
+                     "train.checkpoints_total_limit", "train.log_every", "train.report_to", "train.output_dir"}
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
@@ -52,7 +56,12 @@ def check_output_dir(config: Config) -> Path | None:
     output_dir = Path(config.train.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"output path {str(output_dir)!r} is a file; set train.output_dir to a folder")
+    check_writable(output_dir, "train.output_dir")
     occupied = output_dir.is_dir() and any(output_dir.iterdir())
+    if occupied and not (output_dir / "config.yaml").is_file():
+        # Neither resume nor overwrite applies to a folder that is not a run: say so, rather than advise them.
+        raise UserError(f"output folder {str(output_dir)!r} is not empty and does not look like a RewardBooth run "
+                        f"(no config.yaml), so it is left alone; choose an empty or new train.output_dir")
     if config.train.resume:
         checkpoint = _find_resume_checkpoint(config, output_dir, occupied)
         if checkpoint is not None:
@@ -61,9 +70,6 @@ def check_output_dir(config: Config) -> Path | None:
     if occupied and not config.train.overwrite:
         raise UserError(f"output folder {str(output_dir)!r} is not empty; pass train.resume=latest to continue "
                         f"it, train.overwrite=true to replace it, or choose another train.output_dir")
-    if occupied and not (output_dir / "config.yaml").is_file():
-        raise UserError(f"refusing to overwrite {str(output_dir)!r}: it does not look like a RewardBooth run "
-                        f"(no config.yaml); choose an empty train.output_dir")
     return None
 
 
@@ -117,22 +123,52 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep:
     """
     final = output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:06d}"
     partial = final.with_name(final.name + ".partial")
+    previous = list_checkpoints(output_dir)
     if accelerator.is_main_process and partial.exists():
         shutil.rmtree(partial)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
-    accelerator.wait_for_everyone()
+    failure = _disk_failure(accelerator.save_state, str(partial))
+    if not _any_process(accelerator, failure is not None) and accelerator.is_main_process:
+        failure = _disk_failure(_finish_checkpoint, partial, final, stateful or {}, {**(state or {}), "step": step})
+    if _any_process(accelerator, failure is not None):
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)  # the earlier checkpoints stay whole
+        advice = (f"free some space, then continue from {previous[-1].name} with train.resume=latest" if previous
+                  else "free some space (or set train.checkpoint_every=0), then run again with train.overwrite=true")
+        raise UserError(describe_write_error(failure, f"checkpoint {final.name}", output_dir, advice) if failure
+                        else f"another process could not write checkpoint {final.name} (see its error); {advice}")
     if accelerator.is_main_process:
-        for name, obj in (stateful or {}).items():
-            torch.save(obj.state_dict(), partial / f"{name}.pt")
-        (partial / STATE_FILE).write_text(json.dumps({**(state or {}), "step": step}))
-        if final.exists():
-            shutil.rmtree(final)
-        partial.rename(final)
         for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old)
+            shutil.rmtree(old)  # only once the new checkpoint is whole
     accelerator.wait_for_everyone()
     return final
+
+
+def _finish_checkpoint(partial: Path, final: Path, stateful: dict[str, Any], state: dict) -> None:
+    for name, obj in stateful.items():
+        torch.save(obj.state_dict(), partial / f"{name}.pt")
+    (partial / STATE_FILE).write_text(json.dumps(state))
+    if final.exists():
+        shutil.rmtree(final)
+    partial.rename(final)
+
+
+def _disk_failure(write, *args) -> BaseException | None:
+    """Run a write; the disk error it raised (a full disk, a read-only folder), or None. Bugs propagate."""
+    try:
+        write(*args)
+    except Exception as error:  # noqa: BLE001 - anything but a disk error is re-raised
+        if not is_disk_error(error):
+            raise
+        return error
+    return None
+
+
+def _any_process(accelerator: Accelerator, flag: bool) -> bool:
+    """Whether any process raised `flag`: all of them then stop together, none waits for the others forever."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.gather(torch.tensor([float(flag)], device=accelerator.device)).max() > 0)
 
 
 def load_checkpoint(accelerator: Accelerator, checkpoint: Path,
@@ -162,3 +198,19 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: Path,
         obj.load_state_dict(saved[name])
     state = json.loads((checkpoint / STATE_FILE).read_text())
     return state.pop("step"), state
+
+
+def publish_result(output_dir: Path, write: Callable[[Path], None]) -> None:
+    """Write the run's result atomically: `write(folder)` fills a staging folder, then its entries are moved
+    into the run folder (rewardbooth.storage.publish). A failed write (a full disk) leaves no half-written
+    model behind and one line that says what is kept; no checkpoint is touched either way."""
+    staging = output_dir / RESULT_STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    checkpoints = list_checkpoints(output_dir)
+    advice = (f"every checkpoint is kept: free some space, then run again with train.resume=latest (it continues "
+              f"from {checkpoints[-1].name})" if checkpoints else "with no checkpoint (train.checkpoint_every=0) the "
+              "trained weights are lost: free some space, then run again with train.overwrite=true")
+    with disk_errors("the trained model", output_dir, advice, cleanup=staging):
+        staging.mkdir()
+        write(staging)
+    publish(staging, output_dir)

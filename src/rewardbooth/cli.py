@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -10,13 +11,17 @@ from pathlib import Path
 
 from rewardbooth.errors import UserError
 
+WRITE_FAILURES = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS)
+
 
 def _quiet_libraries() -> None:
     """Keep the terminal for our progress bars: no per-call pipeline bars or library chatter."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import diffusers
     import transformers
+    from huggingface_hub.utils import logging as hub_logging
 
+    hub_logging.set_verbosity_error()
     diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
@@ -33,7 +38,8 @@ def _add_train(commands) -> None:
                                              "overrides, e.g. data.instance_dir=photos/ train.max_steps=400.")
     parser.add_argument("config", nargs="?", help="config file or preset name")
     parser.add_argument("overrides", nargs="*", help="section.key=value")
-    parser.add_argument("--help-config", action="store_true", help="list every config key and exit")
+    parser.add_argument("--help-config", action="store_true",
+                        help="list every config key with its value (CONFIG's, with the overrides) and exit")
 
 
 def _add_generate(commands) -> None:
@@ -44,7 +50,9 @@ def _add_generate(commands) -> None:
     parser.add_argument("--prompts-file", type=Path, default=None, help="more prompts, one per line")
     parser.add_argument("--dreambench", metavar="SUBJECT", default=None,
                         help="DreamBench's 25 prompts for this subject (e.g. dog3), with --identifier")
-    parser.add_argument("--identifier", default="sks", help="the subject's identifier in --dreambench prompts")
+    parser.add_argument("--identifier", default=None,
+                        help="the subject's identifier, in --dreambench prompts and recorded for evaluate "
+                             "(default: the run's own, from its config.yaml; else sks)")
     parser.add_argument("--num-images", type=int, default=4, help="images per prompt")
     parser.add_argument("--seed", type=int, default=0, help="image k uses seed+k")
     parser.add_argument("--steps", type=int, default=25, help="sampler steps")
@@ -120,7 +128,9 @@ def _add_evaluate(commands) -> None:
     parser.add_argument("--output", type=Path, default=Path("evaluation"), help="report folder")
     parser.add_argument("--metrics", nargs="+", default=["dino", "clip_i", "clip_t"],
                         help="from dino, clip_i, clip_t, face, toy_fidelity, toy_alignment")
-    parser.add_argument("--identifier", default="sks", help="removed from prompts for CLIP-T")
+    parser.add_argument("--identifier", default=None,
+                        help="removed from prompts for CLIP-T (default: each run's own, recorded in its "
+                             "generation.json; else sks)")
     parser.add_argument("--dino-model", default="facebook/dino-vits16", help="hub id or local folder")
     parser.add_argument("--clip-model", default="openai/clip-vit-base-patch32", help="hub id or local folder")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in --output")
@@ -148,7 +158,7 @@ def _run_train(args: argparse.Namespace) -> None:
     from rewardbooth.config import describe, load_config
 
     if args.help_config:
-        print(describe())
+        print(describe(load_config(args.config, args.overrides) if args.config else None))
         return
     if args.config is None:
         raise UserError("no config given: `rewardbooth train default data.instance_dir=PHOTOS ...` (a preset or a "
@@ -160,16 +170,18 @@ def _run_train(args: argparse.Namespace) -> None:
 
 def _run_generate(args: argparse.Namespace) -> None:
     from rewardbooth.dreambench import prompts_for, read_prompt_file
-    from rewardbooth.generate import generate
+    from rewardbooth.generate import generate, run_identifiers
 
+    identifiers = [args.identifier] if args.identifier else run_identifiers(args.model, args.lora)
     prompts = list(args.prompt)
     if args.prompts_file is not None:
         prompts += read_prompt_file(args.prompts_file)
     if args.dreambench is not None:
-        prompts += prompts_for(args.dreambench, args.identifier)
+        prompts += prompts_for(args.dreambench, (identifiers or ["sks"])[0])
+        identifiers = identifiers or ["sks"]
     paths = generate(args.model, prompts, args.output, num_images=args.num_images, seed=args.seed,
                      num_inference_steps=args.steps, guidance_scale=args.guidance, resolution=args.resolution,
-                     overwrite=args.overwrite, lora=args.lora)
+                     overwrite=args.overwrite, lora=args.lora, identifiers=identifiers)
     print(f"wrote {len(paths)} images and {args.output / 'grid.png'}")
 
 
@@ -204,9 +216,11 @@ def _run_bench(args: argparse.Namespace) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> None:
     from rewardbooth.evaluate import evaluate
+    from rewardbooth.storage import check_writable
 
     if (args.output / "evaluation.json").exists() and not args.overwrite:
         raise UserError(f"{args.output} already holds an evaluation; pass --overwrite or choose another --output")
+    check_writable(args.output, "--output")
     evaluate(args.generated, args.subject, args.output, metrics=tuple(args.metrics), identifier=args.identifier,
              dino_model=args.dino_model, clip_model=args.clip_model)
     print((args.output / "report.md").read_text())
@@ -268,6 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         run(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.errno not in WRITE_FAILURES:
+            raise
+        # Wherever else a full disk or a read-only folder strikes: one line, not a traceback.
+        print(f"error: cannot write {error.filename or 'a file'}: {error.strerror.lower()}; free some space (or "
+              f"choose a writable folder) and run the command again", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

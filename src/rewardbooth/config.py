@@ -218,13 +218,13 @@ def save_config(config: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
-def describe(config_type: type = Config) -> str:
-    """Every key with its default and help: the text of ``--help-config``."""
-    lines = []
-    for section in dataclasses.fields(config_type):
-        lines.append(f"{section.name}:")
-        for f in dataclasses.fields(section.default_factory()):
-            lines.append(f"  {section.name}.{f.name} = {f.default!r}  # {f.metadata.get('help', '')}")
+def describe(config: Config | None = None) -> str:
+    """Every key with its value in `config` (a preset's, say; default: the defaults) and help: ``--help-config``."""
+    config, lines = config or Config(), []
+    for section in dataclasses.fields(config):
+        values = getattr(config, section.name)
+        lines += [f"{section.name}:"] + [f"  {section.name}.{f.name} = {getattr(values, f.name)!r}  # "
+                                         f"{f.metadata.get('help', '')}" for f in dataclasses.fields(values)]
     return "\n".join(lines)
 
 

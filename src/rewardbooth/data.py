@@ -29,6 +29,7 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
 _DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, struct.error, Image.DecompressionBombError)
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _FIX_HINT = "add 3-6 .jpg/.png photos of the subject"
+_FEW_PHOTOS = 3  # DreamBooth's 3-6 views of the subject
 _MAX_LISTED = 8
 # Reduce by an integer factor first while the image is over 3x the target: quality close to a direct bicubic
 # resize at about half the time for a 6000 px photo (65 ms instead of 125 ms to 512 px on one CPU core).
@@ -78,7 +79,13 @@ def load_subject_images(folder: str | Path, min_images: int = 1) -> list[tuple[P
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     if not entries:
         raise UserError(f"subject folder '{folder}' is empty; {_FIX_HINT}")
-    candidates = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    named_like_images = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
+    candidates = [p for p in named_like_images if p.is_file()]
+    for path in sorted(set(named_like_images) - set(candidates)):
+        # Named like a photo but not one: say so, rather than train on fewer photos than the user sees.
+        what = "a broken link (its target does not exist)" if path.is_symlink() and not path.exists() else (
+            "a folder" if path.is_dir() else "not a regular file")
+        logger.warning("skipping '%s': it is %s, not an image file", path, what)
     if not candidates:
         raise UserError(
             f"subject folder '{folder}' has no image file (found: {_listing(entries, {})}); {_FIX_HINT}"
@@ -107,6 +114,9 @@ def load_subject_images(folder: str | Path, min_images: int = 1) -> list[tuple[P
             f"subject folder '{folder}' has {len(images)} readable image(s) but at least "
             f"{min_images} are needed (found: {_listing(entries, problems)}); {_FIX_HINT}"
         )
+    if len(images) < _FEW_PHOTOS:
+        logger.warning("subject folder '%s' has only %d usable photo(s): with fewer than %d views the model "
+                       "tends to copy them; %s", folder, len(images), _FEW_PHOTOS, _FIX_HINT)
     return images
 
 

@@ -71,31 +71,79 @@ def read_generated(folder: Path) -> list[dict]:
     return [{"file": name, "prompt": None, "seed": None} for name in files]
 
 
-class Backbones:
-    """Each backbone loaded once, on first use, and shared by every run evaluated."""
+# The option that names each backbone, per command: an error names the one the user can change.
+EVALUATE_KEYS = {"dino": "--dino-model", "clip": "--clip-model"}
+_BACKBONE_REWARDS = {"dino": "dino", "clip": "clip_text"}  # the reward label rewards.backbones reports
 
-    def __init__(self, dino_model: str, clip_model: str, device: torch.device, judge_dir: str | None = None):
+
+def backbones_for(metrics: tuple[str, ...]) -> list[str]:
+    """The backbones the metrics need, in loading order."""
+    needs = {"dino": {"dino"}, "clip": {"clip_i", "clip_t"}, "judge": {"toy_fidelity", "toy_alignment"}}
+    return [name for name, uses in needs.items() if uses & set(metrics)]
+
+
+class Backbones:
+    """Each backbone loaded once, on first use, and shared by every run evaluated.
+
+    `keys` name the option that sets each model in the command at hand (evaluate's --dino-model, a sweep
+    file's dino_model), so that a model that does not load is reported against the right one."""
+
+    def __init__(self, dino_model: str, clip_model: str, device: torch.device, judge_dir: str | None = None,
+                 keys: dict[str, str] | None = None):
         self.dino_model, self.clip_model, self.device, self.judge_dir = dino_model, clip_model, device, judge_dir
+        self.keys = keys or EVALUATE_KEYS
         self._cache: dict[str, object] = {}
 
     def get(self, name: str):
         if name not in self._cache:
-            from rewardbooth.rewards.backbones import ClipFeatures, DinoFeatures
-
-            if name == "dino":
-                self._cache[name] = DinoFeatures(self.dino_model, self.device)
-            elif name == "clip":
-                self._cache[name] = ClipFeatures(self.clip_model, self.device, reward="clip_text", with_text=True)
-            elif name == "judge":
-                from rewardbooth.toyworld.assets import JUDGE_DIR, require
-                from rewardbooth.toyworld.judge import load_judge
-
-                self._cache[name] = load_judge(Path(self.judge_dir) if self.judge_dir else
-                                               require(JUDGE_DIR, "judge.json", "rewardbooth.toyworld.judge"))
+            try:
+                self._cache[name] = self._load(name)
+            except UserError as error:
+                raise UserError(self._for_this_command(name, str(error))) from None
         return self._cache[name]
 
+    def check(self, metrics: tuple[str, ...]) -> None:
+        """Load every backbone the metrics need, so that a bad model name fails before any slow work."""
+        for name in backbones_for(metrics):
+            self.get(name)
 
-def score_run(folder: Path, references: list[Image.Image], metrics: tuple[str, ...], identifier: str,
+    def _load(self, name: str):
+        from rewardbooth.rewards.backbones import ClipFeatures, DinoFeatures
+
+        if name == "dino":
+            return DinoFeatures(self.dino_model, self.device)
+        if name == "clip":
+            return ClipFeatures(self.clip_model, self.device, reward="clip_text", with_text=True)
+        from rewardbooth.toyworld.assets import JUDGE_DIR, require
+        from rewardbooth.toyworld.judge import load_judge
+
+        return load_judge(Path(self.judge_dir) if self.judge_dir else
+                          require(JUDGE_DIR, "judge.json", "rewardbooth.toyworld.judge"))
+
+    def _for_this_command(self, name: str, message: str) -> str:
+        """The backbone loader's message speaks of a training reward (objective.reward_options): name this
+        command's option instead."""
+        if name not in self.keys:
+            return message
+        text = message.removeprefix(f"reward {_BACKBONE_REWARDS[name]!r}: ")
+        reward_advice = text.find("objective.reward_options")
+        if reward_advice >= 0:
+            text = text[:max(text.rfind("; ", 0, reward_advice), 0)]
+        return (f"{name} backbone: {text}; set {self.keys[name]} to a local folder saved with save_pretrained, or "
+                f"a hub id this machine can download")
+
+
+def run_identifiers(folder: Path, identifier: str | None) -> list[str]:
+    """The words CLIP-T removes from a run's prompts: the one given, else those its generation.json records
+    (the run's own, e.g. Custom Diffusion's '<new1>'), else 'sks'."""
+    if identifier is not None:
+        return [identifier]
+    record = folder / "generation.json"
+    recorded = json.loads(record.read_text()).get("identifiers") if record.is_file() else None
+    return list(recorded) if recorded else ["sks"]
+
+
+def score_run(folder: Path, references: list[Image.Image], metrics: tuple[str, ...], identifiers: list[str],
               backbones: Backbones) -> list[dict]:
     """One row per generated image: file, prompt, seed and every metric."""
     rows = read_generated(folder)
@@ -114,12 +162,12 @@ def score_run(folder: Path, references: list[Image.Image], metrics: tuple[str, .
         if "clip_i" in metrics:
             scores["clip_i"] = mean_cosine_to_references(image_features, embed(clip.images, references, "CLIP"))
         if "clip_t" in metrics:
-            texts = {p: clip.text(remove_identifier(p, identifier)).cpu() for p in set(prompts)}
+            texts = {p: clip.text(without_identifiers(p, identifiers)).cpu() for p in set(prompts)}
             scores["clip_t"] = paired_cosine(image_features, torch.stack([texts[p] for p in prompts]))
     if "face" in metrics:
         scores["face"] = _face_scores(images, references, backbones.device)
     if {"toy_fidelity", "toy_alignment"} & set(metrics):
-        scores.update(_toy_scores(images, references, prompts, identifier, backbones.get("judge"), metrics))
+        scores.update(_toy_scores(images, references, prompts, identifiers, backbones.get("judge"), metrics))
     return [{**row, **{name: float(values[i]) for name, values in scores.items()}} for i, row in enumerate(rows)]
 
 
@@ -133,7 +181,13 @@ def _face_scores(images: list[Image.Image], references: list[Image.Image], devic
                       for image in images])
 
 
-def _toy_scores(images, references, prompts, identifier, judge, metrics) -> dict[str, torch.Tensor]:
+def without_identifiers(prompt: str, identifiers: list[str]) -> str:
+    for identifier in identifiers:
+        prompt = remove_identifier(prompt, identifier)
+    return prompt
+
+
+def _toy_scores(images, references, prompts, identifiers, judge, metrics) -> dict[str, torch.Tensor]:
     from rewardbooth.toyworld.judge import caption_agreement, identity_similarity
     from rewardbooth.toyworld.scoring import images_to_tensor
 
@@ -143,7 +197,8 @@ def _toy_scores(images, references, prompts, identifier, judge, metrics) -> dict
         if "toy_fidelity" in metrics:
             result["toy_fidelity"] = identity_similarity(judge, pixels, refs)
         if "toy_alignment" in metrics:
-            result["toy_alignment"] = caption_agreement(judge, pixels, [remove_identifier(p, identifier) for p in prompts])
+            result["toy_alignment"] = caption_agreement(judge, pixels, [without_identifiers(p, identifiers)
+                                                                         for p in prompts])
     return result
 
 
@@ -159,11 +214,12 @@ def summarize(rows: list[dict], metrics: tuple[str, ...]) -> tuple[dict[str, flo
 
 
 def evaluate(generated: list[Path], subject_dir: Path, output: Path, metrics: tuple[str, ...] = ("dino", "clip_i", "clip_t"),
-             identifier: str = "sks", dino_model: str = "facebook/dino-vits16",
+             identifier: str | None = None, dino_model: str = "facebook/dino-vits16",
              clip_model: str = "openai/clip-vit-base-patch32", judge_dir: str | None = None,
              device: str | None = None, backbones: Backbones | None = None) -> dict:
     """Score every generated folder against the subject's photos; writes JSON, CSV, Markdown and HTML.
 
+    `identifier` (default: each run's own, from its generation.json) is removed from prompts for CLIP-T.
     `backbones` (already loaded) replace the model names, e.g. for a sweep over many subjects."""
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
@@ -175,18 +231,21 @@ def evaluate(generated: list[Path], subject_dir: Path, output: Path, metrics: tu
     if backbones is None:
         backbones = Backbones(dino_model, clip_model,
                               torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")), judge_dir)
+    backbones.check(metrics)
     dino_model, clip_model = backbones.dino_model, backbones.clip_model
     runs = {}
     for folder in tqdm(generated, desc="evaluate"):
-        rows = score_run(folder, references, metrics, identifier, backbones)
+        identifiers = run_identifiers(folder, identifier)
+        rows = score_run(folder, references, metrics, identifiers, backbones)
         summary, prompt_rows = summarize(rows, metrics)
-        runs[folder.name] = {"folder": str(folder), "summary": summary, "prompts": prompt_rows, "images": rows,
-                             "generation": _generation_record(folder)}
-    report = {"subject": str(subject_dir), "reference_images": len(references), "identifier": identifier,
+        runs[folder.name] = {"folder": str(folder), "identifiers": identifiers, "summary": summary,
+                             "prompts": prompt_rows, "images": rows, "generation": _generation_record(folder)}
+    report = {"subject": str(subject_dir), "reference_images": len(references),
+              "identifier": identifier if identifier is not None else "from each run's generation.json",
               "protocol": protocol(metrics, dino_model, clip_model), "runs": runs}
     from rewardbooth.evaluation_report import write_reports
 
-    write_reports(report, metrics, output)
+    write_reports(report, metrics, output, references)
     return report
 
 

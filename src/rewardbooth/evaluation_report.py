@@ -9,7 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from rewardbooth.evaluate import write_csv
 from rewardbooth.monitoring import make_grid
@@ -17,20 +17,24 @@ from rewardbooth.monitoring import make_grid
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
 
-def write_reports(report: dict, metrics: tuple[str, ...], output: Path) -> None:
+def write_reports(report: dict, metrics: tuple[str, ...], output: Path, references: list[Image.Image]) -> None:
+    """Every file of the report; `references` are the subject's photos as the metrics read them (the one
+    loader: unreadable files skipped, EXIF orientation applied). evaluation.json, which marks a finished
+    report, is written last."""
     output.mkdir(parents=True, exist_ok=True)
-    (output / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     runs = report["runs"]
     write_csv(output / "images.csv", [{"run": name, **row} for name, run in runs.items() for row in run["images"]])
     write_csv(output / "prompts.csv", [{"run": name, **row} for name, run in runs.items() for row in run["prompts"]])
     write_csv(output / "summary.csv", [{"run": name, **run["summary"]} for name, run in runs.items()])
     (output / "report.md").write_text(markdown(report, metrics))
-    write_html(report, metrics, output)
+    write_html(report, metrics, output, references)
+    (output / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 def markdown(report: dict, metrics: tuple[str, ...]) -> str:
+    identifiers = sorted({word for run in report["runs"].values() for word in run["identifiers"]})
     lines = [f"Subject `{report['subject']}` ({report['reference_images']} reference photos), identifier "
-             f"`{report['identifier']}`", "", "| run | images | " + " | ".join(metrics) + " |",
+             + ", ".join(f"`{word}`" for word in identifiers), "", "| run | images | " + " | ".join(metrics) + " |",
              "|---|---|" + "---|" * len(metrics)]
     for name, run in report["runs"].items():
         lines.append(f"| {name} | {len(run['images'])} | "
@@ -38,6 +42,40 @@ def markdown(report: dict, metrics: tuple[str, ...]) -> str:
     lines += ["", "Protocol:"] + [f"- {m}: " + "; ".join(f"{k} {v}" for k, v in entry.items())
                                   for m, entry in report["protocol"].items()]
     return "\n".join(lines) + "\n"
+
+
+def bar_plot(results: dict[str, dict[str, float]], metrics: tuple[str, ...], path: Path) -> Path:
+    """Grouped bars, one group per metric, one bar per run, on an axis that holds 0 and every value: a
+    negative mean (a cosine can be) is a bar below the zero line, not a missing one."""
+    runs = list(results)
+    group_width, height, top = 40 + 50 * len(runs), 220, 30
+    values = [results[run][metric] for run in runs for metric in metrics]
+    low, high = min(0.0, *values), max(0.0, *values)
+    span = (high - low) or 1.0
+
+    def y(value: float) -> float:
+        return top + (high - value) / span * height
+
+    image = Image.new("RGB", (70 + group_width * len(metrics), height + top + 70), "white")
+    draw = ImageDraw.Draw(image)
+    draw.line([(55, top), (55, top + height)], fill="black")
+    draw.line([(55, y(0.0)), (image.width - 10, y(0.0))], fill="black")
+    for tick in sorted({low, 0.0, high}):
+        draw.text((4, y(tick) - 6), f"{tick:+.3f}", fill="black")
+    for g, metric in enumerate(metrics):
+        x0 = 75 + g * group_width
+        draw.text((x0, top + height + 8), metric, fill="black")
+        for m, run in enumerate(runs):
+            value, left = results[run][metric], x0 + m * 50
+            draw.rectangle([left, min(y(value), y(0.0)), left + 40, max(y(value), y(0.0))],
+                           fill=COLOURS[m % len(COLOURS)])
+            draw.text((left, y(value) - 14 if value >= 0 else y(value) + 2), f"{value:.3f}", fill="black")
+    for m, run in enumerate(runs):
+        x = 60 + m * 130
+        draw.rectangle([x, top + height + 34, x + 12, top + height + 46], fill=COLOURS[m % len(COLOURS)])
+        draw.text((x + 18, top + height + 34), run[:18], fill="black")
+    image.save(path)
+    return path
 
 
 def box_plot(values: dict[str, list[float]], title: str, path: Path) -> Path:
@@ -69,9 +107,7 @@ def box_plot(values: dict[str, list[float]], title: str, path: Path) -> Path:
     return path
 
 
-def write_html(report: dict, metrics: tuple[str, ...], output: Path) -> Path:
-    from rewardbooth.toyworld.scoring import bar_plot
-
+def write_html(report: dict, metrics: tuple[str, ...], output: Path, references: list[Image.Image]) -> Path:
     runs = report["runs"]
     figures = {}
     bar_plot({name: run["summary"] for name, run in runs.items()}, metrics, output / "means.png")
@@ -80,9 +116,9 @@ def write_html(report: dict, metrics: tuple[str, ...], output: Path) -> Path:
         box_plot({name: [row[metric] for row in run["images"]] for name, run in runs.items()}, metric,
                  output / f"box_{metric}.png")
         figures[f"{metric} over images"] = f"box_{metric}.png"
-    references = sorted(p for p in Path(report["subject"]).iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
     if references:
-        thumbs = [Image.open(p).convert("RGB").resize((128, 128)) for p in references]
+        # Whole photos, upright, letterboxed into equal cells (the grid tiles equal sizes).
+        thumbs = [ImageOps.pad(image, (128, 128), color="white") for image in references]
         make_grid(thumbs, columns=len(thumbs)).save(output / "references.png")
         figures["reference photos"] = "references.png"
     for name, run in runs.items():

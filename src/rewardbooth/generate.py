@@ -13,10 +13,37 @@ from rewardbooth.config import ModelConfig
 from rewardbooth.errors import UserError
 from rewardbooth.models import load_model
 from rewardbooth.monitoring import make_grid
+from rewardbooth.setup import check_resolution
+from rewardbooth.storage import check_writable
 
 
 def slug(prompt: str, max_length: int = 60) -> str:
     return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:max_length] or "prompt"
+
+
+def image_name(index: int, prompt: str, seed: int) -> str:
+    """The file of prompt number `index` at `seed`: the index keeps prompts apart whose slugs agree (case,
+    punctuation, a long common start), the slug tells a person which prompt it is."""
+    return f"{index:03d}_{slug(prompt)}_{seed:05d}.png"
+
+
+def recorded_config(folder: Path) -> dict | None:
+    """The config.yaml a training run wrote next to its result (a keep-best `best/` reads its run's)."""
+    import yaml
+
+    for candidate in (folder / "config.yaml", folder.parent / "config.yaml" if folder.name == "best" else None):
+        if candidate is not None and candidate.is_file():
+            return yaml.safe_load(candidate.read_text())
+    return None
+
+
+def run_identifiers(model: str, lora: str | None = None) -> list[str]:
+    """The identifiers a training output was trained with (every concept's), or [] for a base model."""
+    recorded = recorded_config(Path(lora or model).expanduser())
+    if not recorded:
+        return []
+    data = recorded.get("data", {})
+    return [data["identifier"], *(concept["identifier"] for concept in data.get("concepts") or [])]
 
 
 def resolve_result(model: str, lora: str | None) -> tuple[str, str | None, str | None]:
@@ -32,30 +59,38 @@ def resolve_result(model: str, lora: str | None) -> tuple[str, str | None, str |
             raise UserError(f"--lora {lora!r} has no {WEIGHT_NAME}: pass a folder written by a method.name=lora run")
         return model, "lora", lora
     if folder.is_dir() and not (folder / "model_index.json").is_file() and (folder / "config.yaml").is_file():
-        import yaml
-
-        recorded = yaml.safe_load((folder / "config.yaml").read_text())
+        recorded = recorded_config(folder)
         return str(recorded["model"]["pretrained"]), recorded["method"]["name"], model
     return model, None, None
 
 
 def generate(model: str, prompts: list[str], output_dir: Path, num_images: int = 4, seed: int = 0,
              num_inference_steps: int = 25, guidance_scale: float = 7.5, resolution: int | None = None,
-             overwrite: bool = False, device: str | None = None, lora: str | None = None) -> list[Path]:
+             overwrite: bool = False, device: str | None = None, lora: str | None = None,
+             identifiers: list[str] | None = None) -> list[Path]:
     """Image k of each prompt uses seed ``seed + k``, so the same call always gives the same images.
 
     `model` is a pipeline folder, hub id or built-in name, or any training output (LoRA and Custom Diffusion
-    ones are applied to their base model); `lora` adds LoRA weights to the model (`load_lora_weights`)."""
+    ones are applied to their base model); `lora` adds LoRA weights to the model (`load_lora_weights`).
+    `identifiers` (default: the run's own, from its config.yaml) go into generation.json, so that an
+    evaluation removes the right words for CLIP-T."""
     if not prompts:
         raise UserError("no prompt given: pass --prompt 'a photo of sks dog' (repeat it for several)")
     if num_images < 1:
         raise UserError(f"--num-images must be at least 1, got {num_images}")
-    planned = [output_dir / f"{slug(prompt)}_{seed + k:05d}.png" for prompt in prompts for k in range(num_images)]
+    if resolution is not None and resolution < 8:
+        raise UserError(f"--resolution must be at least 8 pixels, got {resolution}")
+    jobs = [(index, prompt, seed + k) for index, prompt in enumerate(prompts) for k in range(num_images)]
+    planned = [output_dir / image_name(*job) for job in jobs]
     clashes = [p for p in [*planned, output_dir / "grid.png", output_dir / "generation.json"] if p.exists()]
     if clashes and not overwrite:
         raise UserError(f"{clashes[0]} already exists; pass --overwrite or choose another --output folder")
+    check_writable(output_dir, "--output")
+    identifiers = run_identifiers(model, lora) if identifiers is None else identifiers
     model, method, result = resolve_result(model, lora)
     parts = load_model(ModelConfig(pretrained=model))
+    if resolution is not None:
+        check_resolution(resolution, parts, key="--resolution")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipeline = parts.pipeline()
     if method is not None:
@@ -79,8 +114,8 @@ def generate(model: str, prompts: list[str], output_dir: Path, num_images: int =
     record = {"model": model, "applied_result": {"method": method, "folder": result} if method else None,
               "sampler": type(pipeline.scheduler).__name__, "num_inference_steps": num_inference_steps,
               "guidance_scale": guidance_scale, "resolution": resolution, "images_per_prompt": num_images,
-              "seeds": [seed + k for k in range(num_images)],
-              "images": [{"file": path.name, "prompt": prompt, "seed": seed + k}
-                         for (prompt, k), path in zip(((p, k) for p in prompts for k in range(num_images)), planned)]}
+              "seeds": [seed + k for k in range(num_images)], "identifiers": identifiers,
+              "images": [{"file": path.name, "prompt": prompt, "seed": image_seed}
+                         for (_, prompt, image_seed), path in zip(jobs, planned)]}
     (output_dir / "generation.json").write_text(json.dumps(record, indent=2) + "\n")
     return planned

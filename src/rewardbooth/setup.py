@@ -97,10 +97,26 @@ def load_concepts(config: Config) -> list[torch.Tensor]:
     loaded = []
     for concept in concepts_of(config.data):
         subject_data.check_identifier(concept.instance_prompt, concept.identifier)
+        if config.data.prior_preservation and subject_data.names_identifier(concept.class_prompt, concept.identifier):
+            # Class images of "a photo of sks dog" teach the model the subject, not the class it must keep.
+            raise UserError(f"class prompt {concept.class_prompt!r} contains the identifier {concept.identifier!r}, "
+                            f"which defeats prior preservation; name the class only (e.g. 'a photo of dog')")
         images = subject_data.load_subject_images(concept.instance_dir)
+        warn_if_small(images, config.data.resolution)
         loaded.append(torch.stack([subject_data.image_to_tensor(image, config.data.resolution,
                                                                 config.data.center_crop) for _, image in images]))
     return loaded
+
+
+def warn_if_small(images: list[tuple[Path, object]], resolution: int) -> None:
+    """Photos far smaller than the training resolution are upscaled into a blur that the model then learns."""
+    small = sorted(((min(image.size), path, image.size) for path, image in images if min(image.size) * 2 < resolution),
+                   key=lambda entry: entry[0])
+    if small:
+        side, path, (width, height) = small[0]
+        logger.warning("%d of %d photos are far below data.resolution=%d (smallest: '%s', %dx%d px, upscaled %.0fx), "
+                       "so the subject will be learnt blurry; use photos of at least %d px", len(small), len(images),
+                       resolution, path, width, height, resolution / side, resolution // 2)
 
 
 def check_component_names(config: Config) -> None:
@@ -117,12 +133,20 @@ def check_component_names(config: Config) -> None:
         critics.get(config.critic.name)
 
 
-def check_resolution(resolution: int, parts: StableDiffusionParts) -> None:
+def check_resolution(resolution: int, parts: StableDiffusionParts, key: str = "data.resolution") -> None:
+    """Refuse a size the UNet cannot take; warn about one far above the size the model was trained at."""
     factor = parts.vae_scale_factor * 2 ** (len(parts.unet.config.block_out_channels) - 1)
     if resolution % factor:
         lower, upper = resolution // factor * factor, (resolution // factor + 1) * factor
-        raise UserError(f"data.resolution={resolution} is not a multiple of {factor} (the VAE factor "
+        raise UserError(f"{key}={resolution} is not a multiple of {factor} (the VAE factor "
                         f"{parts.vae_scale_factor} x the UNet's downsampling); use {lower or upper} or {upper}")
+    native = parts.unet.config.sample_size * parts.vae_scale_factor
+    if resolution > 2 * native:
+        # Every step (and every class image) costs (resolution / native)^2 times more, for a size the model
+        # has never drawn.
+        logger.warning("%s=%d is %.0fx the %d px this model was trained at: much slower, and it draws poorly at "
+                       "sizes it never saw; use %d unless you mean it", key, resolution, resolution / native,
+                       native, native)
 
 
 def build_run(config: Config) -> RunSetup:

@@ -6,9 +6,14 @@ The dataset has DreamBench's layout: one folder of photos per subject. A subject
 class (live subjects for cats and dogs, objects otherwise).
 
 Resumable: a (subject, objective) run is marked done once its images are generated, and a subject once it is
-evaluated, so a sweep run again after an interruption (or with more subjects) redoes nothing finished; an
-unfinished run starts over. `--shard i/n` takes every n-th subject; `--devices` starts one process per GPU,
-each on its shard, then aggregates. The table is written once every subject is evaluated.
+evaluated, so a sweep run again after an interruption (or with more subjects or objectives) redoes nothing
+finished. An unfinished run continues from its last checkpoint when its config saves them
+(train.checkpoint_every > 0) and starts over otherwise. A finished run whose config or generation settings
+differ from the sweep's (a changed train.max_steps, say) is never passed off as current: the sweep stops with
+one line naming the setting. Every model the sweep needs (reward and evaluation backbones) is loaded once
+before the first run trains, so that a bad name fails in seconds, not hours in. `--shard i/n` takes every
+n-th subject; `--devices` starts one process per GPU, each on its shard, then aggregates. The table is
+written once every subject is evaluated.
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ from rewardbooth.config import Config, build_dataclass, check_values, load_confi
 from rewardbooth.errors import UserError
 
 DONE = "done.json"
+SWEEP_KEYS = {"dino": "dino_model", "clip": "clip_model"}  # the sweep file's keys for the evaluation backbones
+# Keys in which a finished run may differ from the sweep without changing its images (paths: a sweep folder or
+# dataset may move; the subject is the folder of the same name).
+UNCHANGING_KEYS = {"train.resume", "train.overwrite", "train.output_dir", "train.checkpoint_every",
+                   "train.checkpoints_total_limit", "train.log_every", "train.report_to", "data.instance_dir"}
 
 
 def _field(default: Any, help: str) -> Any:
@@ -156,6 +166,7 @@ def train_and_generate(sweep: SweepConfig, subject: Path, objective: str, config
 
     folder, images = run_dir(sweep, subject.name, objective), generated_dir(sweep, subject.name, objective)
     shutil.rmtree(images, ignore_errors=True)
+    shutil.rmtree(evaluation_dir(sweep, subject.name), ignore_errors=True)  # it scored the run this one replaces
     # An interrupted run continues from its last checkpoint; one without a checkpoint starts over.
     if list_checkpoints(folder / "model"):
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, resume="latest"))
@@ -164,14 +175,80 @@ def train_and_generate(sweep: SweepConfig, subject: Path, objective: str, config
     model = train(config)
     if (model / BEST_DIR).is_dir():  # keep-best: the best validation step is the result
         model = model / BEST_DIR
-    prompts = subject_prompts(subject, subject_class(subject), sweep.identifier)
-    generate(str(model), prompts, images, num_images=sweep.images_per_prompt, seed=sweep.seed,
+    settings = generation_settings(sweep, subject, config)
+    generate(str(model), settings["prompts"], images, num_images=sweep.images_per_prompt, seed=sweep.seed,
              num_inference_steps=sweep.sampler_steps, guidance_scale=sweep.guidance_scale,
-             resolution=sweep.resolution or config.data.resolution)
+             resolution=settings["resolution"], identifiers=[sweep.identifier])
     if not sweep.keep_models:
         drop_weights(folder / "model")
     (folder / DONE).write_text(json.dumps({"subject": subject.name, "objective": objective,
-                                           "prompts": len(prompts)}) + "\n")
+                                           "prompts": len(settings["prompts"]), "generation": settings}) + "\n")
+
+
+def generation_settings(sweep: SweepConfig, subject: Path, config: Config) -> dict[str, Any]:
+    """What a run's images depend on besides its training config (recorded in done.json)."""
+    return {"prompts": subject_prompts(subject, subject_class(subject), sweep.identifier),
+            "images_per_prompt": sweep.images_per_prompt, "seed": sweep.seed, "sampler_steps": sweep.sampler_steps,
+            "guidance_scale": sweep.guidance_scale, "resolution": sweep.resolution or config.data.resolution}
+
+
+def stale_setting(sweep: SweepConfig, subject: Path, objective: str, config: Config) -> str | None:
+    """How a finished run differs from what the sweep asks for now ('key was X, is Y now'), or None."""
+    from rewardbooth.config import to_dict
+
+    folder = run_dir(sweep, subject.name, objective)
+    saved_config = folder / "model" / "config.yaml"
+    saved = yaml.safe_load(saved_config.read_text()) if saved_config.is_file() else {}
+    for section, values in to_dict(config).items():
+        for key, value in values.items():
+            # Keys the saved config lacks are newer than the run; they cannot have been changed.
+            if f"{section}.{key}" not in UNCHANGING_KEYS and key in saved.get(section, {}) \
+                    and saved[section][key] != value:
+                return f"{section}.{key} was {saved[section][key]!r} and is {value!r} now"
+    recorded = json.loads((folder / DONE).read_text()).get("generation") or {}
+    for key, value in generation_settings(sweep, subject, config).items():
+        if key in recorded and recorded[key] != value:
+            return "its prompts differ" if key == "prompts" else f"{key} was {recorded[key]!r} and is {value!r} now"
+    return None
+
+
+def check_finished_runs(sweep: SweepConfig, finished: list[tuple[Path, str]], configs: dict) -> None:
+    """Refuse to pass off a finished run made with other settings as one of this sweep."""
+    for subject, name in finished:
+        change = stale_setting(sweep, subject, name, configs[subject.name, name])
+        if change is not None:
+            raise UserError(f"finished run {subject.name}/{name} does not match the sweep file ({change}): undo the "
+                            f"change, give the sweep a new output folder (output=...), or delete "
+                            f"{run_dir(sweep, subject.name, name)} to redo that run")
+
+
+def check_models(sweep: SweepConfig, configs: dict[tuple[str, str], Config], folders: list[Path]) -> None:
+    """Load every model the sweep will need, once each, on the CPU, and let it go: the evaluation backbones
+    and each objective's reward and validation reward models (on its first subject's photos)."""
+    import torch
+
+    from rewardbooth.data import image_to_tensor, load_subject_images
+    from rewardbooth.evaluate import Backbones
+    from rewardbooth.rewards import RewardSetup, build_reward
+    from rewardbooth.selection import ValidationScorer
+
+    cpu, checked = torch.device("cpu"), set()
+    Backbones(sweep.dino_model, sweep.clip_model, cpu, keys=SWEEP_KEYS).check(sweep.metrics)
+    for (subject, _), config in configs.items():
+        if config.objective.name == "baseline" and config.validation.reward is None:
+            continue  # no model besides the one trained
+        spec = json.dumps([config.objective.name != "baseline" and config.objective.reward,
+                           config.objective.reward_options, config.validation.reward, config.validation.reward_options])
+        if spec in checked:
+            continue
+        checked.add(spec)
+        photos = load_subject_images(next(folder for folder in folders if folder.name == subject))
+        setup = RewardSetup(torch.stack([image_to_tensor(image, config.data.resolution, config.data.center_crop)
+                                         for _, image in photos]), config.data.identifier, cpu)
+        if config.objective.name != "baseline":
+            build_reward(config.objective.reward, config.objective.reward_options, setup)
+        if config.validation.reward is not None:
+            ValidationScorer(config, [setup], cpu)
 
 
 def drop_weights(model_dir: Path) -> None:
@@ -186,12 +263,17 @@ def run_sweep(sweep: SweepConfig, shard: tuple[int, int] = (0, 1), device: str |
     """Train and generate every pending run of this shard, evaluate its subjects, and write the table when
     every subject of the sweep is evaluated (returned; None while other shards are unfinished)."""
     from rewardbooth.evaluate import Backbones, evaluate
+    from rewardbooth.storage import check_writable
 
     folders, objectives = list_subjects(sweep), objectives_of(sweep)
+    check_writable(Path(sweep.output), "output")
     mine = folders[shard[0]::shard[1]]
     # Every run's config is built first: a bad key fails now, not hours into the sweep.
     configs = {(s.name, name): run_config(sweep, s, name) for s in mine for name in objectives}
     pending = [(s, name) for s in mine for name in objectives if not (run_dir(sweep, s.name, name) / DONE).is_file()]
+    check_finished_runs(sweep, [(s, n) for s in mine for n in objectives if (s, n) not in pending], configs)
+    if pending or not all(evaluated(sweep, s.name, objectives) for s in mine):
+        check_models(sweep, {(s.name, n): configs[s.name, n] for s, n in pending}, mine)
     if len(pending) < len(configs):
         print(f"sweep: {len(configs) - len(pending)} of {len(configs)} runs already done, skipped")
     for subject, name in tqdm(pending, desc="sweep", dynamic_ncols=True):
@@ -200,16 +282,17 @@ def run_sweep(sweep: SweepConfig, shard: tuple[int, int] = (0, 1), device: str |
     import torch
 
     backbones = Backbones(sweep.dino_model, sweep.clip_model,
-                          torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+                          torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")), keys=SWEEP_KEYS)
     for subject in mine:
         report = evaluation_dir(sweep, subject.name)
-        if not (report / "evaluation.json").is_file():
+        if not evaluated(sweep, subject.name, objectives):
             staging = report.with_name(report.name + ".partial")  # renamed when complete: never half a report
             shutil.rmtree(staging, ignore_errors=True)
             evaluate([generated_dir(sweep, subject.name, name) for name in objectives], subject, staging,
                      sweep.metrics, sweep.identifier, backbones=backbones)
+            shutil.rmtree(report, ignore_errors=True)
             staging.rename(report)
-    if all((evaluation_dir(sweep, s.name) / "evaluation.json").is_file() for s in folders):
+    if all(evaluated(sweep, s.name, objectives) for s in folders):
         from rewardbooth.sweep_report import aggregate
 
         return aggregate(Path(sweep.output), [s.name for s in folders], list(objectives), sweep.metrics)
@@ -218,6 +301,16 @@ def run_sweep(sweep: SweepConfig, shard: tuple[int, int] = (0, 1), device: str |
 
 def evaluation_dir(sweep: SweepConfig, subject: str) -> Path:
     return Path(sweep.output) / "evaluation" / subject
+
+
+def evaluated(sweep: SweepConfig, subject: str, objectives: dict[str, dict]) -> bool:
+    """Whether the subject's report scores exactly the sweep's objectives with its metrics (one written before
+    an objective or a metric was added is redone)."""
+    report = evaluation_dir(sweep, subject) / "evaluation.json"
+    if not report.is_file():
+        return False
+    written = json.loads(report.read_text())
+    return set(written["runs"]) == set(objectives) and set(written["protocol"]) == set(sweep.metrics)
 
 
 def parse_shard(text: str) -> tuple[int, int]:

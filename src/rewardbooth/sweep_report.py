@@ -5,13 +5,14 @@ interval over subjects, and every subject's row. Written as results.json, result
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
 
 def aggregate(output: Path, subjects: list[str], objectives: list[str], metrics: tuple[str, ...]) -> dict:
     from rewardbooth.comparison import bootstrap_interval
-    from rewardbooth.toyworld.scoring import bar_plot
+    from rewardbooth.evaluation_report import bar_plot
 
     per_subject = {s: json.loads((output / "evaluation" / s / "evaluation.json").read_text())["runs"]
                    for s in subjects}
@@ -23,7 +24,8 @@ def aggregate(output: Path, subjects: list[str], objectives: list[str], metrics:
             for m in metrics:
                 deltas = [per_subject[s][name]["summary"][m] - per_subject[s][reference]["summary"][m] for s in subjects]
                 row[f"{m}_delta"] = statistics.fmean(deltas)
-                row[f"{m}_delta_95"] = bootstrap_interval(deltas)
+                low, high = bootstrap_interval(deltas)
+                row[f"{m}_delta_95"] = None if math.isnan(low) else [low, high]  # one subject: none (JSON has no NaN)
         table[name] = row
     result = {"subjects": subjects, "objectives": objectives, "metrics": list(metrics), "reference": reference,
               "table": table, "per_subject": {s: {n: runs[n]["summary"] for n in objectives}
@@ -42,8 +44,8 @@ def markdown(result: dict) -> str:
              "| objective | " + " | ".join(metrics) + " | " + " | ".join(f"Δ {m}" for m in metrics) + " |",
              "|---|" + "---|" * (2 * len(metrics))]
     for name, row in table.items():
-        deltas = [f"{row[f'{m}_delta']:+.4f} [{row[f'{m}_delta_95'][0]:+.4f}, {row[f'{m}_delta_95'][1]:+.4f}]"
-                  if f"{m}_delta" in row else "—" for m in metrics]
+        deltas = [f"{row[f'{m}_delta']:+.4f} {interval(row[f'{m}_delta_95'])}" if f"{m}_delta" in row else "—"
+                  for m in metrics]
         lines.append(f"| {name} | " + " | ".join(f"{row[m]:.4f}" for m in metrics) + " | " + " | ".join(deltas) + " |")
     lines += ["", "Per subject:", "", "| subject | objective | " + " | ".join(metrics) + " |",
               "|---|---|" + "---|" * len(metrics)]
@@ -51,3 +53,8 @@ def markdown(result: dict) -> str:
         lines += [f"| {subject} | {name} | " + " | ".join(f"{summary[m]:.4f}" for m in metrics) + " |"
                   for name, summary in runs.items()]
     return "\n".join(lines) + "\n"
+
+
+def interval(bounds: list[float] | None) -> str:
+    """'[low, high]', or why there is none: a bootstrap over a single subject has no spread to resample."""
+    return "[n/a: one subject]" if bounds is None else f"[{bounds[0]:+.4f}, {bounds[1]:+.4f}]"

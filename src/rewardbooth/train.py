@@ -24,16 +24,24 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rewardbooth import dpg
-from rewardbooth.checkpoints import check_output_dir, load_checkpoint, prepare_output_dir, save_checkpoint
+from rewardbooth.checkpoints import (
+    check_output_dir,
+    load_checkpoint,
+    prepare_output_dir,
+    publish_result,
+    save_checkpoint,
+)
 from rewardbooth.concepts import concepts_of
 from rewardbooth.conditioning import unet_inputs
 from rewardbooth.config import Config, TrainConfig, save_config
 from rewardbooth.critic_diagnostics import FitWindow, alignment_terms
+from rewardbooth.errors import UserError
 from rewardbooth.methods.base import after_step
 from rewardbooth.monitoring import MetricsLog, make_grid, plot_metrics, render_samples, validation_prompts
 from rewardbooth.rewards import Reward, RewardContext, RewardOutput, as_output
 from rewardbooth.selection import BEST_DIR, BestTracker, ValidationScorer
 from rewardbooth.setup import RunSetup, build_run, reward_setups
+from rewardbooth.storage import disk_errors
 from rewardbooth.training_data import Batch, decode_latents
 
 logger = logging.getLogger(__name__)
@@ -229,11 +237,7 @@ def train(config: Config) -> Path:
     progress.close()
 
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if config.validation.every and not stopped:  # a stopped run was just validated
-            validate(run, config, finished, output_dir, selection)
-        save_result(run, output_dir)
-        plot_metrics(output_dir / "metrics.jsonl", output_dir / "metrics.png")
+    failure = finish(run, config, finished, stopped, output_dir, selection) if accelerator.is_main_process else None
     # DDP's reducers hold the process group. Freed only when train() returns, after end_training destroyed the
     # group, one rank could hang in their destructors (seen in CI, reproduced under load: the other rank done,
     # this one stuck past train()). So every rank frees them first, then all tear the group down together.
@@ -242,6 +246,8 @@ def train(config: Config) -> Path:
     gc.collect()
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if failure is not None:
+        raise failure
     return output_dir
 
 
@@ -372,12 +378,30 @@ class Selection:
         return bool(broadcast(flag, from_process=0).item())
 
 
-def save_result(run: RunSetup, output_dir: Path) -> None:
-    """The trained model (as the base method saves it) and the critic, next to config and metrics."""
-    run.method.save(run.parts, output_dir)
-    if run.critic is not None:
-        critic = run.accelerator.unwrap_model(run.critic)
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in critic.state_dict().items()},
-                  str(output_dir / "critic.safetensors"))
-    logger.info("saved the result to %s", output_dir)
+def finish(run: RunSetup, config: Config, step: int, stopped: bool, output_dir: Path,
+           selection: Selection | None) -> UserError | None:
+    """Save the result, then the last samples and metrics.png (main process). A failed write (a full disk)
+    comes back as the error to raise once every process has let go of the process group."""
+    try:
+        save_result(run, output_dir)  # first: a full disk must not cost the trained weights
+        with disk_errors("the last samples and metrics.png", output_dir, "the trained model is saved"):
+            if config.validation.every and not stopped:  # a stopped run was just validated
+                validate(run, config, step, output_dir, selection)
+            plot_metrics(output_dir / "metrics.jsonl", output_dir / "metrics.png")
+    except UserError as error:
+        return error
+    return None
 
+
+def save_result(run: RunSetup, output_dir: Path) -> None:
+    """The trained model (as the base method saves it) and the critic, written whole or not at all."""
+
+    def write(folder: Path) -> None:
+        run.method.save(run.parts, folder)
+        if run.critic is not None:
+            critic = run.accelerator.unwrap_model(run.critic)
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in critic.state_dict().items()},
+                      str(folder / "critic.safetensors"))
+
+    publish_result(output_dir, write)
+    logger.info("saved the result to %s", output_dir)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -109,23 +111,49 @@ def load_diffusers(config: ModelConfig) -> StableDiffusionParts:
     if local and not (Path(source) / "model_index.json").is_file():
         raise UserError(f"model folder {source!r} has no model_index.json: pass a diffusers pipeline folder "
                         f"(saved with save_pretrained) or a hub id")
+    if not local:
+        check_hub_id(config.pretrained, config.revision)
     kwargs = {"revision": config.revision} if config.revision else {}
     try:
-        sdxl = "XL" in DiffusionPipeline.load_config(source, **kwargs).get("_class_name", "")
-        if sdxl:
-            pipeline = StableDiffusionXLPipeline.from_pretrained(source, variant=config.variant, **kwargs)
-        else:
-            pipeline = StableDiffusionPipeline.from_pretrained(
-                source, variant=config.variant, safety_checker=None, requires_safety_checker=False, **kwargs)
+        with warnings.catch_warnings():
+            # diffusers passes huggingface_hub arguments it has deprecated: a warning the user can do nothing about.
+            warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")
+            sdxl = "XL" in DiffusionPipeline.load_config(source, **kwargs).get("_class_name", "")
+            if sdxl:
+                pipeline = StableDiffusionXLPipeline.from_pretrained(source, variant=config.variant, **kwargs)
+            else:
+                pipeline = StableDiffusionPipeline.from_pretrained(
+                    source, variant=config.variant, safety_checker=None, requires_safety_checker=False, **kwargs)
     except Exception as error:  # noqa: BLE001 - any failure here means the user's path or id is wrong
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
-        raise UserError(f"cannot load model {config.pretrained!r} ({first_line}); pass a readable diffusers "
-                        f"folder or a hub id this machine can download (or 'tiny' for a smoke test)") from None
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserError(f"cannot load model {config.pretrained!r} ({first_line.rstrip('.')}); pass a readable "
+                        f"diffusers folder or a hub id this machine can download (or 'tiny' for a smoke test)") from None
     second = dict(text_encoder_2=pipeline.text_encoder_2, tokenizer_2=pipeline.tokenizer_2) if sdxl else {}
     return StableDiffusionParts(
         unet=pipeline.unet, vae=pipeline.vae, text_encoder=pipeline.text_encoder,
         tokenizer=pipeline.tokenizer, scheduler=pipeline.scheduler, source=source, **second,
     )
+
+
+def hub_offline() -> bool:
+    # Read at call time: huggingface_hub reads HF_HUB_OFFLINE once at import, which may precede the user's setting.
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def check_hub_id(name: str, revision: str | None) -> None:
+    """A name that is no local folder must be a hub id, and offline, one already in the local hub cache."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise UserError(f"model folder {name!r} does not exist (and it is not a hub id); pass an existing diffusers "
+                        f"folder, a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5, or 'tiny'") from None
+    if hub_offline() and not isinstance(try_to_load_from_cache(name, "model_index.json", revision=revision), str):
+        raise UserError(f"model {name!r} is neither a local folder nor in this machine's hub cache, and downloads "
+                        f"are off (HF_HUB_OFFLINE=1): download it first (`hf download {name}`), or pass a local "
+                        f"diffusers folder")
 
 
 # Importing registers the built-in architectures.
