@@ -49,9 +49,12 @@ def test_two_cpu_processes_match_one(subject_dir, tmp_path):
     assert returncode == 0, f"{returncode}: {log.read_text()[-4000:]}"
     # Same samples, noise and timesteps, hence the same losses; the weights differ only by the all-reduce's
     # summation order, which Adam amplifies for near-zero gradients: compare the updates, not the weights.
+    # The critic starts as the reward (critic.residual_prior), so its first loss is rounding noise (~1e-11
+    # one way, ~1e-17 the other): losses are compared to 1e-5 of their scale, not of themselves.
     for single_row, double_row in zip(read_metrics(single), read_metrics(double)):
         for key in ("loss", "critic_loss", "reward", "grad_norm"):
-            assert double_row[key] == pytest.approx(single_row[key], rel=1e-5), key
+            scale = max(abs(single_row["loss"]), abs(single_row["reward"]))
+            assert double_row[key] == pytest.approx(single_row[key], rel=1e-5, abs=1e-7 * scale), key
     base = load_model(ModelConfig("tiny"))
     for component in ("unet", "text_encoder"):
         initial = getattr(base, component).state_dict()
