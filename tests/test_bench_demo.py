@@ -1,6 +1,7 @@
 """The bench and demo commands end to end on the tiny model."""
 
 import json
+from html.parser import HTMLParser
 
 import pytest
 from PIL import Image
@@ -65,19 +66,49 @@ def test_evaluation_bench_times_the_whole_evaluate_path(tmp_path, capsys):
     assert "3,000 images would take" in capsys.readouterr().out
 
 
+class _Page(HTMLParser):
+    """What a browser would load from the report: every image source, table rows, and the text."""
+
+    def __init__(self):
+        super().__init__()
+        self.images, self.rows, self.text = [], 0, []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        if tag == "tr":
+            self.rows += 1
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
 def test_demo_end_to_end(tmp_path, capsys):
     """The README's main job on a reduced setting: both methods trained, generated, scored, reported."""
     output = tmp_path / "demo"
-    argv = ["demo", "--output", str(output), "--steps", "2", "--images-per-prompt", "1", "--num-prompts", "2"]
+    argv = ["demo", "--output", str(output), "--steps", "2", "--images-per-prompt", "2", "--num-prompts", "3"]
     assert run_cli(argv) == 0
     results = json.loads((output / "results.json").read_text())["results"]
-    assert set(results) == {"baseline", "dpg-look-forward"}
+    assert set(results) == {"baseline", "dpg-look-forward", "base-model"}
     for row in results.values():
-        assert -1 <= row["fidelity"] <= 1 and 0 <= row["alignment"] <= 1
-    assert "fidelity" in capsys.readouterr().out
-    page = (output / "report.html").read_text()
-    for figure in ("references.png", "scores.png", "baseline-generated.png", "dpg-look-forward-generated.png"):
-        assert figure in page and Image.open(output / figure).size[0] > 0
+        assert -1 <= row["heldout_fidelity"] <= 1 and 0 <= row["heldout_alignment"] <= 1
+    captured = capsys.readouterr()
+    assert captured.out.rstrip().splitlines()[-1].startswith("report:")  # the table, then where the report is
+    assert "fidelity" in captured.out and "[3/3] base model" in captured.err
+    assert "\r" not in captured.err and len(captured.err.splitlines()) < 60  # a log, not bar redraws
+    page = _Page()
+    page.feed((output / "report.html").read_text())
+    text = " ".join(page.text)
+    assert page.images and all((output / src).is_file() for src in page.images)  # every image it names exists
+    # One row per prompt (3), plus the header rows of the means table and the prompt table; the prompt text
+    # appears next to each method's two images.
+    assert page.rows == 3 + 1 + 3 + 1
+    from rewardbooth.toyworld import subjects
+
+    assert all(prompt in text for prompt in subjects.prompt_set(subjects.make_subject(0))[:3])
+    assert "Floor: the base model" in text and "held-out toy judge" in text
+    assert sum("generated" in src for src in page.images) == 3 * 2 * 2
+    assert Image.open(output / "scores.png").size[0] > 0
     assert (output / "dpg-look-forward" / "model" / "critic.safetensors").is_file()
     assert run_cli(argv) == 2
     assert "--overwrite" in capsys.readouterr().err

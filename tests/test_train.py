@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from PIL import Image
 from safetensors.torch import load_file
 
 from helpers import assert_same_weights, run_cli, tiny_args, weights
@@ -118,6 +119,8 @@ def test_generate_writes_images_and_grid(subject_dir, tmp_path, capsys):
     assert {(i["file"], i["prompt"], i["seed"]) for i in record["images"]} >= {("000_a-sks-dog_00006.png",
                                                                                 "a sks dog", 6)}
     first = (out / "000_a-sks-dog_00005.png").read_bytes()
+    # grid.png: a row per prompt, its text at the left, a column per seed; 64 px images enlarged 2x.
+    assert Image.open(out / "grid.png").size == (260 + 2 * 128, 18 + 2 * 128)
     assert run_cli(argv) == 2 and "already exists" in capsys.readouterr().err
     assert run_cli([*argv, "--overwrite"]) == 0
     assert (out / "000_a-sks-dog_00005.png").read_bytes() == first  # same seeds, same images

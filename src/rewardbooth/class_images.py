@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from rewardbooth.config import DataConfig
 from rewardbooth.models import StableDiffusionParts
+from rewardbooth.progress import progress
 
 GENERATION_BATCH = 4
 
@@ -48,7 +48,7 @@ def generate_class_images(parts: StableDiffusionParts, config: DataConfig, folde
     folder.mkdir(parents=True, exist_ok=True)
     pipeline = parts.pipeline().to(device)
     pipeline.set_progress_bar_config(disable=True)
-    for start in tqdm(range(0, len(missing), GENERATION_BATCH), desc="class images", disable=not show_progress):
+    for start in progress(range(0, len(missing), GENERATION_BATCH), desc="class images", disable=not show_progress):
         indices = missing[start:start + GENERATION_BATCH]
         images = pipeline(
             [config.class_prompt] * len(indices), height=config.resolution, width=config.resolution,

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from rewardbooth.data import IMAGE_SUFFIXES, load_image, load_subject_images, remove_identifier
 from rewardbooth.errors import UserError
+from rewardbooth.progress import progress
 
 BATCH = 32
 METRICS = ("dino", "clip_i", "clip_t", "face", "toy_fidelity", "toy_alignment")
@@ -50,7 +51,7 @@ def embed(extract: Callable[[torch.Tensor], torch.Tensor], images: list[Image.Im
     order = sorted(range(len(images)), key=lambda i: images[i].size)
     features: dict[int, torch.Tensor] = {}
     batches = [order[i:i + BATCH] for i in range(0, len(order), BATCH)]
-    for batch in tqdm(batches, desc=desc, leave=False):
+    for batch in tqdm(batches, desc=desc, leave=False, disable=None):  # None: no bar off a terminal
         for size in {images[i].size for i in batch}:
             members = [i for i in batch if images[i].size == size]
             rows = extract(torch.stack([to_tensor(images[i]) for i in members]))
@@ -234,7 +235,7 @@ def evaluate(generated: list[Path], subject_dir: Path, output: Path, metrics: tu
     backbones.check(metrics)
     dino_model, clip_model = backbones.dino_model, backbones.clip_model
     runs = {}
-    for folder in tqdm(generated, desc="evaluate"):
+    for folder in progress(generated, desc="evaluate"):
         identifiers = run_identifiers(folder, identifier)
         rows = score_run(folder, references, metrics, identifiers, backbones)
         summary, prompt_rows = summarize(rows, metrics)

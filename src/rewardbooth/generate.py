@@ -7,12 +7,12 @@ import re
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from rewardbooth.config import ModelConfig
 from rewardbooth.errors import UserError
 from rewardbooth.models import load_model
-from rewardbooth.monitoring import make_grid
+from rewardbooth.monitoring import prompt_grid
+from rewardbooth.progress import progress
 from rewardbooth.setup import check_resolution
 from rewardbooth.storage import check_writable
 
@@ -102,14 +102,14 @@ def generate(model: str, prompts: list[str], output_dir: Path, num_images: int =
     resolution = resolution or parts.unet.config.sample_size * parts.vae_scale_factor
     output_dir.mkdir(parents=True, exist_ok=True)
     images = []
-    for prompt in tqdm(prompts, desc="generate"):
+    for prompt in progress(prompts, desc="generate"):
         generators = [torch.Generator().manual_seed(seed + k) for k in range(num_images)]
         images += pipeline([prompt] * num_images, height=resolution, width=resolution,
                            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                            generator=generators).images
     for path, image in zip(planned, images):
         image.save(path)
-    make_grid(images, columns=num_images).save(output_dir / "grid.png")
+    prompt_grid(images, prompts, [seed + k for k in range(num_images)]).save(output_dir / "grid.png")
     # The protocol next to the images, so that an evaluation can say exactly what it scored.
     record = {"model": model, "applied_result": {"method": method, "folder": result} if method else None,
               "sampler": type(pipeline.scheduler).__name__, "num_inference_steps": num_inference_steps,

@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tqdm.auto import tqdm
 
 from rewardbooth import dreambench
 from rewardbooth.config import Config, build_dataclass, check_values, load_config, read_source
 from rewardbooth.errors import UserError
+from rewardbooth.progress import progress, write_line
 
 DONE = "done.json"
 SWEEP_KEYS = {"dino": "dino_model", "clip": "clip_model"}  # the sweep file's keys for the evaluation backbones
@@ -276,8 +276,8 @@ def run_sweep(sweep: SweepConfig, shard: tuple[int, int] = (0, 1), device: str |
         check_models(sweep, {(s.name, n): configs[s.name, n] for s, n in pending}, mine)
     if len(pending) < len(configs):
         print(f"sweep: {len(configs) - len(pending)} of {len(configs)} runs already done, skipped")
-    for subject, name in tqdm(pending, desc="sweep", dynamic_ncols=True):
-        tqdm.write(f"sweep: {subject.name} / {name}")
+    for subject, name in progress(pending, desc="sweep", dynamic_ncols=True):
+        write_line(f"sweep: {subject.name} / {name}")
         train_and_generate(sweep, subject, name, configs[subject.name, name])
     import torch
 

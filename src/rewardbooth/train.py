@@ -21,7 +21,6 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from rewardbooth import dpg
 from rewardbooth.checkpoints import (
@@ -38,6 +37,7 @@ from rewardbooth.critic_diagnostics import FitWindow, alignment_terms
 from rewardbooth.errors import UserError
 from rewardbooth.methods.base import after_step
 from rewardbooth.monitoring import MetricsLog, make_grid, plot_metrics, render_samples, validation_prompts
+from rewardbooth.progress import progress
 from rewardbooth.rewards import Reward, RewardContext, RewardOutput, as_output
 from rewardbooth.selection import BEST_DIR, BestTracker, ValidationScorer
 from rewardbooth.setup import RunSetup, build_run, reward_setups
@@ -211,7 +211,7 @@ def train(config: Config) -> Path:
 
     policy = make_policy(run)
     alphas_cumprod = run.noise_scheduler.alphas_cumprod.to(accelerator.device, torch.float32)
-    progress = tqdm(total=train_config.max_steps, initial=start_step, desc="train",
+    bar = progress(total=train_config.max_steps, initial=start_step, desc="train",
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     selection = Selection(run, config, output_dir, metrics) if config.validation.reward is not None else None
     finished, stopped = start_step, False
@@ -228,13 +228,13 @@ def train(config: Config) -> Path:
             values = mean_over_processes(accelerator, logged)
             accelerator.log(values, step=done)
             metrics.write(done, values)
-            progress.set_postfix({k: f"{values[k]:.4g}" for k in ("loss", "critic_loss", "reward") if k in values})
-        progress.update(1)
+            bar.set_postfix({k: f"{values[k]:.4g}" for k in ("loss", "critic_loss", "reward") if k in values})
+        bar.update(1)
         if train_config.checkpoint_every and done % train_config.checkpoint_every == 0:
             save_checkpoint(accelerator, output_dir, done, train_config.checkpoints_total_limit, run.stateful,
                             state={"critic_fit": fit_window.state_dict()})
         finished = done
-    progress.close()
+    bar.close()
 
     accelerator.wait_for_everyone()
     failure = finish(run, config, finished, stopped, output_dir, selection) if accelerator.is_main_process else None

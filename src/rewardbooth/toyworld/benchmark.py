@@ -17,9 +17,9 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from rewardbooth.comparison import format_delta, paired_comparison
+from rewardbooth.progress import progress
 from rewardbooth.toyworld import subjects
 from rewardbooth.toyworld.experiment import (
     BASE_MODEL,
@@ -55,10 +55,10 @@ def run_toyworld_benchmark(output: Path, num_subjects: int = 8, seeds: tuple[int
 
         with multiprocessing.get_context("spawn").Pool(jobs, initializer=_single_thread) as pool:
             tasks = [(output, *run, setting) for run in pending]
-            for _ in tqdm(pool.imap_unordered(_run_one, tasks), total=len(tasks), desc="toy benchmark"):
+            for _ in progress(pool.imap_unordered(_run_one, tasks), total=len(tasks), desc="toy benchmark"):
                 pass
     else:
-        for run in tqdm(pending, desc="toy benchmark"):
+        for run in progress(pending, desc="toy benchmark"):
             _run_one((output, *run, setting))
     judges = load_judges()
     scores = {run: _scores(output, run, judges) for run in runs}

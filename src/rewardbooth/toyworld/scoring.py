@@ -20,16 +20,23 @@ def images_to_tensor(images: list[Image.Image]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score(judge: Judge, images: list[Image.Image], prompts: list[str], references: list[Image.Image],
-          identifier: str) -> dict[str, float]:
-    """Subject fidelity (identity cosine to the references, the DINO analogue) and text alignment (caption
-    agreement with the prompt, identifier ignored: the CLIP-T analogue), averaged over images."""
+def score_each(judge: Judge, images: list[Image.Image], prompts: list[str], references: list[Image.Image],
+               identifier: str) -> dict[str, list[float]]:
+    """Per image: subject fidelity (identity cosine to the references, the DINO analogue) and text alignment
+    (caption agreement with the prompt, identifier ignored: the CLIP-T analogue)."""
     from rewardbooth.data import remove_identifier
 
     pixels = images_to_tensor(images)
     fidelity = identity_similarity(judge, pixels, images_to_tensor(references))
     alignment = caption_agreement(judge, pixels, [remove_identifier(p, identifier) for p in prompts])
-    return {"fidelity": float(fidelity.mean()), "alignment": float(alignment.mean())}
+    return {"fidelity": fidelity.tolist(), "alignment": alignment.tolist()}
+
+
+def score(judge: Judge, images: list[Image.Image], prompts: list[str], references: list[Image.Image],
+          identifier: str) -> dict[str, float]:
+    """`score_each`, averaged over images."""
+    return {name: sum(values) / len(values)
+            for name, values in score_each(judge, images, prompts, references, identifier).items()}
 
 
 def bar_plot(results: dict[str, dict[str, float]], metrics: tuple[str, ...], path: Path) -> Path:
