@@ -16,7 +16,7 @@ import json
 import statistics
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from rewardbooth.progress import progress
 
 STUDY_SUBJECT = 1
 CRITICS = {  # label: overrides
@@ -26,9 +26,10 @@ CRITICS = {  # label: overrides
     "conv, zero start": ["critic.name=conv", "critic.residual_prior=false"],
 }
 STUDIED = {  # objective of rewardbooth.toyworld.experiment: the critics run under it
-    "dpg-look-forward": tuple(CRITICS),
-    "dpg-look-forward-paper": tuple(CRITICS),
-    "dpg-toy-identity-x0": ("released", "pooled", "conv"),
+    # conv with its prior is pooled's twin (both start as the reward, both stay at cos 1.000): not repeated.
+    "dpg-look-forward": ("pooled", "released", "conv, zero start"),
+    "dpg-look-forward-paper": ("released", "pooled", "conv, zero start"),
+    "dpg-toy-identity-x0": ("pooled", "conv"),
 }
 DIAGNOSTICS = ("critic/grad_cosine", "critic/grad_ratio", "critic/r2")
 
@@ -107,9 +108,9 @@ def main(argv: list[str] | None = None) -> None:
         import multiprocessing
 
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-            results = list(tqdm(pool.imap(run_one, tasks), total=len(tasks), desc="critic study"))
+            results = list(progress(pool.imap(run_one, tasks), total=len(tasks), desc="critic study"))
     else:
-        results = [run_one(task) for task in tqdm(tasks, desc="critic study")]
+        results = [run_one(task) for task in progress(tasks, desc="critic study")]
     (args.output / "critics.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.output / "critics.md").write_text(summarize(results))
     print(summarize(results))
