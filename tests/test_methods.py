@@ -110,11 +110,11 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(method, tiny_f
 
     accumulate, steps, interrupt_at = rewardbooth.train.accumulate_gradients, [], 3
 
-    def interruptible(run, policy, config, step, alphas_cumprod):
+    def interruptible(run, policy, config, step):
         if step == interrupt_at:
             raise KeyboardInterrupt
         steps.append(step)
-        return accumulate(run, policy, config, step, alphas_cumprod)
+        return accumulate(run, policy, config, step)
 
     monkeypatch.setattr(rewardbooth.train, "accumulate_gradients", interruptible)
     assert run_cli(tiny_args(subject_dir, resumed, *args)) == 130

@@ -30,7 +30,7 @@ def draw(pipeline, prompt="a photo of sks dog"):
 
 def test_diffusers_loader_recognises_an_sdxl_folder(tiny_sdxl_folder):
     parts = load_model(ModelConfig(str(tiny_sdxl_folder)))
-    assert parts.is_sdxl and parts.pipeline_class is StableDiffusionXLPipeline
+    assert parts.family.name == "stable-diffusion-xl" and parts.pipeline_class is StableDiffusionXLPipeline
     assert parts.text_embedding_dim == parts.unet.config.cross_attention_dim == 64
 
 

@@ -44,8 +44,7 @@ def first_batch(run, config, step=0):
 
 
 def losses_of(run, config, batch, **kwargs):
-    return compute_losses(make_policy(run), batch, run.noise_scheduler.alphas_cumprod.float(), run.prediction_type,
-                          config, run.reward, **kwargs)
+    return compute_losses(make_policy(run), batch, run.process, config, run.reward, **kwargs)
 
 
 def gradients(module):
@@ -67,14 +66,14 @@ def assert_same_gradient(a, b, name, tolerance=1e-5):
 
 def reference_action(run, batch):
     """x_t by the scheduler's own forward process, then the UNet: the loop must agree with this."""
-    x_t = run.noise_scheduler.add_noise(batch.x0, batch.noise, batch.timesteps)
+    x_t = DDPMScheduler.from_config(run.parts.scheduler.config).add_noise(batch.x0, batch.noise, batch.timesteps)
     text, extras = unet_inputs(batch.conditioning, None, run.size_ids)
     return x_t, run.unet(x_t, batch.timesteps, text, **extras).sample
 
 
 def scheduler_x0(run, x_t, action, timesteps):
     """DDPMScheduler.step's pred_original_sample, sample by sample (unclipped: the loop never clips)."""
-    scheduler = DDPMScheduler.from_config(run.noise_scheduler.config, clip_sample=False, thresholding=False)
+    scheduler = DDPMScheduler.from_config(run.parts.scheduler.config, clip_sample=False, thresholding=False)
     return torch.cat([scheduler.step(action[i:i + 1], int(t), x_t[i:i + 1]).pred_original_sample
                       for i, t in enumerate(timesteps)])
 
@@ -130,7 +129,7 @@ def test_x0_hat_in_the_loop_is_the_schedulers_pred_original_sample(prediction_ty
     scheduler_file = model / "scheduler" / "scheduler_config.json"
     scheduler_file.write_text(json.dumps({**json.loads(scheduler_file.read_text()), "prediction_type": prediction_type}))
     with tiny_run(subject_dir, tmp_path, *PRIOR, f"objective.reward={SPY}", model=str(model)) as (run, config):
-        assert run.prediction_type == prediction_type
+        assert run.process.prediction_type == prediction_type
         batch = first_batch(run, config)
         losses_of(run, config, batch)
         seen = run.reward.seen[-1]
@@ -185,8 +184,7 @@ def test_gradient_accumulation_equals_the_larger_batch(subject_dir, tmp_path):
         with tiny_run(subject_dir, tmp_path / f"{batch_size}x{accumulation}", "data.prior_preservation=true",
                       "critic.name=released", f"train.batch_size={batch_size}",
                       f"train.gradient_accumulation_steps={accumulation}") as (run, config):
-            terms, fit = accumulate_gradients(run, make_policy(run), config, 0,
-                                              run.noise_scheduler.alphas_cumprod.float())
+            terms, fit = accumulate_gradients(run, make_policy(run), config, 0)
             results.append((gradients(run.unet), gradients(run.critic), terms, fit))
     (unet_a, critic_a, terms_a, fit_a), (unet_b, critic_b, terms_b, fit_b) = results
     for grads_a, grads_b in ((unet_a, unet_b), (critic_a, critic_b)):

@@ -128,10 +128,9 @@ def with_objective(run: RunSetup, config: Config) -> RunSetup:
 def make_step(run: RunSetup, config: Config):
     """One full optimizer step of the given variant on a run that holds its reward and critic."""
     policy = make_policy(run)
-    alphas_cumprod = run.noise_scheduler.alphas_cumprod.to(run.accelerator.device, torch.float32)
 
     def step(index: int) -> None:
-        terms, _ = accumulate_gradients(run, policy, config, index, alphas_cumprod)
+        terms, _ = accumulate_gradients(run, policy, config, index)
         apply_update(run, config.train, not all_finite(run.accelerator, terms), index)
 
     return step

@@ -41,12 +41,6 @@ def encode_prompts(encoders: list[nn.Module], token_ids: torch.Tensor) -> dict[s
     return {"embeds": torch.cat(hidden, dim=-1), "pooled": output[0]}
 
 
-def size_ids(resolution: int) -> torch.Tensor:
-    """SDXL's micro-conditioning for our training images: resized and centre-cropped to the training size, as
-    the stock pipeline assumes at inference (original = target = (height, width), crop (0, 0)). Shape: (1, 6)"""
-    return torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32)
-
-
 def unet_inputs(conditioning: dict[str, torch.Tensor], encoders: list[nn.Module] | None,
                 sizes: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
     """The UNet's `encoder_hidden_states` and its extra keyword arguments (SDXL's `added_cond_kwargs`).

@@ -23,6 +23,14 @@ def expand_to(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.reshape(values.shape[0], *([1] * (like.ndim - 1))).to(like.dtype)
 
 
+def diffuse(x0: torch.Tensor, noise: torch.Tensor, alpha_bar_t: torch.Tensor) -> torch.Tensor:
+    """The forward process in one jump (Ho et al. 2020, eq. 4): x_t = sqrt(abar) x0 + sqrt(1 - abar) eps.
+
+    Shape: x0, noise (B, C, h, w); alpha_bar_t (B,) -> (B, C, h, w)
+    """
+    return expand_to(alpha_bar_t.sqrt(), x0) * x0 + expand_to((1 - alpha_bar_t).sqrt(), x0) * noise
+
+
 def predict_x0(
     x_t: torch.Tensor, action: torch.Tensor, alpha_bar_t: torch.Tensor, prediction_type: PredictionType
 ) -> torch.Tensor:

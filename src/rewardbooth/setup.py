@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
-from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
 from torch import nn
@@ -23,13 +22,14 @@ from torch import nn
 from rewardbooth import data as subject_data
 from rewardbooth.class_images import class_image_dir, generate_class_images
 from rewardbooth.concepts import build_concept_reward, check_concepts, concept_data, concepts_of
-from rewardbooth.conditioning import encode_prompts, size_ids, tokenize_prompts
+from rewardbooth.conditioning import encode_prompts, tokenize_prompts
 from rewardbooth.config import Config, DataConfig, check_values, to_dict
 from rewardbooth.critic import CriticSpec, critics, make_critic, make_critic_optimizer
 from rewardbooth.dpg import critic_input_channels
 from rewardbooth.errors import UserError
 from rewardbooth.methods import Method, make_method, methods
 from rewardbooth.models import StableDiffusionParts, load_model
+from rewardbooth.models.families import DiffusionProcess
 from rewardbooth.rewards import Reward, RewardSetup, build_reward, reward_weights, rewards
 from rewardbooth.training_data import ImageSet, TrainingData, with_flips
 
@@ -44,8 +44,7 @@ class RunSetup:
     parts: StableDiffusionParts  # unwrapped modules; the UNet / text encoder here are the ones being trained
     method: Method
     data: TrainingData
-    noise_scheduler: DDPMScheduler
-    prediction_type: str
+    process: DiffusionProcess  # the family's forward process, on the accelerator's device
     unet: nn.Module  # prepared (DDP-wrapped when distributed)
     text_encoders: list[nn.Module] | None  # prepared, when they train (SDXL: both)
     critic: nn.Module | None  # prepared, DPG only
@@ -57,7 +56,7 @@ class RunSetup:
     autocast_dtype: torch.dtype | None
     effective_batch_size: int
     concept_images: list[torch.Tensor]  # per concept (N_k, 3, R, R) in [0, 1]: the photos, for image rewards
-    size_ids: torch.Tensor | None  # SDXL's (1, 6) size/crop conditioning; None for SD 1.x/2.x
+    size_ids: torch.Tensor | None  # the family's micro-conditioning (SDXL's (1, 6) size ids); None for SD
 
     @property
     def stateful(self) -> dict[str, object]:
@@ -188,12 +187,12 @@ def build_run(config: Config) -> RunSetup:
     text_encoders = [named[name] for name in parts.named_text_encoders if name in named]
     num_processes = accelerator.num_processes
     return RunSetup(
-        accelerator=accelerator, parts=parts, method=method, data=data, noise_scheduler=parts.noise_scheduler,
-        prediction_type=parts.prediction_type, unet=named["unet"], text_encoders=text_encoders or None,
+        accelerator=accelerator, parts=parts, method=method, data=data,
+        process=parts.process.to(accelerator.device), unet=named["unet"], text_encoders=text_encoders or None,
         critic=named.get("critic"), reward=reward, optimizer=optimizer, critic_optimizer=critic_optimizer,
         lr_scheduler=lr_scheduler, policy_parameters=policy_parameters, autocast_dtype=autocast_dtype,
         effective_batch_size=config.train.batch_size * num_processes * config.train.gradient_accumulation_steps,
-        concept_images=concept_images, size_ids=size_ids(config.data.resolution) if parts.is_sdxl else None,
+        concept_images=concept_images, size_ids=parts.family.micro_conditioning(config.data.resolution),
     )
 
 
@@ -263,7 +262,7 @@ def build_training_data(config: Config, parts: StableDiffusionParts, concept_ima
             conditioning = {prompt: {key: value.float().cpu() for key, value in
                                      encode_prompts(parts.text_encoders, ids).items()}
                             for prompt, ids in token_ids.items()}
-    return TrainingData(parts.vae, parts.noise_scheduler.config.num_train_timesteps, instance, prior,
+    return TrainingData(parts.vae, parts.process.num_train_timesteps, instance, prior,
                         conditioning, seed=config.train.seed)
 
 

@@ -36,6 +36,7 @@ from rewardbooth.config import Config, TrainConfig, save_config
 from rewardbooth.critic_diagnostics import FitWindow, alignment_terms
 from rewardbooth.errors import UserError
 from rewardbooth.methods.base import after_step
+from rewardbooth.models.families import DiffusionProcess
 from rewardbooth.monitoring import MetricsLog, make_grid, plot_metrics, render_samples, validation_prompts
 from rewardbooth.progress import progress
 from rewardbooth.rewards import Reward, RewardContext, RewardOutput, as_output
@@ -78,8 +79,7 @@ class Losses:
     fit: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
-def compute_losses(policy: Policy, batch: Batch, alphas_cumprod: torch.Tensor, prediction_type: str,
-                   config: Config, reward_fn: Reward | None, score: bool = True, diagnose: bool = False) -> Losses:
+def compute_losses(policy: Policy, batch: Batch, process: DiffusionProcess, config: Config, reward_fn: Reward | None, score: bool = True, diagnose: bool = False) -> Losses:
     """Every loss of one micro-batch. Instance samples are batch[:n], prior samples batch[n:].
 
     With `score` false (steps between `objective.reward_every`), DPG skips the reward and the critic update;
@@ -87,15 +87,13 @@ def compute_losses(policy: Policy, batch: Batch, alphas_cumprod: torch.Tensor, p
     matches the reward's gradient (rewardbooth.critic_diagnostics).
     """
     objective, n = config.objective, batch.num_instance
-    # 1. Forward diffusion: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps.
-    alpha_bar = alphas_cumprod[batch.timesteps]
-    x_t = dpg.expand_to(alpha_bar.sqrt(), batch.x0) * batch.x0 \
-        + dpg.expand_to((1 - alpha_bar).sqrt(), batch.x0) * batch.noise
+    # 1. Forward diffusion, as the model family defines it (DDPM: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps).
+    x_t = process.diffuse(batch.x0, batch.noise, batch.timesteps)
     # 2. Act: the deterministic policy's action is the UNet output.
     text, unet_extras = unet_inputs(batch.conditioning, policy.text_encoders, policy.size_ids)
     action = policy.unet(x_t, batch.timesteps, text, **unet_extras).sample
     # 3. Denoising losses (the DreamBooth objective), in the model's own parameterization.
-    target = dpg.denoising_target(batch.x0, batch.noise, alpha_bar, prediction_type)
+    target = process.target(batch.x0, batch.noise, batch.timesteps)
     mse = dpg.per_sample_mse(action, target)
     prior_mse = mse[n:] if len(mse) > n else None
     weights = dict(instance_weight=objective.instance_weight, prior_weight=objective.prior_weight,
@@ -103,8 +101,8 @@ def compute_losses(policy: Policy, batch: Batch, alphas_cumprod: torch.Tensor, p
     if objective.name == "baseline":
         return Losses(dpg.actor_loss(mse[:n], prior_mse, None, batch.timesteps[:n], **weights))
     # 4. Look forward to x0_hat.
-    x_t, action, x0, timesteps, alpha_bar = x_t[:n], action[:n], batch.x0[:n], batch.timesteps[:n], alpha_bar[:n]
-    x0_hat = dpg.predict_x0(x_t, action, alpha_bar, prediction_type)
+    x_t, action, x0, timesteps = x_t[:n], action[:n], batch.x0[:n], batch.timesteps[:n]
+    x0_hat = process.look_forward(x_t, action, timesteps)
     context = RewardContext(x0=x0.float(), prompts=batch.prompts[:n],
                             decode=partial(decode_latents, policy.vae, size=objective.reward_resolution))
     if objective.name == "direct":
@@ -129,19 +127,19 @@ def compute_losses(policy: Policy, batch: Batch, alphas_cumprod: torch.Tensor, p
     terms["critic_loss"] = dpg.critic_loss(q_taken, output.scores)
     terms["q"] = q_taken.detach().mean()
     if diagnose and reward_fn.differentiable:
-        terms.update(critic_alignment(policy.critic_module, reward_fn, config, prediction_type, x_t, action,
-                                      alpha_bar, x0, timesteps, critic_text, context))
+        terms.update(critic_alignment(policy.critic_module, reward_fn, config, process, x_t, action, x0, timesteps,
+                                      critic_text, context))
     return Losses({**terms, **reward_terms(output)}, fit=(q_taken.detach().float(), output.scores.detach().float()))
 
 
-def critic_alignment(critic: nn.Module, reward_fn: Reward, config: Config, prediction_type: str,
-                     x_t: torch.Tensor, action: torch.Tensor, alpha_bar: torch.Tensor, x0: torch.Tensor,
-                     timesteps: torch.Tensor, text: torch.Tensor, context: RewardContext) -> dict[str, torch.Tensor]:
+def critic_alignment(critic: nn.Module, reward_fn: Reward, config: Config, process: DiffusionProcess,
+                     x_t: torch.Tensor, action: torch.Tensor, x0: torch.Tensor, timesteps: torch.Tensor,
+                     text: torch.Tensor, context: RewardContext) -> dict[str, torch.Tensor]:
     """cos(dQ/da, dr/da) and the norm ratio at the actions taken, through the same look-forward step."""
     x_t = x_t.detach()
 
     def look_forward(a: torch.Tensor) -> torch.Tensor:
-        return dpg.predict_x0(x_t, a, alpha_bar, prediction_type)
+        return process.look_forward(x_t, a, timesteps)
 
     def q_of(a: torch.Tensor) -> torch.Tensor:
         return critic(dpg.critic_features(config.critic.input, x_t, a, look_forward(a), x0), timesteps, text)
@@ -210,7 +208,6 @@ def train(config: Config) -> Path:
                     train_config.gradient_accumulation_steps, train_config.max_steps)
 
     policy = make_policy(run)
-    alphas_cumprod = run.noise_scheduler.alphas_cumprod.to(accelerator.device, torch.float32)
     bar = progress(total=train_config.max_steps, initial=start_step, desc="train",
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     selection = Selection(run, config, output_dir, metrics) if config.validation.reward is not None else None
@@ -219,7 +216,7 @@ def train(config: Config) -> Path:
         if _due(step, config.validation.every) and validate_everywhere(run, config, step, output_dir, selection):
             stopped = True
             break
-        terms, fit = accumulate_gradients(run, policy, config, step, alphas_cumprod)
+        terms, fit = accumulate_gradients(run, policy, config, step)
         skipped = not all_finite(accelerator, terms)
         logged = {**terms, **apply_update(run, train_config, skipped, step)}
         logged.update(record_fit(accelerator, fit_window, None if skipped else fit))
@@ -251,7 +248,7 @@ def train(config: Config) -> Path:
     return output_dir
 
 
-def accumulate_gradients(run: RunSetup, policy: Policy, config: Config, step: int, alphas_cumprod: torch.Tensor
+def accumulate_gradients(run: RunSetup, policy: Policy, config: Config, step: int
                          ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
     """Backpropagate every micro-step of one optimizer step; DDP all-reduces only on the last one.
 
@@ -268,7 +265,7 @@ def accumulate_gradients(run: RunSetup, policy: Policy, config: Config, step: in
         batch = run.data.draw(step, micro, train_config.batch_size, accelerator.process_index,
                               accelerator.num_processes, accumulation).to(accelerator.device)
         with no_sync(accelerator, run.trained_models, enabled=micro < accumulation - 1):
-            losses = compute_losses(policy, batch, alphas_cumprod, run.prediction_type, config, run.reward,
+            losses = compute_losses(policy, batch, run.process, config, run.reward,
                                     score=score, diagnose=diagnose)
             accelerator.backward(losses.terms["loss"] / accumulation)
             if "critic_loss" in losses.terms:

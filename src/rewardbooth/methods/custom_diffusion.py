@@ -58,7 +58,7 @@ class CustomDiffusion:
     adapters_only = False  # the new embedding row lives inside the text encoder's table: keep it fp32
 
     def __init__(self, parts: StableDiffusionParts, config: Config):
-        if parts.is_sdxl:
+        if len(parts.tokenizers) > 1:  # its new token lives in one tokenizer's vocabulary
             raise UserError("method.name=custom_diffusion supports Stable Diffusion 1.x/2.x models; for an SDXL "
                             "model use method.name=lora or method.name=dreambooth")
         self.tokens = [concept.identifier for concept in concepts_of(config.data)]

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from diffusers import (
     AutoencoderKL,
-    DDPMScheduler,
     DiffusionPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
@@ -20,6 +19,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from rewardbooth.config import ModelConfig
 from rewardbooth.errors import UserError
+from rewardbooth.models.families import family_for_pipeline
 from rewardbooth.registry import Registry
 
 loaders = Registry("model loader")
@@ -41,8 +41,11 @@ class StableDiffusionParts:
     tokenizer_2: CLIPTokenizer | None = None
 
     @property
-    def is_sdxl(self) -> bool:
-        return self.text_encoder_2 is not None
+    def family(self):
+        """The registered model family (rewardbooth.models.families) these components make up."""
+        from rewardbooth.models.families import StableDiffusion, StableDiffusionXL, families
+
+        return families.get(StableDiffusionXL.name if self.text_encoder_2 is not None else StableDiffusion.name)
 
     @property
     def text_encoders(self) -> list:
@@ -64,16 +67,16 @@ class StableDiffusionParts:
 
     @property
     def pipeline_class(self) -> type[StableDiffusionPipeline] | type[StableDiffusionXLPipeline]:
-        return StableDiffusionXLPipeline if self.is_sdxl else StableDiffusionPipeline
+        return self.family.pipeline_class
 
     @property
-    def noise_scheduler(self) -> DDPMScheduler:
-        """The training-time forward process, read from the model's own scheduler config."""
-        return DDPMScheduler.from_config(self.scheduler.config)
+    def process(self):
+        """The training-time forward process and parameterization (rewardbooth.models.families)."""
+        return self.family.process(self)
 
     @property
     def prediction_type(self) -> str:
-        return self.scheduler.config.get("prediction_type", "epsilon")
+        return self.process.prediction_type
 
     @property
     def vae_scale_factor(self) -> int:
@@ -82,17 +85,7 @@ class StableDiffusionParts:
     def pipeline(self, **components) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
         """A stock pipeline over these parts; keyword arguments replace components (e.g. a trained UNet)."""
         parts = replace(self, **components)
-        if parts.is_sdxl:
-            return StableDiffusionXLPipeline(
-                vae=parts.vae, text_encoder=parts.text_encoder, text_encoder_2=parts.text_encoder_2,
-                tokenizer=parts.tokenizer, tokenizer_2=parts.tokenizer_2, unet=parts.unet, scheduler=parts.scheduler,
-                add_watermarker=False,
-            )
-        return StableDiffusionPipeline(
-            vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
-            scheduler=parts.scheduler, safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        return parts.family.pipeline(parts)
 
 
 def load_model(config: ModelConfig) -> StableDiffusionParts:
@@ -118,17 +111,18 @@ def load_diffusers(config: ModelConfig) -> StableDiffusionParts:
         with warnings.catch_warnings():
             # diffusers passes huggingface_hub arguments it has deprecated: a warning the user can do nothing about.
             warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")
-            sdxl = "XL" in DiffusionPipeline.load_config(source, **kwargs).get("_class_name", "")
-            if sdxl:
-                pipeline = StableDiffusionXLPipeline.from_pretrained(source, variant=config.variant, **kwargs)
-            else:
-                pipeline = StableDiffusionPipeline.from_pretrained(
-                    source, variant=config.variant, safety_checker=None, requires_safety_checker=False, **kwargs)
+            class_name = DiffusionPipeline.load_config(source, **kwargs).get("_class_name", "")
+            family = family_for_pipeline(class_name)
+            if family is None:
+                raise ValueError(f"model_index.json names {class_name or 'no pipeline class'}, not a Stable Diffusion "
+                                 f"1.x/2.x or SDXL pipeline")
+            pipeline = family.pipeline_class.from_pretrained(source, variant=config.variant, **family.load_options,
+                                                             **kwargs)
     except Exception as error:  # noqa: BLE001 - any failure here means the user's path or id is wrong
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UserError(f"cannot load model {config.pretrained!r} ({first_line.rstrip('.')}); pass a readable "
                         f"diffusers folder or a hub id this machine can download (or 'tiny' for a smoke test)") from None
-    second = dict(text_encoder_2=pipeline.text_encoder_2, tokenizer_2=pipeline.tokenizer_2) if sdxl else {}
+    second = {name: getattr(pipeline, name) for name in ("text_encoder_2", "tokenizer_2") if hasattr(pipeline, name)}
     return StableDiffusionParts(
         unet=pipeline.unet, vae=pipeline.vae, text_encoder=pipeline.text_encoder,
         tokenizer=pipeline.tokenizer, scheduler=pipeline.scheduler, source=source, **second,

@@ -1,0 +1,69 @@
+"""The model-family contract: every registered family, on its tiny model, diffuses, looks forward and builds a
+stock pipeline exactly as diffusers does."""
+
+import pytest
+import torch
+from diffusers import DDPMScheduler, DiffusionPipeline
+
+from rewardbooth.config import ModelConfig
+from rewardbooth.models import load_model
+from rewardbooth.models.families import families, family_for_pipeline
+
+TINY_MODEL = {"stable-diffusion": "tiny", "stable-diffusion-xl": "tiny-sdxl"}
+
+
+def test_every_family_has_a_tiny_model():
+    assert set(families.names()) == set(TINY_MODEL)
+
+
+@pytest.fixture(scope="module", params=sorted(TINY_MODEL))
+def family_parts(request):
+    return families.get(request.param), load_model(ModelConfig(TINY_MODEL[request.param]))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_process_matches_the_schedulers_and_recovers_x0(family_parts, prediction_type):
+    family, parts = family_parts
+    assert parts.family is family
+    config = {**parts.scheduler.config, "prediction_type": prediction_type}
+    scheduler = DDPMScheduler.from_config(config, clip_sample=False, thresholding=False)
+    process = family.process(parts).__class__.from_scheduler_config(scheduler.config)
+    generator = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 4, 8, 8, generator=generator), torch.randn(3, 4, 8, 8, generator=generator)
+    t = torch.tensor([10, 500, 990])
+    x_t = process.diffuse(x0, noise, t)
+    torch.testing.assert_close(x_t, scheduler.add_noise(x0, noise, t))
+    target = process.target(x0, noise, t)  # the true action: x0_hat of it is x0
+    torch.testing.assert_close(process.look_forward(x_t, target, t), x0, atol=1e-4, rtol=1e-4)
+    stepped = torch.cat([scheduler.step(target[i:i + 1], int(t[i]), x_t[i:i + 1]).pred_original_sample
+                         for i in range(3)])
+    torch.testing.assert_close(process.look_forward(x_t, target, t), stepped, atol=1e-5, rtol=1e-5)
+
+
+def test_conditioning_fits_the_denoiser(family_parts):
+    family, parts = family_parts
+    ids = family.micro_conditioning(64)
+    projection = parts.unet.config.projection_class_embeddings_input_dim
+    if ids is None:
+        assert projection is None
+    else:  # the added embedding takes the ids (one time-embedding each) and the pooled text projection
+        pooled = parts.text_encoders[-1].config.projection_dim
+        assert ids.shape == (1, 6) and projection == pooled + 6 * parts.unet.config.addition_time_embed_dim
+    assert parts.unet.config.cross_attention_dim == parts.text_embedding_dim
+
+
+def test_pipeline_round_trips_through_stock_diffusers(family_parts, tmp_path):
+    family, parts = family_parts
+    pipeline = parts.pipeline()
+    assert type(pipeline) is family.pipeline_class
+    pipeline.save_pretrained(tmp_path)
+    reloaded = load_model(ModelConfig(str(tmp_path)))
+    assert reloaded.family is family
+    assert family_for_pipeline(DiffusionPipeline.load_config(tmp_path)["_class_name"]) is family
+    for name, module in (("unet", parts.unet), ("vae", parts.vae)):
+        for key, value in module.state_dict().items():
+            assert torch.equal(getattr(reloaded, name).state_dict()[key], value), f"{name}.{key}"
+
+
+def test_a_folder_of_another_pipeline_is_no_family():
+    assert family_for_pipeline("FluxPipeline") is None and family_for_pipeline("") is None
