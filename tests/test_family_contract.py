@@ -67,3 +67,14 @@ def test_pipeline_round_trips_through_stock_diffusers(family_parts, tmp_path):
 
 def test_a_folder_of_another_pipeline_is_no_family():
     assert family_for_pipeline("FluxPipeline") is None and family_for_pipeline("") is None
+
+
+def test_loading_a_folder_of_another_family_names_its_pipeline(tmp_path):
+    import json
+
+    from rewardbooth.errors import UserError
+
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    with pytest.raises(UserError, match="FluxPipeline, not a Stable Diffusion") as error:
+        load_model(ModelConfig(str(tmp_path)))
+    assert "\n" not in str(error.value)
