@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def run_one(task: tuple) -> dict:
 
 
 def summarize(results: list[dict]) -> str:
-    lines = ["Critic diagnostics on toy subject 1, second half of 600-step runs, mean over 3 seeds [min, max]:",
+    lines = ["Critic diagnostics on toy subject 1, second half of 600-step runs, mean over seeds [min, max]:",
              "", "| objective | critic | cos(dQ/da, dr/da) | ‖dQ/da‖ / ‖dr/da‖ | on-policy R² of Q |",
              "|---|---|---|---|---|"]
     for objective, critics in STUDIED.items():
@@ -86,11 +87,18 @@ def summarize(results: list[dict]) -> str:
             rows = [r for r in results if r["objective"] == objective and r["critic"] == critic]
             cells = []
             for key in DIAGNOSTICS:
-                values = [r[key] for r in rows if r[key] == r[key]]
-                cells.append(f"{statistics.fmean(values):.3f} [{min(values):.3f}, {max(values):.3f}]" if values
-                             else "n/a")
+                values = [r[key] for r in rows if math.isfinite(r[key])]
+                cell = (f"{_number(statistics.fmean(values))} [{_number(min(values))}, {_number(max(values))}]"
+                        if values else "n/a")
+                if len(values) < len(rows):  # a diverged critic: its loss went non-finite
+                    cell += f" ({len(rows) - len(values)} of {len(rows)} seeds non-finite)"
+                cells.append(cell)
             lines.append(f"| {objective} | {critic} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _number(value: float) -> str:
+    return f"{value:.3f}" if abs(value) < 1000 else f"{value:.2g}"
 
 
 def main(argv: list[str] | None = None) -> None:
