@@ -9,8 +9,7 @@ from rewardbooth.config import ModelConfig
 from rewardbooth.models import load_model
 from rewardbooth.toyworld import subjects, world
 from rewardbooth.toyworld.assets import JUDGE_DIR
-from rewardbooth.toyworld.judge import load_judge, to_tensor
-from rewardbooth.toyworld.judge_eval import attribute_accuracy, identity_accuracy
+from rewardbooth.toyworld.judge import attribute_accuracy, identity_accuracy, load_judge, to_tensor
 
 
 @pytest.fixture(scope="module")

@@ -5,28 +5,13 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
-import os
 import sys
 from pathlib import Path
 
 from rewardbooth.errors import UserError
+from rewardbooth.progress import quiet_libraries
 
 WRITE_FAILURES = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS)
-
-
-def _quiet_libraries() -> None:
-    """Keep the terminal for our progress bars: no per-call pipeline bars or library chatter."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import diffusers
-    import transformers
-    from huggingface_hub.utils import logging as hub_logging
-
-    hub_logging.set_verbosity_error()
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    logging.getLogger("accelerate").setLevel(logging.WARNING)
 
 
 def _add_train(commands) -> None:
@@ -277,7 +262,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    _quiet_libraries()
+    quiet_libraries()
     try:
         run(args)
     except UserError as error:

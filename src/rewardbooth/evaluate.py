@@ -12,7 +12,6 @@ The prompt and seed of every image come from the `generation.json` that `rewardb
 
 from __future__ import annotations
 
-import csv
 import json
 import statistics
 from collections.abc import Callable
@@ -271,12 +270,3 @@ def protocol(metrics: tuple[str, ...], dino_model: str, clip_model: str) -> dict
                "toy_fidelity": {"backbone": "toy judge", "score": "mean identity cosine to each reference"},
                "toy_alignment": {"backbone": "toy judge", "score": "mean probability of the prompt's attributes"}}
     return {m: entries[m] for m in metrics}
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    with path.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)

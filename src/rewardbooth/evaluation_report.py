@@ -4,6 +4,7 @@ metric (the spread over images, which the means hide)."""
 
 from __future__ import annotations
 
+import csv
 import html
 import json
 import shutil
@@ -11,7 +12,6 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
-from rewardbooth.evaluate import write_csv
 from rewardbooth.monitoring import make_grid
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
@@ -140,3 +140,12 @@ def write_html(report: dict, metrics: tuple[str, ...], output: Path, references:
     path = output / "report.html"
     path.write_text(page)
     return path
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

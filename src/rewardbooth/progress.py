@@ -7,6 +7,8 @@ elapsed time and the latest postfix (the training losses), on stderr.
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -70,3 +72,18 @@ def write_line(line: str) -> None:
         tqdm.write(line, file=sys.stderr)
     else:
         print(line, file=sys.stderr, flush=True)
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for our progress bars: no per-call pipeline bars or library chatter."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import diffusers
+    import transformers
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("accelerate").setLevel(logging.WARNING)

@@ -10,18 +10,24 @@ copies the references at the cost of the prompt does not win.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from PIL import Image
 
 from rewardbooth.concepts import build_concept_reward
 from rewardbooth.config import Config
 from rewardbooth.errors import UserError
 from rewardbooth.evaluate import to_tensor
+from rewardbooth.monitoring import MetricsLog
 from rewardbooth.rewards import RewardContext, RewardSetup, as_output, build_reward, reward_weights
+from rewardbooth.setup import RunSetup, reward_setups
+
+logger = logging.getLogger(__name__)
 
 BEST_DIR = "best"
 LATENT_REWARDS = {"look_forward"}  # they compare x0_hat to a training latent: meaningless on samples
@@ -93,3 +99,32 @@ class ValidationScorer:
         else:
             parts = {name: (weight, float(output.diagnostics[name].mean())) for name, weight in self.weights.items()}
         return {"val/score": mix_scores(parts, self.mix), **{f"val/{name}": score for name, (_, score) in parts.items()}}
+
+
+class Selection:
+    """Keep-best and early stopping by the validation reward, for the training loop."""
+
+    def __init__(self, run: RunSetup, config: Config, output_dir: Path, metrics: MetricsLog):
+        self.run, self.metrics = run, metrics
+        self.best_dir, self.keep_best = output_dir / BEST_DIR, config.validation.keep_best
+        self.scorer = ValidationScorer(config, reward_setups(config, run.concept_images, run.accelerator.device),
+                                       run.accelerator.device)
+        # On resume, the best so far is the one recorded in best/ (a fresh run has none).
+        self.tracker = BestTracker.load(self.best_dir / "best.json", config.validation.patience)
+
+    def score(self, step: int, images, prompts: list[str]) -> None:
+        values = self.scorer.scores(images, prompts)
+        self.metrics.write(step, values)
+        self.best_dir.mkdir(exist_ok=True)
+        if self.tracker.update(step, values["val/score"]) and self.keep_best:
+            self.run.method.save(self.run.parts, self.best_dir)
+        self.tracker.save(self.best_dir / "best.json")
+        logger.info("step %d: validation score %.4f (best %.4f at step %s)", step, values["val/score"],
+                    self.tracker.best_score, self.tracker.best_step)
+
+    def stop_agreed(self, accelerator: Accelerator) -> bool:
+        """The main process decides (it alone validates); every process learns the decision."""
+        from accelerate.utils import broadcast
+
+        flag = torch.tensor([float(self.tracker.should_stop)], device=accelerator.device)
+        return bool(broadcast(flag, from_process=0).item())

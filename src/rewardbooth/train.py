@@ -40,8 +40,8 @@ from rewardbooth.models.families import DiffusionProcess
 from rewardbooth.monitoring import MetricsLog, make_grid, plot_metrics, render_samples, validation_prompts
 from rewardbooth.progress import progress
 from rewardbooth.rewards import Reward, RewardContext, RewardOutput, as_output
-from rewardbooth.selection import BEST_DIR, BestTracker, ValidationScorer
-from rewardbooth.setup import RunSetup, build_run, reward_setups
+from rewardbooth.selection import Selection
+from rewardbooth.setup import RunSetup, build_run
 from rewardbooth.storage import disk_errors
 from rewardbooth.training_data import Batch, decode_latents
 
@@ -344,35 +344,6 @@ def validate(run: RunSetup, config: Config, step: int, output_dir: Path, selecti
     make_grid(images, columns=config.validation.num_images).save(samples / f"step_{step:06d}.png")
     if selection is not None:
         selection.score(step, images, [p for p in prompts for _ in range(config.validation.num_images)])
-
-
-class Selection:
-    """Keep-best and early stopping by the validation reward (see rewardbooth.selection)."""
-
-    def __init__(self, run: RunSetup, config: Config, output_dir: Path, metrics: MetricsLog):
-        self.run, self.metrics = run, metrics
-        self.best_dir, self.keep_best = output_dir / BEST_DIR, config.validation.keep_best
-        self.scorer = ValidationScorer(config, reward_setups(config, run.concept_images, run.accelerator.device),
-                                       run.accelerator.device)
-        # On resume, the best so far is the one recorded in best/ (a fresh run has none).
-        self.tracker = BestTracker.load(self.best_dir / "best.json", config.validation.patience)
-
-    def score(self, step: int, images, prompts: list[str]) -> None:
-        values = self.scorer.scores(images, prompts)
-        self.metrics.write(step, values)
-        self.best_dir.mkdir(exist_ok=True)
-        if self.tracker.update(step, values["val/score"]) and self.keep_best:
-            self.run.method.save(self.run.parts, self.best_dir)
-        self.tracker.save(self.best_dir / "best.json")
-        logger.info("step %d: validation score %.4f (best %.4f at step %s)", step, values["val/score"],
-                    self.tracker.best_score, self.tracker.best_step)
-
-    def stop_agreed(self, accelerator: Accelerator) -> bool:
-        """The main process decides (it alone validates); every process learns the decision."""
-        from accelerate.utils import broadcast
-
-        flag = torch.tensor([float(self.tracker.should_stop)], device=accelerator.device)
-        return bool(broadcast(flag, from_process=0).item())
 
 
 def finish(run: RunSetup, config: Config, step: int, stopped: bool, output_dir: Path,

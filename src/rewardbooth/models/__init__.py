@@ -5,6 +5,7 @@ Every loader returns :class:`StableDiffusionParts`; the registry contract test r
 diffusers folder / hub id handled by the ``diffusers`` loader.
 """
 
+from rewardbooth.models import builtin  # noqa: F401  (importing registers the built-in architectures)
 from rewardbooth.models.loaders import StableDiffusionParts, load_model, loaders
 
 __all__ = ["StableDiffusionParts", "load_model", "loaders"]

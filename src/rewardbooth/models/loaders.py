@@ -19,7 +19,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from rewardbooth.config import ModelConfig
 from rewardbooth.errors import UserError
-from rewardbooth.models.families import family_for_pipeline
+from rewardbooth.models.families import StableDiffusion, StableDiffusionXL, families, family_for_pipeline
 from rewardbooth.registry import Registry
 
 loaders = Registry("model loader")
@@ -43,8 +43,6 @@ class StableDiffusionParts:
     @property
     def family(self):
         """The registered model family (rewardbooth.models.families) these components make up."""
-        from rewardbooth.models.families import StableDiffusion, StableDiffusionXL, families
-
         return families.get(StableDiffusionXL.name if self.text_encoder_2 is not None else StableDiffusion.name)
 
     @property
@@ -149,6 +147,3 @@ def check_hub_id(name: str, revision: str | None) -> None:
                         f"are off (HF_HUB_OFFLINE=1): download it first (`hf download {name}`), or pass a local "
                         f"diffusers folder")
 
-
-# Importing registers the built-in architectures.
-from rewardbooth.models import builtin  # noqa: E402, F401

@@ -101,10 +101,10 @@ def _run_one(task: tuple) -> None:
     """One (subject, seed, objective) run, stored when it finishes; a partial one is started again."""
     import shutil
 
-    from rewardbooth.cli import _quiet_libraries
+    from rewardbooth.progress import quiet_libraries
 
     output, index, seed, objective, setting = task
-    _quiet_libraries()
+    quiet_libraries()
     result_file = _result_file(output, index, seed, objective)
     folder = result_file.parent
     if folder.exists():

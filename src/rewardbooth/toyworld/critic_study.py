@@ -48,8 +48,8 @@ def second_half_means(metrics_file: Path, steps: int) -> dict[str, float]:
 
 def run_one(task: tuple) -> dict:
     """One (objective, critic, seed) training run; returns its diagnostics (stored as it finishes)."""
-    from rewardbooth.cli import _quiet_libraries
     from rewardbooth.config import load_config
+    from rewardbooth.progress import quiet_libraries
     from rewardbooth.toyworld import subjects
     from rewardbooth.toyworld.experiment import Setting, training_overrides, write_references
     from rewardbooth.train import train
@@ -63,7 +63,7 @@ def run_one(task: tuple) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    _quiet_libraries()
+    quiet_libraries()
     folder = output / "runs" / result_file.stem
     shutil.rmtree(folder, ignore_errors=True)
     subject = subjects.make_subject(STUDY_SUBJECT)

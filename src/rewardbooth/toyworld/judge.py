@@ -19,6 +19,7 @@ policy that learned one judge's taste rather than the subject is caught by the o
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -174,6 +175,53 @@ def load_judge(folder: Path) -> Judge:
     return judge.eval()
 
 
+# How good the judge is (recorded in judge.json): held-out images and evaluation subjects it never saw.
+HELD_OUT_SEED = 90_001  # pretraining uses seed 0 and the judge seed 7: these images are new to both
+
+
+@torch.no_grad()
+def attribute_accuracy(judge: Judge, count: int = 2000) -> dict[str, float]:
+    images, _, scenes = world.make_dataset(HELD_OUT_SEED, count, drop=0.0)
+    labels = attribute_labels(scenes)
+    logits = {name: [] for name in ATTRIBUTES}
+    for start in range(0, count, 256):
+        _, batch_logits = judge(to_tensor(images[start:start + 256]))
+        for name in ATTRIBUTES:
+            logits[name].append(batch_logits[name])
+    return {name: float((torch.cat(logits[name]).argmax(1) == labels[name]).float().mean()) for name in ATTRIBUTES}
+
+
+@torch.no_grad()
+def subject_embeddings(judge: Judge, indices: list[int], views: int, seed: int) -> torch.Tensor:
+    """Shape: -> (len(indices), views, D)"""
+    images = [np.asarray(view) for index in indices
+              for view in subjects.reference_images(subjects.make_subject(index), count=views, seed=seed)]
+    embedding, _ = judge(to_tensor(np.stack(images)))
+    return embedding.view(len(indices), views, -1)
+
+
+@torch.no_grad()
+def identity_accuracy(judge: Judge, num_subjects: int = 64) -> dict[str, float]:
+    """Evaluation subjects (never trained on): does a new view sit closer to its own references than to another
+    subject's? Over every pair of subjects of the same class (the hard case) and over all subjects."""
+    indices = list(range(num_subjects))
+    references = subject_embeddings(judge, indices, views=5, seed=0).mean(dim=1)  # (S, D) centroids
+    queries = subject_embeddings(judge, indices, views=4, seed=1)  # (S, 4, D)
+    similarity = torch.einsum("sqd,td->sqt", queries, references)  # query of s vs centroid of t
+    classes = [subjects.make_subject(i).object_class for i in indices]
+    same_class_pairs = [(s, t) for s, t in itertools.permutations(indices, 2) if classes[s] == classes[t]]
+    pair_wins = [(similarity[s, :, s] > similarity[s, :, t]).float().mean() for s, t in same_class_pairs]
+    retrieval = (similarity.argmax(dim=2) == torch.arange(num_subjects)[:, None]).float().mean()
+    own = similarity[torch.arange(num_subjects), :, torch.arange(num_subjects)].mean()
+    return {"same_class_pair_accuracy": float(torch.stack(pair_wins).mean()),
+            f"retrieval_top1_of_{num_subjects}": float(retrieval),
+            "mean_own_similarity": float(own), "mean_other_similarity": float(similarity.mean())}
+
+
+def evaluate_judge(judge: Judge) -> dict:
+    return {"held_out_attribute_accuracy": attribute_accuracy(judge), "identity": identity_accuracy(judge)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train the toy world's judge.")
     parser.add_argument("--output", type=Path, required=True)
@@ -189,8 +237,6 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     judge = train_judge(args.steps, args.num_subjects, args.batch_size, args.seed, args.width, args.embedding_dim,
                         args.first_subject)
-    from rewardbooth.toyworld.judge_eval import evaluate_judge
-
     save_judge(judge, args.output, evaluate_judge(judge), first_subject=args.first_subject)
 
 
