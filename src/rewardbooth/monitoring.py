@@ -32,7 +32,7 @@ def prompt_grid(images: list[Image.Image], prompts: list[str], seeds: list[int],
 
     Shape: len(images) == len(prompts) * len(seeds)
     """
-    from PIL import ImageDraw
+    from PIL import ImageDraw, ImageFont
 
     if len(images) != len(prompts) * len(seeds):
         raise ValueError(f"{len(images)} images for {len(prompts)} prompts x {len(seeds)} seeds")
@@ -41,6 +41,7 @@ def prompt_grid(images: list[Image.Image], prompts: list[str], seeds: list[int],
     cell_w, cell_h, header = width * factor, height * factor, 18
     grid = Image.new("RGB", (label_width + len(seeds) * cell_w, header + len(prompts) * cell_h), "white")
     draw = ImageDraw.Draw(grid)
+    draw.font = ImageFont.load_default(size=13)  # readable at 100 % zoom, unlike the bitmap default
     for column, seed in enumerate(seeds):
         draw.text((label_width + column * cell_w + 4, 3), f"seed {seed}", fill="black")
     for row, prompt in enumerate(prompts):
