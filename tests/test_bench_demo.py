@@ -23,10 +23,6 @@ def test_bench_reports_ratios(tmp_path, capsys):
         assert report["ratios"][name]["time"] == pytest.approx(ratio) and report["ratios"][name]["target"] == target
     printed = capsys.readouterr().out
     assert "dpg-look-forward / baseline: time" in printed and "dpg-dino / baseline: time" in printed
-    # The DINO step decodes x0_hat and runs a ViT-S/16: it costs more than the latent reward; its diagnostics
-    # backpropagate through both, which costs more again.
-    times = {name: values["median_step_s"] for name, values in report["variants"].items()}
-    assert times["dpg-dino"] > times["dpg-look-forward"] and times["dpg-dino-diagnosed"] > times["dpg-dino"]
 
 
 @pytest.mark.parametrize("method", ["lora", "custom_diffusion"])

@@ -21,8 +21,11 @@ from helpers import run_cli, tiny_args, weights
 from rewardbooth.config import ModelConfig
 from rewardbooth.models import load_model
 
+# A zero-start critic: with critic.residual_prior the first critic loss is rounding noise (~1e-11 one way,
+# ~1e-17 the other), whose gradient AdamW scales up into different critic updates, so the two runs part at
+# step 2 for reasons that have nothing to do with how the processes share the batch.
 RUN = ["train.max_steps=3", "validation.every=0", "method.train_text_encoder=true",
-       "data.prior_preservation=true"]
+       "data.prior_preservation=true", "critic.residual_prior=false"]
 
 
 @pytest.mark.slow
@@ -49,12 +52,9 @@ def test_two_cpu_processes_match_one(subject_dir, tmp_path):
     assert returncode == 0, f"{returncode}: {log.read_text()[-4000:]}"
     # Same samples, noise and timesteps, hence the same losses; the weights differ only by the all-reduce's
     # summation order, which Adam amplifies for near-zero gradients: compare the updates, not the weights.
-    # The critic starts as the reward (critic.residual_prior), so its first loss is rounding noise (~1e-11
-    # one way, ~1e-17 the other): losses are compared to 1e-5 of their scale, not of themselves.
     for single_row, double_row in zip(read_metrics(single), read_metrics(double)):
         for key in ("loss", "critic_loss", "reward", "grad_norm"):
-            scale = max(abs(single_row["loss"]), abs(single_row["reward"]))
-            assert double_row[key] == pytest.approx(single_row[key], rel=1e-5, abs=1e-7 * scale), key
+            assert double_row[key] == pytest.approx(single_row[key], rel=1e-5), key
     base = load_model(ModelConfig("tiny"))
     for component in ("unet", "text_encoder"):
         initial = getattr(base, component).state_dict()
