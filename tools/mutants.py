@@ -18,12 +18,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN, DATA = "src/rewardbooth/train.py", "src/rewardbooth/training_data.py"
+FAMILIES = "src/rewardbooth/models/families.py"
 
 MUTANTS = {  # name: (file, original text, mutated text)
     "detach-policy": (TRAIN, "terms = dpg.actor_loss(mse[:n], prior_mse, q_policy, timesteps, **weights)",
                       "terms = dpg.actor_loss(mse[:n], prior_mse, q_policy.detach(), timesteps, **weights)"),
-    "abar-t-minus-1": (TRAIN, "alpha_bar = alphas_cumprod[batch.timesteps]",
-                       "alpha_bar = alphas_cumprod[(batch.timesteps - 1).clamp(min=0)]"),
+    "abar-t-minus-1": (FAMILIES, "return self.alphas_cumprod[timesteps]",
+                       "return self.alphas_cumprod[(timesteps - 1).clamp(min=0)]"),
     "direct-detached": (TRAIN, "output = as_output(reward_fn(x0_hat.float(), context))",
                         "output = as_output(reward_fn(x0_hat.detach().float(), context))"),
     "prior-leak": (TRAIN, "return Losses(dpg.actor_loss(mse[:n], prior_mse, None, batch.timesteps[:n], **weights))",

@@ -173,7 +173,7 @@ td.p{{max-width:280px}} .tag{{font-size:11px;background:#ddd;border-radius:3px;p
 <p class=note>Trained on: {", ".join(f"<q>{html.escape(p)}</q>" for p in trained_prompts)}. Every prompt below is new
 to the models unless marked <span class=tag>trained</span>.</p>
 <h2>Scores</h2><img src='{html.escape(plot)}' style='image-rendering:auto;border:0' alt='score plot'>
-<p class=note>{measured} {benchmark_link()} (the reported subjects 100–107, with controls) is the evidence;
+<p class=note>{measured} {benchmark_link()} (held-out subjects from 100, with controls) is the evidence;
 one subject and one seed is an illustration.</p>
 <table><tr><th></th>{"".join(f"<th>{html.escape(c)}</th>" for c in columns)}</tr>{means}</table>
 <h2>Prompt by prompt</h2>
