@@ -229,11 +229,11 @@ def format_report(report: dict) -> str:
              f"batch {report['batch_size']}, "
              f"precision {report['mixed_precision']}, {report['device']}; median of {report['timed_steps']} "
              f"interleaved steps",
-             f"{'variant':<20}{'median step (s)':>18}{'peak memory (MiB)':>20}"]
+             f"{'variant':<28}{'median step (s)':>16}{'peak memory (MiB)':>20}"]
     for name, values in report["variants"].items():
-        lines.append(f"{name:<20}{values['median_step_s']:>18.4f}{values['peak_memory_mib']:>20.1f}")
+        lines.append(f"{name:<28}{values['median_step_s']:>16.4f}{values['peak_memory_mib']:>20.1f}")
     for name, ratios in report["ratios"].items():
-        lines.append(f"{name} / baseline: time {ratios['time']:.3f}, memory {ratios['memory']:.3f} "
-                     f"(target <= {ratios['target']})")
+        target = f" (target <= {ratios['target']})" if ratios["target"] is not None else ""
+        lines.append(f"{name} / baseline: time {ratios['time']:.3f}, memory {ratios['memory']:.3f}{target}")
     lines.append(f"memory = {report['memory_measure']}")
     return "\n".join(lines)
