@@ -36,7 +36,7 @@ class DiffusionProcess:
     @classmethod
     def from_scheduler_config(cls, config) -> DiffusionProcess:
         scheduler = DDPMScheduler.from_config(config)
-        return cls(scheduler.alphas_cumprod.to(torch.float32), config.get("prediction_type", "epsilon"))
+        return cls(scheduler.alphas_cumprod.to(torch.float32), prediction_type_of(config))
 
     @property
     def num_train_timesteps(self) -> int:
@@ -60,6 +60,11 @@ class DiffusionProcess:
     def look_forward(self, x_t: torch.Tensor, action: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x̂0 implied by the action in one jump. Shape: (B, C, h, w) -> (B, C, h, w)"""
         return dpg.predict_x0(x_t, action, self.alpha_bar(timesteps), self.prediction_type)
+
+
+def prediction_type_of(scheduler_config) -> str:
+    """What a scheduler config says the denoiser predicts (diffusers' default: epsilon)."""
+    return scheduler_config.get("prediction_type", "epsilon")
 
 
 class StableDiffusion:

@@ -19,7 +19,13 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from rewardbooth.config import ModelConfig
 from rewardbooth.errors import UserError
-from rewardbooth.models.families import StableDiffusion, StableDiffusionXL, families, family_for_pipeline
+from rewardbooth.models.families import (
+    StableDiffusion,
+    StableDiffusionXL,
+    families,
+    family_for_pipeline,
+    prediction_type_of,
+)
 from rewardbooth.registry import Registry
 
 loaders = Registry("model loader")
@@ -74,7 +80,7 @@ class StableDiffusionParts:
 
     @property
     def prediction_type(self) -> str:
-        return self.process.prediction_type
+        return prediction_type_of(self.scheduler.config)  # without building the whole process
 
     @property
     def vae_scale_factor(self) -> int:
