@@ -7,7 +7,8 @@ metric and every final weight bitwise the same.
 
 Bitwise equality holds on one platform (same torch, same CPU kernels; every golden run uses one thread, as
 reductions split over threads round differently and three Adam steps on a random model amplify the last
-bit into the third digit). Recorded on another platform, the test skips and says how to record here.
+bit into the third digit). Each platform keeps its own recording, in tests/golden/<platform>/; where none is
+recorded, the test skips and says how to record here.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ METRIC_KEYS_IGNORED = {"time", "step_s", "elapsed_s"}  # wall-clock entries are 
 
 def platform() -> str:
     return f"torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}"
+
+
+def golden_file(name: str) -> Path:
+    """tests/golden/<platform>/<name>.json, e.g. tests/golden/torch-2.13.0+cpu-AVX512/lora-dpg.json."""
+    return GOLDEN_DIR / platform().replace(", ", "-").replace(" ", "-") / f"{name}.json"
 
 
 def summarize_run(output: Path) -> dict:

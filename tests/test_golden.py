@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from golden import GOLDEN_DIR, RUNS, platform, run_golden
+from golden import RUNS, golden_file, platform, run_golden
 
 RECORD = os.environ.get("REWARDBOOTH_RECORD_GOLDEN") == "1"  # only when a change of behaviour is meant
 
@@ -14,13 +14,14 @@ RECORD = os.environ.get("REWARDBOOTH_RECORD_GOLDEN") == "1"  # only when a chang
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_golden_run_is_unchanged(name, subject_dir, tmp_path):
     now = run_golden(name, subject_dir, tmp_path / name)
+    file = golden_file(name)
     if RECORD:
-        GOLDEN_DIR.mkdir(exist_ok=True)
-        (GOLDEN_DIR / f"{name}.json").write_text(json.dumps(now, indent=1) + "\n")
-        pytest.skip(f"recorded {name}")
-    recorded = json.loads((GOLDEN_DIR / f"{name}.json").read_text())
-    if recorded["platform"] != platform():
-        pytest.skip(f"golden runs recorded on {recorded['platform']}, this is {platform()}: record them here "
-                    f"(REWARDBOOTH_RECORD_GOLDEN=1) before a refactor, compare after")
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(json.dumps(now, indent=1) + "\n")
+        pytest.skip(f"recorded {file}")
+    if not file.exists():
+        pytest.skip(f"no golden runs recorded on {platform()}: record them here (REWARDBOOTH_RECORD_GOLDEN=1) "
+                    f"before a refactor, compare after")
+    recorded = json.loads(file.read_text())
     assert now["metrics"] == recorded["metrics"]
     assert now["tensors"] == recorded["tensors"]  # bitwise: the hash of every saved tensor
