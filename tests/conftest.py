@@ -17,7 +17,7 @@ def isolated_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def subject_dir(tmp_path_factory):
-    from rewardbooth.data import make_example_subject
+    from rewardbooth.data.images import make_example_subject
 
     folder = tmp_path_factory.mktemp("subject")
     make_example_subject(folder, num_images=4, size=64, seed=0)
@@ -27,7 +27,7 @@ def subject_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory):
     """The tiny model saved as a stock diffusers folder: the real loading path runs on it."""
-    from rewardbooth.config import ModelConfig
+    from rewardbooth.core.config import ModelConfig
     from rewardbooth.models import load_model
 
     folder = tmp_path_factory.mktemp("tiny-model")

@@ -68,7 +68,7 @@ def save_tiny_clip(folder, with_tokenizer=True):
     """A tiny CLIPModel (32 px, projection 16) plus the tiny model's character-level CLIP tokenizer."""
     from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
-    from rewardbooth.models.builtin import make_character_tokenizer
+    from rewardbooth.models.tokenizers import make_character_tokenizer
 
     tokenizer = make_character_tokenizer()
     sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)

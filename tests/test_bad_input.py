@@ -75,7 +75,7 @@ def test_class_prompt_naming_the_subject_is_refused(subject_dir, tmp_path, capsy
 def test_read_only_output_folder_fails_before_any_work(subject_dir, tmp_path, capsys, monkeypatch):
     import os
 
-    from rewardbooth import storage
+    from rewardbooth.core import storage
 
     locked, classes = tmp_path / "locked", tmp_path / "classes"
     locked.mkdir()

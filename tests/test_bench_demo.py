@@ -38,7 +38,7 @@ def test_bench_times_each_method_and_sdxl(method, tmp_path):
 
 
 def test_bench_default_resolution_is_the_models_own(tiny_folder):
-    from rewardbooth.bench import native_resolution
+    from rewardbooth.experiments.bench import native_resolution
 
     assert native_resolution("sd15-random") == 512 and native_resolution("sdxl-random") == 1024
     assert native_resolution(str(tiny_folder)) == native_resolution("tiny") == 64  # a folder: its configs only
@@ -51,7 +51,7 @@ def test_bench_rejects_an_unknown_variant(capsys):
 
 def test_evaluation_bench_times_the_whole_evaluate_path(tmp_path, capsys):
     from helpers import save_tiny_clip, save_tiny_vit
-    from rewardbooth.bench_evaluation import run_evaluation_bench
+    from rewardbooth.experiments.bench_evaluation import run_evaluation_bench
 
     output = tmp_path / "evaluation.json"
     report = run_evaluation_bench(num_images=6, image_size=64, dino_model=str(save_tiny_vit(tmp_path / "vit")),
@@ -118,8 +118,8 @@ def test_demo_end_to_end(tmp_path, capsys):
 
 
 def test_toyworld_benchmark_resumes_and_summarizes(tmp_path):
-    from rewardbooth.toyworld.benchmark import run_toyworld_benchmark
-    from rewardbooth.toyworld.experiment import Setting
+    from rewardbooth.experiments.toyworld.benchmark import run_toyworld_benchmark
+    from rewardbooth.experiments.toyworld.experiment import Setting
 
     setting = Setting(steps=1, images_per_prompt=1, num_prompts=2, num_class_images=2,
                       overrides=("objective.gamma=0.99",))
@@ -149,7 +149,7 @@ def test_toyworld_benchmark_resumes_and_summarizes(tmp_path):
 
 
 def test_bootstrap_interval_brackets_the_mean():
-    from rewardbooth.comparison import bootstrap_interval
+    from rewardbooth.maths.statistics import bootstrap_interval
 
     low, high = bootstrap_interval([0.1, 0.2, 0.3, 0.4])
     assert 0.1 <= low < 0.25 < high <= 0.4

@@ -9,10 +9,11 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
 from helpers import run_cli, save_tiny_vit, tiny_args
-from rewardbooth.concepts import PerConcept, concept_index, concepts_of
-from rewardbooth.config import load_config
-from rewardbooth.errors import UserError
+from rewardbooth.core.config import load_config
+from rewardbooth.core.errors import UserError
+from rewardbooth.data.concepts import concept_index, concepts_of
 from rewardbooth.rewards import RewardContext, RewardOutput
+from rewardbooth.rewards.concepts import PerConcept
 
 SECOND = "{instance_dir: %s, instance_prompt: 'a photo of <new2> cat', identifier: '<new2>', class_prompt: 'a photo of cat'}"
 FIRST = ["data.identifier=<new1>", "data.instance_prompt=a photo of <new1> dog"]
@@ -20,7 +21,7 @@ FIRST = ["data.identifier=<new1>", "data.instance_prompt=a photo of <new1> dog"]
 
 @pytest.fixture(scope="module")
 def second_subject(tmp_path_factory):
-    from rewardbooth.data import make_example_subject
+    from rewardbooth.data.images import make_example_subject
 
     folder = tmp_path_factory.mktemp("second-subject")
     make_example_subject(folder, num_images=3, size=64, seed=5)
@@ -85,7 +86,7 @@ def test_per_concept_reward_scores_each_sample_with_its_concepts_reward_and_keep
 
 
 def test_batches_draw_every_concepts_photos_with_their_own_prompts(subject_dir, second_subject, tmp_path):
-    from rewardbooth.setup import build_run
+    from rewardbooth.training.setup import build_run
 
     config = load_config("default", tiny_args(subject_dir, tmp_path / "x", *FIRST, "data.prior_preservation=true",
                                               f"data.concepts=[{SECOND % second_subject}]")[2:])
@@ -129,8 +130,8 @@ def test_multi_concept_custom_diffusion_with_a_per_concept_image_reward(tiny_fol
 def test_the_shipped_multi_concept_example_is_a_valid_config():
     from pathlib import Path
 
-    from rewardbooth.concepts import check_concepts
-    from rewardbooth.config import check_values
+    from rewardbooth.core.config import check_values
+    from rewardbooth.data.concepts import check_concepts
 
     config = load_config(Path(__file__).parents[1] / "examples" / "custom-diffusion-two-concepts.yaml")
     check_values(config)

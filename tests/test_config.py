@@ -5,8 +5,16 @@ from pathlib import Path
 
 import pytest
 
-from rewardbooth.config import PRESET_DIR, Config, check_values, describe, load_config, preset_names, to_dict
-from rewardbooth.errors import UserError
+from rewardbooth.core.config import (
+    PRESET_DIR,
+    Config,
+    check_values,
+    describe,
+    load_config,
+    preset_names,
+    to_dict,
+)
+from rewardbooth.core.errors import UserError
 
 PRESET_FILES = sorted(PRESET_DIR.glob("*.yaml"))
 
@@ -113,7 +121,7 @@ def test_describe_lists_every_key_with_help():
 
 def test_round_trip_through_dict(tmp_path):
     config = load_config("paper", ["data.instance_dir=x", "validation.prompts=[a]"])
-    from rewardbooth.config import from_dict, save_config
+    from rewardbooth.core.config import from_dict, save_config
 
     save_config(config, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == config == from_dict(to_dict(config))
@@ -131,7 +139,7 @@ def test_train_help_config_needs_no_config_and_a_missing_config_is_one_line(caps
 
 
 def test_concepts_round_trip_through_the_saved_config(tmp_path):
-    from rewardbooth.config import save_config
+    from rewardbooth.core.config import save_config
 
     concept = "{instance_dir: cat, instance_prompt: a <new2> cat, identifier: <new2>, class_prompt: a cat}"
     config = load_config("default", ["data.instance_dir=x", f"data.concepts=[{concept}]"])

@@ -4,10 +4,10 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from rewardbooth import dpg
-from rewardbooth.config import CriticConfig
-from rewardbooth.critic import CriticSpec, critics, make_critic, make_critic_optimizer
-from rewardbooth.critic_diagnostics import alignment_terms
+from rewardbooth.core.config import CriticConfig
+from rewardbooth.maths import dpg
+from rewardbooth.training.critic import CriticSpec, critics, make_critic, make_critic_optimizer
+from rewardbooth.training.critic_diagnostics import alignment_terms
 
 
 @pytest.fixture(params=critics.names())

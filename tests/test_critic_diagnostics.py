@@ -1,10 +1,10 @@
-"""The critic diagnostics: the gradients they compare and the on-policy R^2 window (rewardbooth.critic_diagnostics)."""
+"""The critic diagnostics: the gradients they compare and the on-policy R^2 window (rewardbooth.training.critic_diagnostics)."""
 
 import json
 
 import torch
 
-from rewardbooth.critic_diagnostics import FitWindow, alignment_terms
+from rewardbooth.training.critic_diagnostics import FitWindow, alignment_terms
 
 
 def test_alignment_compares_the_weighted_action_gradients():

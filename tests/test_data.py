@@ -1,4 +1,4 @@
-"""Unit tests for rewardbooth.data: every image is built in code under tmp_path, no network."""
+"""Unit tests for rewardbooth.data.images: every image is built in code under tmp_path, no network."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rewardbooth.data import (
+from rewardbooth.core.errors import UserError
+from rewardbooth.data.images import (
     IMAGE_SUFFIXES,
     check_identifier,
     image_to_tensor,
@@ -20,7 +21,6 @@ from rewardbooth.data import (
     make_example_subject,
     remove_identifier,
 )
-from rewardbooth.errors import UserError
 
 WHITE, BLACK = (255, 255, 255), (0, 0, 0)
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -321,7 +321,7 @@ def test_folder_whose_only_jpeg_is_garbage(tmp_path, caplog):
     folder.mkdir()
     (folder / "b.jpg").write_bytes(b"\x00garbage bytes, not a jpeg")
     (folder / "a.txt").write_text("caption")
-    with caplog.at_level(logging.WARNING, logger="rewardbooth.data"):
+    with caplog.at_level(logging.WARNING, logger="rewardbooth.data.images"):
         message = _user_error(folder)
     assert "bad" in message and "no readable image" in message
     assert "a.txt, b.jpg [corrupt]" in message
@@ -340,7 +340,7 @@ def test_mixed_folder_skips_broken_files_with_warnings(tmp_path, caplog):
     (folder / ".hidden.png").write_bytes(b"hidden and broken")
     (folder / "._a.jpg").write_bytes(b"macOS resource fork")
 
-    with caplog.at_level(logging.WARNING, logger="rewardbooth.data"):
+    with caplog.at_level(logging.WARNING, logger="rewardbooth.data.images"):
         images = load_subject_images(folder)
 
     assert [p.name for p, _ in images] == ["a.jpg", "b.webp", "c.png"]
@@ -463,7 +463,7 @@ def test_entries_named_like_photos_that_are_not_are_reported(tmp_path, caplog):
     _write_good_images(folder, ["a.png", "b.png", "c.png"])
     (folder / "x.png").mkdir()
     (folder / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
-    with caplog.at_level(logging.WARNING, logger="rewardbooth.data"):
+    with caplog.at_level(logging.WARNING, logger="rewardbooth.data.images"):
         images = load_subject_images(folder)
     assert [p.name for p, _ in images] == ["a.png", "b.png", "c.png"]
     warned = " ".join(r.getMessage() for r in caplog.records)
@@ -474,39 +474,39 @@ def test_entries_named_like_photos_that_are_not_are_reported(tmp_path, caplog):
 def test_fewer_than_three_photos_are_used_with_a_warning(tmp_path, caplog):
     folder = tmp_path / "subject"
     _write_good_images(folder, ["only.png"])
-    with caplog.at_level(logging.WARNING, logger="rewardbooth.data"):
+    with caplog.at_level(logging.WARNING, logger="rewardbooth.data.images"):
         assert len(load_subject_images(folder)) == 1
     assert "only 1 usable photo" in caplog.text
     _write_good_images(folder, ["two.png", "three.png"])
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="rewardbooth.data"):
+    with caplog.at_level(logging.WARNING, logger="rewardbooth.data.images"):
         load_subject_images(folder)
     assert "usable photo" not in caplog.text
 
 
 def test_photos_far_below_the_training_resolution_are_reported(tmp_path, caplog):
-    from rewardbooth.setup import warn_if_small
+    from rewardbooth.training.setup import warn_if_small
 
     photos = [(tmp_path / "tiny.png", Image.new("RGB", (1, 1))), (tmp_path / "small.png", Image.new("RGB", (8, 8))),
               (tmp_path / "fine.png", Image.new("RGB", (300, 400)))]
-    with caplog.at_level(logging.WARNING, logger="rewardbooth.setup"):
+    with caplog.at_level(logging.WARNING, logger="rewardbooth.training.setup"):
         warn_if_small(photos, 512)
     assert "2 of 3 photos are far below data.resolution=512" in caplog.text and "1x1 px, upscaled 512x" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="rewardbooth.setup"):
+    with caplog.at_level(logging.WARNING, logger="rewardbooth.training.setup"):
         warn_if_small(photos[2:], 512)
     assert caplog.text == ""
 
 
 def test_resolution_far_above_the_model_size_is_reported(caplog):
-    from rewardbooth.config import ModelConfig
+    from rewardbooth.core.config import ModelConfig
     from rewardbooth.models import load_model
-    from rewardbooth.setup import check_resolution
+    from rewardbooth.models.loaders import check_resolution
 
     parts = load_model(ModelConfig("tiny"))  # drawn at 64 px
-    with caplog.at_level(logging.WARNING, logger="rewardbooth.setup"):
+    with caplog.at_level(logging.WARNING, logger="rewardbooth.training.setup"):
         check_resolution(128, parts)
     assert caplog.text == ""
-    with caplog.at_level(logging.WARNING, logger="rewardbooth.setup"):
+    with caplog.at_level(logging.WARNING, logger="rewardbooth.training.setup"):
         check_resolution(512, parts)
     assert "data.resolution=512 is 8x the 64 px this model was trained at" in caplog.text

@@ -64,7 +64,7 @@ def test_a_result_is_replaced_whole(subject_dir, tmp_path):
 
 
 def test_full_disk_at_a_checkpoint_keeps_the_earlier_one(subject_dir, tmp_path, monkeypatch, capsys):
-    from rewardbooth import storage
+    from rewardbooth.core import storage
 
     out = tmp_path / "run"
     args = tiny_args(subject_dir, out, "train.max_steps=3", "validation.every=0", "train.checkpoint_every=1")
@@ -88,11 +88,11 @@ def test_full_disk_at_a_checkpoint_keeps_the_earlier_one(subject_dir, tmp_path, 
 
 
 def test_full_disk_anywhere_else_is_one_line(subject_dir, tmp_path, monkeypatch, capsys):
-    import rewardbooth.train
+    import rewardbooth.training.loop
 
     def no_space(config, path):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(rewardbooth.train, "save_config", no_space)
+    monkeypatch.setattr(rewardbooth.training.loop, "save_config", no_space)
     assert run_cli(tiny_args(subject_dir, tmp_path / "run", "train.max_steps=1")) == 2
     assert "config.yaml: no space left on device" in one_line(capsys)

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import run_cli, tiny_args, weights
-from rewardbooth.config import ModelConfig
+from rewardbooth.core.config import ModelConfig
 from rewardbooth.models import load_model
 
 # A zero-start critic: with critic.residual_prior the first critic loss is rounding noise (~1e-11 one way,

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rewardbooth import dpg
+from rewardbooth.maths import dpg
 
 
 def scalar_batch(*values):

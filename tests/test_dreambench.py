@@ -2,8 +2,8 @@
 
 import pytest
 
-from rewardbooth import dreambench
-from rewardbooth.errors import UserError
+from rewardbooth.core.errors import UserError
+from rewardbooth.data import dreambench
 
 
 def test_thirty_subjects_nine_live():

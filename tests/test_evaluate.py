@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import run_cli, save_tiny_clip, save_tiny_vit
-from rewardbooth.evaluate import mean_cosine_to_references, paired_cosine
+from rewardbooth.evaluation.evaluate import mean_cosine_to_references, paired_cosine
 
 
 def test_metric_maths_by_hand():
@@ -33,8 +33,8 @@ def generated(tmp_path_factory):
 
 
 def test_evaluate_two_runs_end_to_end(generated, backbones, subject_dir, tmp_path, capsys):
-    from rewardbooth.data import load_image, load_subject_images
-    from rewardbooth.evaluate import embed
+    from rewardbooth.data.images import load_image, load_subject_images
+    from rewardbooth.evaluation.evaluate import embed
     from rewardbooth.rewards.backbones import ClipFeatures, DinoFeatures
 
     vit, clip = backbones
@@ -128,8 +128,8 @@ def test_unloadable_backbone_names_the_option_to_change(option, generated, backb
 
 
 def test_clip_t_removes_the_identifier_the_run_recorded(backbones, subject_dir, tmp_path):
-    from rewardbooth.data import load_image
-    from rewardbooth.evaluate import embed
+    from rewardbooth.data.images import load_image
+    from rewardbooth.evaluation.evaluate import embed
     from rewardbooth.rewards.backbones import ClipFeatures
 
     vit, clip = backbones
@@ -150,7 +150,7 @@ def test_clip_t_removes_the_identifier_the_run_recorded(backbones, subject_dir, 
 def test_generate_reads_the_identifiers_of_a_training_output(tmp_path):
     import yaml
 
-    from rewardbooth.generate import run_identifiers
+    from rewardbooth.inference.generate import run_identifiers
 
     run = tmp_path / "run"
     (run / "best").mkdir(parents=True)
@@ -163,7 +163,7 @@ def test_generate_reads_the_identifiers_of_a_training_output(tmp_path):
 def test_bar_plot_draws_negative_means_below_zero(tmp_path):
     from PIL import Image
 
-    from rewardbooth.evaluation_report import COLOURS, bar_plot
+    from rewardbooth.evaluation.report import COLOURS, bar_plot
 
     path = bar_plot({"a": {"dino": -0.4}, "b": {"dino": 0.4}}, ("dino",), tmp_path / "bars.png")
     pixels = list(Image.open(path).convert("RGB").getdata())

@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, DiffusionPipeline
 
-from rewardbooth.config import ModelConfig
+from rewardbooth.core.config import ModelConfig
 from rewardbooth.models import load_model
 from rewardbooth.models.families import families, family_for_pipeline
 
@@ -72,7 +72,7 @@ def test_a_folder_of_another_pipeline_is_no_family():
 def test_loading_a_folder_of_another_family_names_its_pipeline(tmp_path):
     import json
 
-    from rewardbooth.errors import UserError
+    from rewardbooth.core.errors import UserError
 
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     with pytest.raises(UserError, match="FluxPipeline, not a Stable Diffusion") as error:

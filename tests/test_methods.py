@@ -66,8 +66,8 @@ def test_lora_saves_only_adapters_and_generate_finds_the_base_model(tiny_folder,
 
 
 def test_lora_leaves_the_base_weights_untouched(subject_dir, tmp_path):
-    from rewardbooth.config import load_config
-    from rewardbooth.setup import build_run
+    from rewardbooth.core.config import load_config
+    from rewardbooth.training.setup import build_run
 
     config = load_config("default", tiny_args(subject_dir, tmp_path / "x", "method.name=lora")[2:])
     run = build_run(config)
@@ -102,13 +102,13 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(method, tiny_f
                                                                    monkeypatch):
     """Ctrl-C one step after the step-2 checkpoint (step 3 done and logged, never checkpointed), then
     train.resume=latest: the result, critic and metrics log are bitwise those of a run never interrupted."""
-    import rewardbooth.train
+    import rewardbooth.training.loop
 
     args = [f"model.pretrained={tiny_folder}", f"method.name={method}", *RESUME_RUN, *METHOD_ARGS.get(method, [])]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert run_cli(tiny_args(subject_dir, straight, *args)) == 0
 
-    accumulate, steps, interrupt_at = rewardbooth.train.accumulate_gradients, [], 3
+    accumulate, steps, interrupt_at = rewardbooth.training.loop.accumulate_gradients, [], 3
 
     def interruptible(run, policy, config, step):
         if step == interrupt_at:
@@ -116,7 +116,7 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(method, tiny_f
         steps.append(step)
         return accumulate(run, policy, config, step)
 
-    monkeypatch.setattr(rewardbooth.train, "accumulate_gradients", interruptible)
+    monkeypatch.setattr(rewardbooth.training.loop, "accumulate_gradients", interruptible)
     assert run_cli(tiny_args(subject_dir, resumed, *args)) == 130
     assert steps == [0, 1, 2] and not (resumed / RESULT_FILES[method][0]).exists()
     assert len((resumed / "metrics.jsonl").read_text().splitlines()) == 3  # step 3's line, to be dropped
@@ -140,7 +140,7 @@ def test_bad_lora_rank_is_a_user_error(subject_dir, tmp_path, capsys):
 
 
 def test_custom_diffusion_trains_only_cross_attention_kv_and_the_new_token(tiny_folder, subject_dir, tmp_path):
-    from rewardbooth.config import ModelConfig
+    from rewardbooth.core.config import ModelConfig
     from rewardbooth.models import load_model
 
     out = tmp_path / "cd"
@@ -166,8 +166,8 @@ def test_custom_diffusion_trains_only_cross_attention_kv_and_the_new_token(tiny_
 
 
 def test_custom_diffusion_refuses_an_existing_token_as_identifier(subject_dir, tmp_path):
-    from rewardbooth.config import ModelConfig, load_config
-    from rewardbooth.errors import UserError
+    from rewardbooth.core.config import ModelConfig, load_config
+    from rewardbooth.core.errors import UserError
     from rewardbooth.methods import make_method
     from rewardbooth.models import load_model
 

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from rewardbooth.config import ModelConfig
-from rewardbooth.errors import UserError
+from rewardbooth.core.config import ModelConfig
+from rewardbooth.core.errors import UserError
 from rewardbooth.models import StableDiffusionParts, load_model, loaders
 
 FROM_DISK = {"diffusers", "toy"}  # loaders that read weights from a folder

@@ -1,6 +1,6 @@
 """Progress off a terminal (pytest's captured stderr is not one): a few lines, not hundreds of bar updates."""
 
-from rewardbooth.progress import LOG_LINES, progress
+from rewardbooth.core.progress import LOG_LINES, progress
 
 
 def test_a_long_job_logs_one_line_per_tenth_and_the_end(capsys):

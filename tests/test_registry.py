@@ -1,7 +1,7 @@
 import pytest
 
-from rewardbooth.errors import UserError
-from rewardbooth.registry import Registry
+from rewardbooth.core.errors import UserError
+from rewardbooth.core.registry import Registry
 
 
 def make_thing():

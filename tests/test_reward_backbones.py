@@ -13,7 +13,7 @@ from PIL import Image
 
 import rewardbooth.rewards.backbones  # noqa: F401  (registers dino, clip_image, clip_text)
 from helpers import save_tiny_clip, save_tiny_vit
-from rewardbooth.errors import UserError
+from rewardbooth.core.errors import UserError
 from rewardbooth.rewards import RewardContext, RewardSetup, face, make_reward
 from rewardbooth.rewards.preprocess import (
     CLIP_MEAN,

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from helpers import save_tiny_clip, save_tiny_vit
-from rewardbooth.config import ModelConfig
+from rewardbooth.core.config import ModelConfig
 from rewardbooth.models import load_model
 from rewardbooth.rewards import RewardContext, RewardOutput, RewardSetup, make_reward, rewards
-from rewardbooth.training_data import decode_latents
+from rewardbooth.training.batches import decode_latents
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from diffusers import StableDiffusionXLPipeline
 from safetensors.torch import load_file
 
 from helpers import load_dreambooth, load_lora, run_cli, save_tiny_clip, tiny_args
-from rewardbooth.conditioning import encode_prompts, tokenize_prompts, unet_inputs
-from rewardbooth.config import ModelConfig
+from rewardbooth.core.config import ModelConfig
 from rewardbooth.models import load_model
+from rewardbooth.models.conditioning import encode_prompts, tokenize_prompts, unet_inputs
 
 TRAIN = ["train.max_steps=3", "validation.every=0", "train.lr=1e-3", "data.num_class_images=2"]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import run_cli, tiny_args, weights
-from rewardbooth.selection import BestTracker, mix_scores
+from rewardbooth.training.selection import BestTracker, mix_scores
 
 SCRIPTED = "user_rewards:Scripted"
 

@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from helpers import run_cli, save_tiny_vit
-from rewardbooth import dreambench, sweep
-from rewardbooth.errors import UserError
+from rewardbooth.core.errors import UserError
+from rewardbooth.data import dreambench
+from rewardbooth.experiments import sweep
 from rewardbooth.toyworld import subjects
 
 
@@ -148,8 +149,8 @@ def test_two_toy_subjects_sharded_interrupted_and_resumed(toy_dataset, tmp_path,
 
 
 def test_a_run_interrupted_after_a_checkpoint_resumes_from_it(toy_dataset, tmp_path, monkeypatch):
-    import rewardbooth.generate
-    import rewardbooth.train
+    import rewardbooth.inference.generate
+    import rewardbooth.training.loop
 
     out = tmp_path / "sweep"
     path = write_sweep(
@@ -159,7 +160,7 @@ def test_a_run_interrupted_after_a_checkpoint_resumes_from_it(toy_dataset, tmp_p
                    "validation.every": 0},
         objectives={"dpg": {"objective.name": "dpg"}}, images_per_prompt=1, sampler_steps=1,
         metrics=["toy_fidelity"])
-    steps, real_step, real_generate = [], rewardbooth.train.accumulate_gradients, rewardbooth.generate.generate
+    steps, real_step, real_generate = [], rewardbooth.training.loop.accumulate_gradients, rewardbooth.inference.generate.generate
 
     def counted(*args, **kwargs):
         steps.append(args[3])
@@ -168,11 +169,11 @@ def test_a_run_interrupted_after_a_checkpoint_resumes_from_it(toy_dataset, tmp_p
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rewardbooth.train, "accumulate_gradients", counted)
-    monkeypatch.setattr(rewardbooth.generate, "generate", interrupted)
+    monkeypatch.setattr(rewardbooth.training.loop, "accumulate_gradients", counted)
+    monkeypatch.setattr(rewardbooth.inference.generate, "generate", interrupted)
     assert run_cli(["sweep", str(path)]) == 130
     assert steps == [0, 1]
-    monkeypatch.setattr(rewardbooth.generate, "generate", real_generate)
+    monkeypatch.setattr(rewardbooth.inference.generate, "generate", real_generate)
     assert run_cli(["sweep", str(path)]) == 0
     assert steps == [0, 1]  # resumed at its step-2 checkpoint: nothing left to train
     assert len((out / "runs" / "subject_100" / "dpg" / "model" / "metrics.jsonl").read_text().splitlines()) == 2
@@ -224,7 +225,7 @@ def test_an_unloadable_model_fails_before_the_first_run(keys, expected, tmp_path
 
 def finish_by_hand(spec, subject, objective, config):
     """What a finished run leaves behind for the resume logic: its config, and done.json."""
-    from rewardbooth.config import save_config
+    from rewardbooth.core.config import save_config
 
     folder = sweep.run_dir(spec, subject.name, objective)
     (folder / "model").mkdir(parents=True)
@@ -267,7 +268,7 @@ def test_a_report_without_every_objective_or_metric_is_redone(tmp_path, toy_data
 
 
 def test_a_one_subject_table_says_why_it_has_no_interval(tmp_path):
-    from rewardbooth.sweep_report import aggregate
+    from rewardbooth.experiments.sweep_report import aggregate
 
     runs = {"a": {"summary": {"dino": 0.5}}, "b": {"summary": {"dino": 0.3}}}
     (tmp_path / "evaluation" / "s1").mkdir(parents=True)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from rewardbooth.config import ModelConfig
+from rewardbooth.core.config import ModelConfig
 from rewardbooth.models import load_model
 from rewardbooth.toyworld import subjects, world
 from rewardbooth.toyworld.assets import JUDGE_DIR

@@ -2,9 +2,9 @@
 
 from transformers import CLIPTokenizer
 
+from rewardbooth.models.tokenizers import MAX_LENGTH, learn_merges, make_world_tokenizer
 from rewardbooth.toyworld import world
 from rewardbooth.toyworld.subjects import make_subject, prompt_set
-from rewardbooth.toyworld.tokenizer import MAX_LENGTH, learn_merges, make_world_tokenizer
 
 
 def test_learned_merges_by_hand():

@@ -9,7 +9,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from helpers import assert_same_weights, run_cli, tiny_args, weights
-from rewardbooth.config import ModelConfig
+from rewardbooth.core.config import ModelConfig
 from rewardbooth.models import load_model
 
 
@@ -171,7 +171,7 @@ def test_resume_latest_on_a_finished_run_changes_nothing(subject_dir, tmp_path):
 def test_metrics_png_plots_what_the_readme_promises():
     from pathlib import Path
 
-    from rewardbooth.monitoring import PLOTTED_METRICS
+    from rewardbooth.training.monitoring import PLOTTED_METRICS
 
     row = next(line for line in (Path(__file__).parents[1] / "README.md").read_text().splitlines()
                if line.startswith("| `metrics.jsonl`, `metrics.png`"))

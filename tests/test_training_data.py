@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from rewardbooth.conditioning import tokenize_prompts
-from rewardbooth.config import ModelConfig
+from rewardbooth.core.config import ModelConfig
 from rewardbooth.models import load_model
-from rewardbooth.training_data import ImageSet, TrainingData, step_generator, with_flips
+from rewardbooth.models.conditioning import tokenize_prompts
+from rewardbooth.training.batches import ImageSet, TrainingData, step_generator, with_flips
 
 
 def make_data(cache=True, prior=True):

@@ -16,11 +16,11 @@ import torch
 from diffusers import DDPMScheduler
 
 from helpers import TINY_RUN
-from rewardbooth import dpg
-from rewardbooth.conditioning import unet_inputs
-from rewardbooth.config import load_config
-from rewardbooth.setup import build_run
-from rewardbooth.train import accumulate_gradients, compute_losses, make_policy
+from rewardbooth.core.config import load_config
+from rewardbooth.maths import dpg
+from rewardbooth.models.conditioning import unet_inputs
+from rewardbooth.training.loop import accumulate_gradients, compute_losses, make_policy
+from rewardbooth.training.setup import build_run
 
 SPY = "wiring_rewards:Spy"
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from rewardbooth.dpg import per_sample_mse
+from rewardbooth.maths.dpg import per_sample_mse
 
 
 class Spy:

@@ -4,8 +4,10 @@
     python tools/import_graph.py --edges    # also every module -> module edge
 
 An edge is any `import rewardbooth.x` / `from rewardbooth.x import y` in a module, at any depth (function-level
-imports count: they still tie the modules together; `if TYPE_CHECKING:` ones do not). Rules checked: no library module imports the CLI, the
-toy world's own modules never import training, the DreamBench sweep never imports the toy world.
+imports count: they still tie the modules together; `if TYPE_CHECKING:` ones do not). Rules checked: each
+folder is a layer (LAYERS, lowest first) and a module imports only from its own layer or lower ones, so no
+library module imports the CLI and the toy world never imports models, rewards or training; and the
+DreamBench sweep never imports the toy world (both sit in experiments/).
 """
 
 from __future__ import annotations
@@ -17,9 +19,16 @@ from pathlib import Path
 
 PACKAGE = "rewardbooth"
 SOURCE = Path(__file__).resolve().parents[1] / "src" / PACKAGE
-WORLD = {"toyworld", "toyworld.world", "toyworld.subjects", "toyworld.backgrounds", "toyworld.tokenizer",
-         "toyworld.judge", "toyworld.assets", "toyworld.scoring"}  # the world itself, below the trainer
-TRAINING = {"train", "setup", "training_data", "checkpoints", "selection"}
+# Folders, lowest first; the top-level modules (cli, __main__) are the top layer.
+LAYERS = ("core", "maths", "data", "toyworld", "models", "rewards", "methods", "evaluation", "training", "inference",
+          "experiments", "cli")
+TOP_LEVEL = {"cli", "__main__"}
+DREAMBENCH_SWEEP = {"experiments.sweep", "experiments.sweep_report"}
+
+
+def layer_of(module: str) -> int:
+    head = module.split(".")[0]
+    return LAYERS.index("cli" if head in TOP_LEVEL else head)
 
 
 def module_name(path: Path) -> str:
@@ -87,12 +96,15 @@ def circles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 def rule_breaks(edges: dict[str, set[str]]) -> list[str]:
     breaks = []
+    unplaced = sorted({m for m in edges if m.split(".")[0] not in set(LAYERS) | TOP_LEVEL})
+    if unplaced:  # a new folder or top-level module must be given its layer before anything is checked
+        return [f"{module} is in no layer: add its folder to LAYERS in tools/import_graph.py" for module in unplaced]
     for module, targets in sorted(edges.items()):
-        if "cli" in targets and module not in {"__main__"}:
-            breaks.append(f"{module} imports the CLI")
-        if module in WORLD and targets & TRAINING:
-            breaks.append(f"toy-world module {module} imports training: {', '.join(sorted(targets & TRAINING))}")
-        if module in {"sweep", "sweep_report"} and any(t.startswith("toyworld") for t in targets):
+        for target in sorted(targets):
+            if layer_of(target) > layer_of(module):
+                breaks.append(f"{module} ({LAYERS[layer_of(module)]}) imports {target}, a higher layer "
+                              f"({LAYERS[layer_of(target)]})")
+        if module in DREAMBENCH_SWEEP and any("toyworld" in target.split(".") for target in targets):
             breaks.append(f"the DreamBench {module} imports the toy world")
     return breaks
 

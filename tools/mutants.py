@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAIN, DATA = "src/rewardbooth/train.py", "src/rewardbooth/training_data.py"
+TRAIN, DATA = "src/rewardbooth/training/loop.py", "src/rewardbooth/training/batches.py"
 FAMILIES = "src/rewardbooth/models/families.py"
 
 MUTANTS = {  # name: (file, original text, mutated text)

@@ -16,14 +16,14 @@ from functools import partial
 import numpy as np
 import torch
 
-from rewardbooth import dpg
-from rewardbooth.conditioning import encode_prompts, tokenize_prompts
-from rewardbooth.config import CriticConfig, ModelConfig
-from rewardbooth.critic import CriticSpec, make_critic, make_critic_optimizer
+from rewardbooth.core.config import CriticConfig, ModelConfig
+from rewardbooth.maths import dpg
 from rewardbooth.models import load_model
+from rewardbooth.models.conditioning import encode_prompts, tokenize_prompts
 from rewardbooth.rewards import RewardContext, RewardSetup, make_reward
 from rewardbooth.toyworld import subjects
-from rewardbooth.training_data import decode_latents, encode_posteriors
+from rewardbooth.training.batches import decode_latents, encode_posteriors
+from rewardbooth.training.critic import CriticSpec, make_critic, make_critic_optimizer
 
 
 def main() -> None:

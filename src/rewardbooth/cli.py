@@ -8,14 +8,14 @@ import logging
 import sys
 from pathlib import Path
 
-from rewardbooth.errors import UserError
-from rewardbooth.progress import quiet_libraries
+from rewardbooth.core.errors import UserError
+from rewardbooth.core.progress import quiet_libraries
 
 WRITE_FAILURES = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS)
 
 
 def _add_train(commands) -> None:
-    from rewardbooth.config import preset_names
+    from rewardbooth.core.config import preset_names
 
     parser = commands.add_parser("train", help="personalize a model (DreamBooth, optionally with DPG)",
                                  description="Fine-tune a model on a subject. CONFIG is a YAML/TOML file or a "
@@ -140,7 +140,7 @@ def _add_rewards(commands) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from rewardbooth.config import describe, load_config
+    from rewardbooth.core.config import describe, load_config
 
     if args.help_config:
         print(describe(load_config(args.config, args.overrides) if args.config else None))
@@ -148,14 +148,14 @@ def _run_train(args: argparse.Namespace) -> None:
     if args.config is None:
         raise UserError("no config given: `rewardbooth train default data.instance_dir=PHOTOS ...` (a preset or a "
                         "YAML/TOML file; --help-config lists every key)")
-    from rewardbooth.train import train
+    from rewardbooth.training.loop import train
 
     print(f"done: {train(load_config(args.config, args.overrides))}")
 
 
 def _run_generate(args: argparse.Namespace) -> None:
-    from rewardbooth.dreambench import prompts_for, read_prompt_file
-    from rewardbooth.generate import generate, run_identifiers
+    from rewardbooth.data.dreambench import prompts_for, read_prompt_file
+    from rewardbooth.inference.generate import generate, run_identifiers
 
     identifiers = [args.identifier] if args.identifier else run_identifiers(args.model, args.lora)
     prompts = list(args.prompt)
@@ -172,13 +172,13 @@ def _run_generate(args: argparse.Namespace) -> None:
 
 def _run_bench(args: argparse.Namespace) -> None:
     if args.evaluation:
-        from rewardbooth.bench_evaluation import run_evaluation_bench
+        from rewardbooth.experiments.bench_evaluation import run_evaluation_bench
 
         run_evaluation_bench(num_images=args.images, output=args.output)
         return
     if args.toyworld:
-        from rewardbooth.toyworld.benchmark import run_toyworld_benchmark
-        from rewardbooth.toyworld.experiment import OBJECTIVES, Setting, objective_overrides
+        from rewardbooth.experiments.toyworld.benchmark import run_toyworld_benchmark
+        from rewardbooth.experiments.toyworld.experiment import OBJECTIVES, Setting, objective_overrides
 
         for objective in args.objectives or ():
             objective_overrides(objective)  # an unknown name fails before any run
@@ -189,7 +189,7 @@ def _run_bench(args: argparse.Namespace) -> None:
                                setting=Setting(steps=args.train_steps, lr=args.lr, overrides=tuple(args.overrides)))
         print((output / "results.md").read_text())
         return
-    from rewardbooth.bench import VARIANTS, run_bench
+    from rewardbooth.experiments.bench import VARIANTS, run_bench
 
     unknown = sorted(set(args.variants or ()) - set(VARIANTS))
     if unknown:
@@ -200,8 +200,8 @@ def _run_bench(args: argparse.Namespace) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
-    from rewardbooth.evaluate import evaluate
-    from rewardbooth.storage import check_writable
+    from rewardbooth.core.storage import check_writable
+    from rewardbooth.evaluation.evaluate import evaluate
 
     if (args.output / "evaluation.json").exists() and not args.overwrite:
         raise UserError(f"{args.output} already holds an evaluation; pass --overwrite or choose another --output")
@@ -213,7 +213,13 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> None:
-    from rewardbooth.sweep import describe_sweep, launch_per_device, load_sweep, parse_shard, run_sweep
+    from rewardbooth.experiments.sweep import (
+        describe_sweep,
+        launch_per_device,
+        load_sweep,
+        parse_shard,
+        run_sweep,
+    )
 
     if args.help_config:
         print(describe_sweep())
@@ -245,7 +251,7 @@ def _run_rewards(args: argparse.Namespace) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> None:
-    from rewardbooth.demo import run_demo
+    from rewardbooth.experiments.demo import run_demo
 
     run_demo(args.output, subject_index=args.subject, steps=args.steps, images_per_prompt=args.images_per_prompt,
              num_prompts=args.num_prompts, overwrite=args.overwrite, seed=args.seed)

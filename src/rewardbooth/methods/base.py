@@ -8,9 +8,9 @@ from typing import Protocol
 from diffusers import DiffusionPipeline
 from torch import nn
 
-from rewardbooth.config import Config
+from rewardbooth.core.config import Config
+from rewardbooth.core.registry import Registry
 from rewardbooth.models import StableDiffusionParts
-from rewardbooth.registry import Registry
 
 methods = Registry("base method")
 

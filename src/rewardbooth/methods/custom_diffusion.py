@@ -16,9 +16,9 @@ from diffusers.models.attention_processor import CustomDiffusionAttnProcessor
 from safetensors.torch import save_file
 from torch import nn
 
-from rewardbooth.concepts import concepts_of
-from rewardbooth.config import Config
-from rewardbooth.errors import UserError
+from rewardbooth.core.config import Config
+from rewardbooth.core.errors import UserError
+from rewardbooth.data.concepts import concepts_of
 from rewardbooth.methods.base import methods
 from rewardbooth.models import StableDiffusionParts
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from diffusers import DiffusionPipeline
 from torch import nn
 
-from rewardbooth.config import Config
+from rewardbooth.core.config import Config
 from rewardbooth.methods.base import methods
 from rewardbooth.models import StableDiffusionParts
 

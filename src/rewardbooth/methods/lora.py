@@ -11,7 +11,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers
 from torch import nn
 
-from rewardbooth.config import Config, MethodConfig
+from rewardbooth.core.config import Config, MethodConfig
 from rewardbooth.methods.base import methods
 from rewardbooth.models import StableDiffusionParts
 

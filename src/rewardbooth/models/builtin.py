@@ -13,34 +13,13 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from rewardbooth.config import ModelConfig
+from rewardbooth.core.config import ModelConfig
 from rewardbooth.models.loaders import StableDiffusionParts, loaders
+from rewardbooth.models.tokenizers import make_character_tokenizer
 
 # SD-1.x noise schedule ("scaled_linear", Rombach et al. 2022, configs/stable-diffusion/v1-inference.yaml).
 SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                    clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable-character table (Radford et al. 2019)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    characters = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            characters.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, characters)))
-
-
-def make_character_tokenizer() -> CLIPTokenizer:
-    """A CLIPTokenizer with no merges: every byte is a token (514 ids). Real class, real save/load."""
-    symbols = list(bytes_to_unicode().values())
-    vocab = {symbol: index for index, symbol in enumerate(symbols + [s + "</w>" for s in symbols])}
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
 def _text_config(tokenizer: CLIPTokenizer, **sizes) -> CLIPTextConfig:
@@ -142,5 +121,5 @@ def load_toy(config: ModelConfig) -> StableDiffusionParts:
     from rewardbooth.models.loaders import load_diffusers
     from rewardbooth.toyworld.assets import BASE_MODEL_DIR, require
 
-    folder = require(BASE_MODEL_DIR, "model_index.json", "rewardbooth.toyworld.pretrain")
+    folder = require(BASE_MODEL_DIR, "model_index.json", "rewardbooth.experiments.toyworld.pretrain")
     return load_diffusers(dataclasses.replace(config, pretrained=str(folder)))

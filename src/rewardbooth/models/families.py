@@ -2,7 +2,7 @@
 transformers), asked of one registered object instead of tested for across the code.
 
 A family owns its training-time process (`DiffusionProcess`: x_t from x0, the denoising target and x̂0 from
-the action; the maths itself stays in rewardbooth.dpg), its UNet's extra conditioning (SDXL's size ids), how
+the action; the maths itself stays in rewardbooth.maths.dpg), its UNet's extra conditioning (SDXL's size ids), how
 its diffusers pipeline class is recognised and built over the parts. The loop, batches, bench and methods
 ask `parts.family` and never look at `alphas_cumprod` or at which encoders a model has.
 """
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-from rewardbooth import dpg
-from rewardbooth.registry import Registry
+from rewardbooth.core.registry import Registry
+from rewardbooth.maths import dpg
 
 if TYPE_CHECKING:
     from rewardbooth.models.loaders import StableDiffusionParts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from dataclasses import dataclass, replace
@@ -17,8 +18,9 @@ from diffusers import (
 from diffusers.schedulers import SchedulerMixin
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from rewardbooth.config import ModelConfig
-from rewardbooth.errors import UserError
+from rewardbooth.core.config import ModelConfig
+from rewardbooth.core.errors import UserError
+from rewardbooth.core.registry import Registry
 from rewardbooth.models.families import (
     StableDiffusion,
     StableDiffusionXL,
@@ -26,10 +28,11 @@ from rewardbooth.models.families import (
     family_for_pipeline,
     prediction_type_of,
 )
-from rewardbooth.registry import Registry
 
 loaders = Registry("model loader")
 TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")  # the pipelines' component names, in this order
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -153,3 +156,18 @@ def check_hub_id(name: str, revision: str | None) -> None:
                         f"are off (HF_HUB_OFFLINE=1): download it first (`hf download {name}`), or pass a local "
                         f"diffusers folder")
 
+
+def check_resolution(resolution: int, parts: StableDiffusionParts, key: str = "data.resolution") -> None:
+    """Refuse a size the UNet cannot take; warn about one far above the size the model was trained at."""
+    factor = parts.vae_scale_factor * 2 ** (len(parts.unet.config.block_out_channels) - 1)
+    if resolution % factor:
+        lower, upper = resolution // factor * factor, (resolution // factor + 1) * factor
+        raise UserError(f"{key}={resolution} is not a multiple of {factor} (the VAE factor "
+                        f"{parts.vae_scale_factor} x the UNet's downsampling); use {lower or upper} or {upper}")
+    native = parts.unet.config.sample_size * parts.vae_scale_factor
+    if resolution > 2 * native:
+        # Every step (and every class image) costs (resolution / native)^2 times more, for a size the model
+        # has never drawn.
+        logger.warning("%s=%d is %.0fx the %d px this model was trained at: much slower, and it draws poorly at "
+                       "sizes it never saw; use %d unless you mean it", key, resolution, resolution / native,
+                       native, native)

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rewardbooth.data import remove_identifier
-from rewardbooth.errors import UserError
+from rewardbooth.core.errors import UserError
+from rewardbooth.data.images import remove_identifier
 from rewardbooth.rewards.base import RewardContext, RewardOutput, RewardSetup, rewards
 from rewardbooth.rewards.preprocess import clip_preprocess, dino_preprocess
 

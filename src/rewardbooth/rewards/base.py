@@ -10,8 +10,8 @@ from typing import Any, Protocol
 
 import torch
 
-from rewardbooth.errors import UserError
-from rewardbooth.registry import Registry
+from rewardbooth.core.errors import UserError
+from rewardbooth.core.registry import Registry
 
 rewards = Registry("reward")
 

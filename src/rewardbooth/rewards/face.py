@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rewardbooth.errors import UserError
+from rewardbooth.core.errors import UserError
 from rewardbooth.rewards.base import RewardContext, RewardOutput, RewardSetup, require_module, rewards
 
 logger = logging.getLogger(__name__)

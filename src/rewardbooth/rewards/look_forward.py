@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rewardbooth.dpg import per_sample_mse
+from rewardbooth.maths.dpg import per_sample_mse
 from rewardbooth.rewards.base import RewardContext, RewardOutput, RewardSetup, rewards
 
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from rewardbooth.errors import UserError
+from rewardbooth.core.errors import UserError
 
 ASSETS = Path(__file__).parent / "assets"
 BASE_MODEL_DIR = ASSETS / "base"

@@ -24,7 +24,7 @@ def score_each(judge: Judge, images: list[Image.Image], prompts: list[str], refe
                identifier: str) -> dict[str, list[float]]:
     """Per image: subject fidelity (identity cosine to the references, the DINO analogue) and text alignment
     (caption agreement with the prompt, identifier ignored: the CLIP-T analogue)."""
-    from rewardbooth.data import remove_identifier
+    from rewardbooth.data.images import remove_identifier
 
     pixels = images_to_tensor(images)
     fidelity = identity_similarity(judge, pixels, images_to_tensor(references))

@@ -1,0 +1,400 @@
+"""One frozen config tree: loaded from a YAML/TOML file or a shipped preset, then `section.key=value` overrides.
+
+Every field's ``help`` is its documentation (shown by ``rewardbooth train --help-config``). Numbers that follow
+from others (effective batch size, steps per epoch) are computed and logged by the trainer, not stored here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from rewardbooth.core.errors import UserError
+
+PRESET_DIR = Path(__file__).parents[1] / "presets"
+
+
+def _field(default: Any, help: str) -> Any:
+    if isinstance(default, (list, dict)):
+        raise TypeError("use tuples for sequence defaults so configs stay immutable")
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    pretrained: str | None = _field(None, "diffusers SD or SDXL folder, hub id, or a built-in: 'toy', 'tiny', "
+                                          "'tiny-sdxl', 'sd15-random', 'sdxl-random'")
+    revision: str | None = _field(None, "hub revision (branch, tag or commit)")
+    variant: str | None = _field(None, "weight variant to load, e.g. 'fp16'")
+
+
+@dataclass(frozen=True)
+class ConceptConfig:
+    """One more subject of a multi-concept run, with its own photos, prompt and identifier."""
+
+    instance_dir: str | None = _field(None, "folder of 3-6 photos of this subject")
+    instance_prompt: str | None = _field(None, "its training prompt, containing its identifier")
+    identifier: str | None = _field(None, "its rare token (custom_diffusion: its own new token, e.g. '<new2>')")
+    class_prompt: str | None = _field(None, "its class prompt, for prior preservation")
+    class_dir: str | None = _field(None, "its class-image cache folder (default: under ~/.cache/rewardbooth)")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    instance_dir: str | None = _field(None, "folder of 3-6 photos of the subject")
+    instance_prompt: str = _field("a photo of sks dog", "training prompt; must contain the identifier")
+    identifier: str = _field("sks", "rare token that names the subject inside prompts")
+    class_prompt: str = _field("a photo of dog", "prompt of the subject's class, for prior preservation")
+    prior_preservation: bool = _field(False, "add a class-image batch with the prior loss (DreamBooth)")
+    num_class_images: int = _field(100, "class images generated once with the base model and cached")
+    class_dir: str | None = _field(None, "class-image cache folder (default: under ~/.cache/rewardbooth)")
+    class_generation_steps: int = _field(25, "sampler steps used to generate class images")
+    resolution: int = _field(512, "training resolution in pixels; a multiple of the VAE factor")
+    center_crop: bool = _field(True, "center crop after resizing the short side (else resize the whole image)")
+    random_flip: bool = _field(True, "random horizontal flips")
+    concepts: tuple[ConceptConfig, ...] = _field(
+        (), "more subjects trained in the same run (Custom Diffusion's multi-concept training), each "
+            "{instance_dir, instance_prompt, identifier, class_prompt}; the first subject is the one above")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str = _field("dreambooth", "base method: 'dreambooth' (all UNet weights), 'lora' (adapters) or "
+                                        "'custom_diffusion' (cross-attention K/V + new tokens)")
+    train_text_encoder: bool = _field(False, "also fine-tune the text encoder (lora: adapters on it too)")
+    lora_rank: int = _field(4, "lora: rank r of every adapter")
+    lora_alpha: float | None = _field(None, "lora: scale alpha (the update is alpha / r * B A); default r")
+    lora_unet_modules: tuple[str, ...] = _field(("to_k", "to_q", "to_v", "to_out.0"),
+                                                "lora: UNet layers that get adapters (attention projections)")
+    lora_text_encoder_modules: tuple[str, ...] = _field(("q_proj", "k_proj", "v_proj", "out_proj"),
+                                                        "lora: text-encoder layers that get adapters")
+    custom_diffusion_params: Literal["kv", "crossattn"] = _field(
+        "kv", "custom_diffusion: 'kv' = cross-attention key/value projections (the paper's default); "
+              "'crossattn' = all cross-attention projections")
+    initializer_token: str = _field("ktn", "custom_diffusion: words whose mean embedding starts the new token "
+                                           "(data.identifier, e.g. '<new1>')")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    name: Literal["baseline", "dpg", "direct"] = _field(
+        "dpg", "'baseline' = plain denoising loss; 'dpg' = the policy climbs a critic that learns the reward; "
+        "'direct' = backpropagate a differentiable reward itself (for comparison)")
+    reward: str | dict[str, float] = _field(
+        "look_forward", "reward that scores the look-forward prediction x0_hat (see `rewardbooth rewards`), "
+        "or several as {name: weight}, e.g. {look_forward: 1, dino: 0.5}: their weighted sum")
+    reward_options: dict[str, dict] | None = _field(
+        None, "keyword arguments per reward, e.g. {dino: {model: /models/dino-vits16}}")
+    reward_every: int = _field(1, "score x0_hat and train the critic every k steps (the policy climbs the "
+                                  "critic every step): divides the cost of slow rewards by k")
+    reward_resolution: int | None = _field(
+        None, "pixels at which x0_hat is decoded for image rewards (latents resized first; default: the "
+              "training resolution). 256 suits DINO and CLIP, which look at 224 px")
+    decoder_checkpointing: bool = _field(
+        False, "when an image reward is differentiated (objective.name=direct, critic diagnostics): recompute "
+               "the VAE decoder's activations in the backward pass instead of keeping them (less memory, slower)")
+    instance_weight: float = _field(1.0, "w_inst: weight of the instance denoising loss")
+    prior_weight: float = _field(1.0, "w_prior: weight of the prior-preservation loss")
+    critic_weight: float = _field(1.0, "lambda: weight of the -Q(s, a) policy term")
+    gamma: float = _field(1.0, "discount: the policy term at timestep t is weighted by gamma**t")
+
+
+@dataclass(frozen=True)
+class CriticConfig:
+    name: str = _field("pooled", "critic architecture: 'released' (the paper code's, all-positive init), 'pooled' "
+                               "(per-channel statistics; starts at the look-forward reward with the residual "
+                               "input), 'conv', or 'pkg.mod:factory'")
+    input: Literal["state_action", "residual", "prediction"] = _field(
+        "residual", "'state_action' = [x_t, a]; 'residual' = (x0_hat - x0)^2 as in the released code; "
+                    "'prediction' = x0_hat, which every image reward scores"
+    )
+    residual_prior: bool = _field(
+        True, "conv and pooled critics with the residual input: start Q as the look-forward reward "
+              "-mean((x0_hat - x0)^2) (exact gradient from step 0; false: start at Q = 0)")
+    hidden_channels: int = _field(64, "width of the critic's conv trunk")
+    num_layers: int = _field(3, "conv layers in the critic's trunk")
+    condition_on_text: bool = _field(False, "also feed the pooled text embedding to the critic")
+    optimizer: Literal["adamw", "sgd"] = _field("adamw", "critic optimizer")
+    lr: float = _field(1e-4, "critic learning rate")
+    weight_decay: float = _field(0.0, "critic weight decay")
+    diagnostics_every: int = _field(
+        10, "log critic/grad_cosine = cos(dQ/da, dr/da) and critic/grad_ratio = |dQ/da| / |dr/da| every N steps "
+            "when the reward is differentiable (0 = never); critic/r2 is logged on every scoring step")
+    r2_window: int = _field(64, "samples over which the on-policy R^2 of Q against the reward is computed")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    output_dir: str = _field("outputs/run", "where the pipeline, critic, samples, logs and checkpoints go")
+    overwrite: bool = _field(False, "allow writing into a non-empty output folder (deletes its contents)")
+    resume: str | None = _field(None, "'latest' or a checkpoint folder to continue from")
+    seed: int = _field(0, "seed for every random draw of the run")
+    max_steps: int = _field(400, "optimizer steps")
+    batch_size: int = _field(1, "instance images per process per micro-step")
+    gradient_accumulation_steps: int = _field(1, "micro-steps per optimizer step")
+    lr: float = _field(5e-6, "policy (UNet / text encoder) learning rate")
+    lr_scheduler: str = _field("constant", "diffusers scheduler name: constant, linear, cosine, ...")
+    lr_warmup_steps: int = _field(0, "warm-up steps of the LR schedule")
+    adam_beta1: float = _field(0.9, "AdamW beta1")
+    adam_beta2: float = _field(0.999, "AdamW beta2")
+    adam_weight_decay: float = _field(1e-2, "AdamW weight decay")
+    adam_epsilon: float = _field(1e-8, "AdamW epsilon")
+    use_8bit_adam: bool = _field(False, "bitsandbytes AdamW8bit for the policy (needs CUDA)")
+    max_grad_norm: float = _field(1.0, "gradient clipping of the policy")
+    mixed_precision: Literal["no", "fp16", "bf16"] = _field("no", "autocast precision; trainable weights stay fp32")
+    gradient_checkpointing: bool = _field(False, "trade compute for memory in the UNet / text encoder")
+    cache_latents: bool = _field(True, "encode the training images with the VAE once, not every step")
+    checkpoint_every: int = _field(200, "save a resumable checkpoint every N steps (0 = never)")
+    checkpoints_total_limit: int = _field(2, "keep at most this many checkpoints")
+    log_every: int = _field(1, "log metrics every N steps")
+    report_to: Literal["auto", "tensorboard", "none"] = _field("auto", "tracker ('auto' = tensorboard if installed)")
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    every: int = _field(100, "write a sample grid every N steps (and at steps 0 and last; 0 = never)")
+    prompts: tuple[str, ...] = _field((), "validation prompts (default: the instance prompt)")
+    num_images: int = _field(2, "images per prompt")
+    num_inference_steps: int = _field(25, "sampler steps")
+    guidance_scale: float = _field(7.5, "classifier-free guidance scale")
+    seed: int = _field(1234, "seed of the validation samples (fixed across steps)")
+    reward: str | dict[str, float] | None = _field(
+        None, "image reward(s) scoring the validation samples, e.g. {dino: 1, clip_text: 1}; enables keep-best")
+    reward_options: dict[str, dict] | None = _field(None, "keyword arguments per validation reward")
+    mix: Literal["weighted", "harmonic"] = _field(
+        "weighted", "how several validation rewards combine: weighted sum or weighted harmonic mean")
+    keep_best: bool = _field(True, "with a validation reward: keep the best step's model in best/")
+    patience: int = _field(0, "with a validation reward: stop after this many validations without a new best "
+                              "(0 = never)")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+
+def preset_names() -> list[str]:
+    return sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))
+
+
+def load_config(source: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Build a Config from a file or preset name, then apply ``section.key=value`` overrides."""
+    tree = read_source(source) if source is not None else {}
+    for override in overrides:
+        key, value = _parse_override(override)
+        section, _, name = key.partition(".")
+        tree.setdefault(section, {})
+        if not isinstance(tree[section], dict) or not name:
+            raise UserError(f"override {override!r}: keys look like 'section.key=value', e.g. 'train.max_steps=100'")
+        tree[section][name] = value
+    return from_dict(tree)
+
+
+def from_dict(tree: dict[str, Any]) -> Config:
+    return build_dataclass(Config, tree)
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    def plain(value: Any) -> Any:
+        return list(value) if isinstance(value, tuple) else value
+
+    return {f.name: {k: plain(v) for k, v in dataclasses.asdict(getattr(config, f.name)).items()}
+            for f in dataclasses.fields(config)}
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def describe(config: Config | None = None) -> str:
+    """Every key with its value in `config` (a preset's, say; default: the defaults) and help: ``--help-config``."""
+    config, lines = config or Config(), []
+    for section in dataclasses.fields(config):
+        values = getattr(config, section.name)
+        lines += [f"{section.name}:"] + [f"  {section.name}.{f.name} = {getattr(values, f.name)!r}  # "
+                                         f"{f.metadata.get('help', '')}" for f in dataclasses.fields(values)]
+    return "\n".join(lines)
+
+
+def read_source(source: str | Path) -> dict[str, Any]:
+    path = Path(source)
+    if not path.exists() and str(source) in preset_names():
+        path = PRESET_DIR / f"{source}.yaml"
+    if not path.is_file():
+        raise UserError(f"config {str(source)!r} not found: give a YAML/TOML file or a preset ({', '.join(preset_names())})")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            tree = tomllib.loads(text)
+        else:
+            tree = yaml.safe_load(text) or {}
+    except Exception as error:  # noqa: BLE001 - any parse error is the user's file
+        raise UserError(f"config {str(path)!r} is not valid {path.suffix.lstrip('.') or 'YAML'}: {error}".replace("\n", " ")) from None
+    if not isinstance(tree, dict):
+        raise UserError(f"config {str(path)!r} must be a mapping of sections (model:, data:, train:, ...)")
+    return tree
+
+
+def _parse_override(override: str) -> tuple[str, Any]:
+    key, sep, raw = override.partition("=")
+    if not sep:
+        raise UserError(f"override {override!r} has no '=': write it as section.key=value")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    return key.strip(), value
+
+
+def build_dataclass(cls: type, tree: Any, prefix: str = "") -> Any:
+    """A frozen dataclass from a mapping, every value coerced to its field's type (UserError naming the key)."""
+    if not isinstance(tree, dict):
+        raise UserError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {tree!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(tree) - set(fields))
+    if unknown:
+        raise UserError(f"unknown config key '{prefix}{unknown[0]}': known keys are {', '.join(prefix + k for k in fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in tree.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = build_dataclass(hint, value, prefix=f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(value, hint, f"{prefix}{name}")
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    if hint is Any:  # passed through as YAML gave it (e.g. a sweep's override values)
+        return value
+    if dataclasses.is_dataclass(hint):
+        return build_dataclass(hint, value, prefix=f"{key}.")
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return _coerce_union(value, args, key)
+    if origin is dict:
+        return _coerce_mapping(value, args[1], key)
+    if origin is Literal:
+        if isinstance(value, bool) and all(isinstance(a, str) for a in args):
+            value = "yes" if value else "no"  # YAML 1.1 reads a bare no/yes as a boolean
+        if value not in args:
+            raise UserError(f"bad value {value!r} for {key}: allowed values are {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise UserError(f"bad value {value!r} for {key}: expected a list")
+        return tuple(_coerce(item, args[0], key) for item in items)
+    if hint in _SCALARS:
+        return _coerce_scalar(value, hint, key)
+    raise TypeError(f"config field {key} has an unsupported type {hint}")
+
+
+def _coerce_union(value: Any, args: tuple, key: str) -> Any:
+    if value is None and type(None) in args:
+        return None
+    inner = [a for a in args if a is not type(None)]
+    mappings = [a for a in inner if typing.get_origin(a) is dict]
+    if isinstance(value, dict) and mappings:
+        return _coerce(value, mappings[0], key)
+    return _coerce(value, next((a for a in inner if a not in mappings), inner[0]), key)
+
+
+def _coerce_mapping(value: Any, value_hint: Any, key: str) -> dict[str, Any]:
+    """{name: value}; a `dict` value hint means keyword arguments, passed through as they are."""
+    if not isinstance(value, dict):
+        raise UserError(f"bad value {value!r} for {key}: expected a mapping, e.g. {{name: value}}")
+    if value_hint is dict:
+        bad = [k for k, v in value.items() if not isinstance(v, dict)]
+        if bad:
+            raise UserError(f"bad value for {key}.{bad[0]}: expected a mapping of keyword arguments")
+        return {str(k): dict(v) for k, v in value.items()}
+    return {str(k): _coerce(v, value_hint, f"{key}.{k}") for k, v in value.items()}
+
+
+# (key, test, what the key must be): checked before a run touches anything.
+_RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
+    ("data.resolution", lambda v: v >= 8, "at least 8"),
+    ("data.num_class_images", lambda v: v >= 1, "at least 1"),
+    ("data.class_generation_steps", lambda v: v >= 1, "at least 1"),
+    ("objective.gamma", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("objective.instance_weight", lambda v: v >= 0, "non-negative"),
+    ("objective.prior_weight", lambda v: v >= 0, "non-negative"),
+    ("objective.critic_weight", lambda v: v >= 0, "non-negative"),
+    ("objective.reward_every", lambda v: v >= 1, "at least 1"),
+    ("objective.reward_resolution", lambda v: v is None or v >= 8, "at least 8 (or unset)"),
+    ("method.lora_rank", lambda v: v >= 1, "at least 1"),
+    ("method.lora_alpha", lambda v: v is None or v > 0, "positive (or unset: the rank)"),
+    ("critic.hidden_channels", lambda v: v >= 1, "at least 1"),
+    ("critic.num_layers", lambda v: v >= 0, "non-negative"),
+    ("critic.lr", lambda v: v > 0, "positive"),
+    ("critic.diagnostics_every", lambda v: v >= 0, "non-negative (0 = never)"),
+    ("critic.r2_window", lambda v: v >= 2, "at least 2"),
+    ("train.max_steps", lambda v: v >= 1, "at least 1"),
+    ("train.batch_size", lambda v: v >= 1, "at least 1"),
+    ("train.gradient_accumulation_steps", lambda v: v >= 1, "at least 1"),
+    ("train.lr", lambda v: v > 0, "positive"),
+    ("train.lr_warmup_steps", lambda v: v >= 0, "non-negative"),
+    ("train.checkpoint_every", lambda v: v >= 0, "non-negative (0 = never)"),
+    ("train.checkpoints_total_limit", lambda v: v >= 1, "at least 1"),
+    ("train.log_every", lambda v: v >= 1, "at least 1"),
+    ("validation.every", lambda v: v >= 0, "non-negative (0 = never)"),
+    ("validation.num_images", lambda v: v >= 1, "at least 1"),
+    ("validation.num_inference_steps", lambda v: v >= 1, "at least 1"),
+    ("validation.patience", lambda v: v >= 0, "non-negative (0 = never stop early)"),
+]
+
+
+def check_values(config: Config) -> None:
+    """Range checks a type cannot express; raises UserError naming the key and the allowed values."""
+    for key, test, requirement in _RANGES:
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if not test(value):
+            raise UserError(f"bad value {value!r} for {key}: it must be {requirement}")
+    if not config.model.pretrained:
+        raise UserError("model.pretrained is not set: pass a diffusers folder or hub id, e.g. "
+                        "model.pretrained=stable-diffusion-v1-5/stable-diffusion-v1-5 (or 'toy' for the toy world)")
+    if config.validation.reward is not None and config.validation.every == 0:
+        raise UserError("validation.reward needs validation.every > 0: the reward scores the validation samples")
+    if config.validation.patience and config.validation.reward is None:
+        raise UserError("validation.patience needs validation.reward: early stopping follows the validation score")
+    if not config.data.instance_dir:
+        raise UserError("data.instance_dir is not set: pass data.instance_dir=PATH to a folder of 3-6 subject photos")
+
+
+def _to_float(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    try:
+        return float(value)  # YAML 1.1 reads "1e-6" as a string
+    except (TypeError, ValueError):
+        return None
+
+
+# type -> (accepts value?, convert, what to say when it does not)
+_SCALARS: dict[type, tuple[typing.Callable[[Any], bool], typing.Callable[[Any], Any], str]] = {
+    bool: (lambda v: isinstance(v, bool), bool, "allowed values are true, false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), int, "expected an integer"),
+    float: (lambda v: not isinstance(v, bool) and _to_float(v) is not None, _to_float, "expected a number"),
+    str: (lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool), str, "expected a string"),
+}
+
+
+def _coerce_scalar(value: Any, hint: type, key: str) -> Any:
+    accepts, convert, expected = _SCALARS[hint]
+    if not accepts(value):
+        raise UserError(f"bad value {value!r} for {key}: {expected}")
+    return convert(value)

@@ -1,0 +1,239 @@
+"""`rewardbooth bench`: the cost of DPG steps relative to the plain DreamBooth step.
+
+Variants: `dpg-look-forward` (the latent reward: target <= 1.03 x baseline) and the image rewards `dpg-dino`,
+`dpg-clip-image`, `dpg-clip-text` (decode x0_hat at 256 px or less; DINO ViT-S/16 and CLIP ViT-B/32 with random
+weights, which time like the real ones: target <= 1.25). These run without critic diagnostics; the
+`-diagnosed` variants compute them at every step (cos(dQ/da, dr/da): one critic backward and one reward
+backward, through decoder and backbone for DINO), so (diagnosed - plain) / critic.diagnostics_every is their
+cost per step at the default cadence. The face reward runs dlib on the CPU whatever the device, and finds no
+face in a 64 px image: it is timed per image in docs/rewards.md instead.
+
+Both variants run on the same model, data and process, interleaved step by step (alternating which goes
+first), so machine noise hits both alike; we report the ratio of median step times. Peak memory is measured
+per step with CUDA's allocator statistics on a GPU; on a CPU, where torch keeps no such statistics, each
+variant runs in a fresh child process and we compare the processes' peak resident memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from rewardbooth.core.config import Config, ModelConfig, load_config
+from rewardbooth.data.images import make_example_subject
+from rewardbooth.training.loop import accumulate_gradients, all_finite, apply_update, make_policy
+from rewardbooth.training.setup import RunSetup, build_objective, build_run, load_concepts
+
+PLAIN, DIAGNOSED = "critic.diagnostics_every=0", "critic.diagnostics_every=1"
+# name -> (config overrides, target time and memory ratio against baseline)
+VARIANTS: dict[str, tuple[list[str], float | None]] = {
+    "baseline": (["objective.name=baseline"], None),
+    "dpg-look-forward": (["objective.name=dpg", PLAIN], 1.03),
+    "dpg-dino": (["objective.name=dpg", "objective.reward=dino", "critic.input=prediction", PLAIN], 1.25),
+    "dpg-clip-image": (["objective.name=dpg", "objective.reward=clip_image", "critic.input=prediction", PLAIN], 1.25),
+    "dpg-clip-text": (["objective.name=dpg", "objective.reward=clip_text", "critic.input=prediction", PLAIN], 1.25),
+    "dpg-look-forward-diagnosed": (["objective.name=dpg", DIAGNOSED], None),
+    "dpg-dino-diagnosed": (["objective.name=dpg", "objective.reward=dino", "critic.input=prediction", DIAGNOSED],
+                           None),
+}
+# What each base method needs besides its name (Custom Diffusion learns a new token, so the prompt names it).
+METHOD_OVERRIDES = {"dreambooth": [], "lora": [],
+                    "custom_diffusion": ["data.identifier=<new1>", "data.instance_prompt=a photo of <new1> dog"]}
+DECODE_PIXELS = 256  # DINO and CLIP look at 224 px: decoding x0_hat at 512 would cost 4x for nothing
+
+
+def random_dino(folder: Path) -> Path:
+    """DINO ViT-S/16's architecture (facebook/dino-vits16) with random weights, saved the real way."""
+    from transformers import ViTConfig, ViTModel
+
+    if not (folder / "config.json").is_file():
+        config = ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
+                           image_size=224, patch_size=16, qkv_bias=True)
+        ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
+    return folder
+
+
+def random_clip(folder: Path) -> Path:
+    """CLIP ViT-B/32's architecture (openai/clip-vit-base-patch32) with random weights and the character
+    tokenizer of the built-in tiny model (the text tower runs once per prompt: its vocabulary does not matter
+    for time)."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig
+
+    from rewardbooth.models.tokenizers import make_character_tokenizer
+
+    if not (folder / "config.json").is_file():
+        tokenizer = make_character_tokenizer()
+        text = CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        CLIPModel(CLIPConfig(text_config=text.to_dict())).save_pretrained(folder)  # vision: ViT-B/32 at 224
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
+def variant_overrides(name: str, workdir: Path, resolution: int) -> list[str]:
+    overrides = list(VARIANTS[name][0])
+    reward = next((o.split("=", 1)[1] for o in overrides if o.startswith("objective.reward=")), "look_forward")
+    if reward in ("dino", "clip_image", "clip_text"):
+        model = random_dino(workdir / "dino") if reward == "dino" else random_clip(workdir / "clip")
+        overrides.append(f"objective.reward_options={{{reward}: {{model: '{model}'}}}}")
+    if reward != "look_forward":
+        overrides.append(f"objective.reward_resolution={min(resolution, DECODE_PIXELS)}")
+    return overrides
+
+
+def native_resolution(model: str) -> int:
+    """The pixels a model was trained at (SD-1.5 512, SDXL 1024), from its UNet's sample size: a built-in
+    architecture is built on the meta device, a folder or hub id reads only its UNet config."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from rewardbooth.models import load_model, loaders
+
+    if model in loaders.names():
+        with torch.device("meta"):
+            parts = load_model(ModelConfig(model))
+        return parts.unet.config.sample_size * parts.vae_scale_factor
+    vae_levels = len(AutoencoderKL.load_config(model, subfolder="vae")["block_out_channels"])
+    return UNet2DConditionModel.load_config(model, subfolder="unet")["sample_size"] * 2 ** (vae_levels - 1)
+
+
+def bench_config(model: str, resolution: int, batch_size: int, mixed_precision: str, workdir: Path,
+                 variant_overrides: list[str]) -> Config:
+    subject = workdir / "subject"
+    if not subject.exists():
+        make_example_subject(subject, num_images=4, size=resolution, seed=0)
+    return load_config("default", [
+        f"model.pretrained={model}", f"data.instance_dir={subject}", f"data.resolution={resolution}",
+        "data.prior_preservation=false", f"train.batch_size={batch_size}", f"train.mixed_precision={mixed_precision}",
+        f"train.output_dir={workdir / 'run'}", "train.checkpoint_every=0", "validation.every=0",
+        "train.report_to=none", *variant_overrides,
+    ])
+
+
+def with_objective(run: RunSetup, config: Config) -> RunSetup:
+    """The run with this variant's reward and critic (same UNet, data and optimizer)."""
+    reward, critic, critic_optimizer = build_objective(config, run.parts, load_concepts(config), run.accelerator.device)
+    return dataclasses.replace(run, critic=critic, critic_optimizer=critic_optimizer, reward=reward)
+
+
+def make_step(run: RunSetup, config: Config):
+    """One full optimizer step of the given variant on a run that holds its reward and critic."""
+    policy = make_policy(run)
+
+    def step(index: int) -> None:
+        terms, _ = accumulate_gradients(run, policy, config, index)
+        apply_update(run, config.train, not all_finite(run.accelerator, terms), index)
+
+    return step
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def time_interleaved(steps: dict, num_steps: int, warmup: int) -> dict[str, dict[str, float]]:
+    names = list(steps)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    peaks: dict[str, list[int]] = {name: [] for name in names}
+    for index in range(warmup + num_steps):
+        order = names if index % 2 == 0 else names[::-1]
+        for name in order:
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            synchronize()
+            start = time.perf_counter()
+            steps[name](index)
+            synchronize()
+            if index >= warmup:
+                seconds[name].append(time.perf_counter() - start)
+                if torch.cuda.is_available():
+                    peaks[name].append(torch.cuda.max_memory_allocated())
+    return {name: {"median_step_s": statistics.median(seconds[name]),
+                   "peak_memory_mib": max(peaks[name]) / 2**20 if peaks[name] else None} for name in names}
+
+
+def child_peak_rss(options: dict) -> float:
+    """Peak resident memory (MiB) of a fresh process running warm-up + 2 steps of one variant."""
+    code = "import json, sys; from rewardbooth.experiments.bench import memory_child; memory_child(json.loads(sys.argv[1]))"
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(options)], capture_output=True, text=True,
+                            check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def memory_child(options: dict) -> None:
+    config = bench_config(options["model"], options["resolution"], options["batch_size"],
+                          options["mixed_precision"], Path(options["workdir"]), options["overrides"])
+    step = make_step(build_run(config), config)
+    for index in range(3):
+        step(index)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux reports KiB
+
+
+def run_bench(model: str = "tiny", resolution: int | None = None, batch_size: int = 1, steps: int = 10,
+              warmup: int = 2, mixed_precision: str | None = None, output: Path | None = None,
+              variants: tuple[str, ...] = tuple(VARIANTS), method: str = "dreambooth",
+              extra_overrides: tuple[str, ...] = ()) -> dict:
+    """`extra_overrides` (`section.key=value`) apply to every variant, e.g. train.gradient_checkpointing=true."""
+    cuda = torch.cuda.is_available()
+    resolution = resolution or (64 if model.startswith("tiny") or not cuda else native_resolution(model))
+    mixed_precision = mixed_precision or ("fp16" if cuda else "no")
+    variants = ("baseline", *[name for name in variants if name != "baseline"])
+    common = [f"method.name={method}", *METHOD_OVERRIDES.get(method, []), *extra_overrides]
+    with tempfile.TemporaryDirectory() as workdir:
+        workdir = Path(workdir)
+        overrides = {name: [*common, *variant_overrides(name, workdir, resolution)] for name in variants}
+        configs = {name: bench_config(model, resolution, batch_size, mixed_precision, workdir, overrides[name])
+                   for name in variants}
+        # One run holds the models; each variant builds only its own reward and critic on top.
+        run = build_run(configs[variants[-1]])
+        steps_by_variant = {name: make_step(run if name == variants[-1] else with_objective(run, config), config)
+                            for name, config in configs.items()}
+        results = time_interleaved(steps_by_variant, steps, warmup)
+        del run, steps_by_variant
+        if not cuda:
+            for name in variants:
+                results[name]["peak_memory_mib"] = child_peak_rss(dict(
+                    model=model, resolution=resolution, batch_size=batch_size, mixed_precision=mixed_precision,
+                    workdir=str(workdir), overrides=overrides[name]))
+    report = {
+        "model": model, "method": method, "overrides": list(extra_overrides), "resolution": resolution,
+        "batch_size": batch_size, "mixed_precision": mixed_precision,
+        "timed_steps": steps, "warmup_steps": warmup,
+        "device": torch.cuda.get_device_name() if cuda else f"cpu ({platform.processor() or platform.machine()}, "
+                                                             f"{torch.get_num_threads()} threads)",
+        "memory_measure": "peak CUDA allocation per step" if cuda else "peak RSS of a process per variant",
+        "variants": results,
+        "ratios": {name: {"time": results[name]["median_step_s"] / results["baseline"]["median_step_s"],
+                          "memory": results[name]["peak_memory_mib"] / results["baseline"]["peak_memory_mib"],
+                          "target": VARIANTS[name][1]} for name in variants[1:]},
+    }
+    print(format_report(report))
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"model {report['model']} ({report['method']}), {report['resolution']} px, "
+             f"batch {report['batch_size']}, "
+             f"precision {report['mixed_precision']}, {report['device']}; median of {report['timed_steps']} "
+             f"interleaved steps",
+             f"{'variant':<28}{'median step (s)':>16}{'peak memory (MiB)':>20}"]
+    for name, values in report["variants"].items():
+        lines.append(f"{name:<28}{values['median_step_s']:>16.4f}{values['peak_memory_mib']:>20.1f}")
+    for name, ratios in report["ratios"].items():
+        target = f" (target <= {ratios['target']})" if ratios["target"] is not None else ""
+        lines.append(f"{name} / baseline: time {ratios['time']:.3f}, memory {ratios['memory']:.3f}{target}")
+    lines.append(f"memory = {report['memory_measure']}")
+    return "\n".join(lines)

@@ -1,0 +1,67 @@
+"""How good the judge is, and how good the base model is by the judge: the figures the toy world reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rewardbooth.toyworld import world
+from rewardbooth.toyworld.judge import (
+    ATTRIBUTES,
+    HELD_OUT_SEED,
+    Judge,
+    attribute_labels,
+    evaluate_judge,
+    to_tensor,
+)
+
+
+@torch.no_grad()
+def evaluate_base_model(model_dir: Path, judge: Judge, count: int = 200, steps: int = 25,
+                        guidance_scale: float = 4.0) -> dict[str, float]:
+    """Generate one image per held-out full caption; the judge checks each attribute the caption names."""
+    from rewardbooth.core.config import ModelConfig
+    from rewardbooth.models import load_model
+
+    _, captions, scenes = world.make_dataset(HELD_OUT_SEED + 1, count, drop=0.0)
+    pipeline = load_model(ModelConfig(str(model_dir))).pipeline()
+    pipeline.set_progress_bar_config(disable=True)
+    images = []
+    for start in range(0, count, 50):
+        batch = captions[start:start + 50]
+        generators = [torch.Generator().manual_seed(start + k) for k in range(len(batch))]
+        images += pipeline(batch, num_inference_steps=steps, guidance_scale=guidance_scale,
+                           height=world.RESOLUTION, width=world.RESOLUTION, generator=generators).images
+    _, logits = judge(to_tensor(np.stack([np.asarray(image) for image in images])))
+    labels = attribute_labels(scenes)
+    return {name: float((logits[name].argmax(1) == labels[name]).float().mean()) for name in ATTRIBUTES}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m rewardbooth.experiments.toyworld.judge_eval [--model DIR] [--judge DIR] [--output FILE]"""
+    import argparse
+    import json
+
+    from rewardbooth.toyworld.assets import BASE_MODEL_DIR, JUDGE_DIR
+    from rewardbooth.toyworld.judge import load_judge
+
+    parser = argparse.ArgumentParser(description="Judge accuracy and the base model's accuracy by the judge.")
+    parser.add_argument("--model", type=Path, default=BASE_MODEL_DIR)
+    parser.add_argument("--judge", type=Path, default=JUDGE_DIR)
+    parser.add_argument("--count", type=int, default=200, help="held-out captions for the base model")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args(argv)
+    judge = load_judge(args.judge)
+    report = {"judge": evaluate_judge(judge),
+              f"base_model_accuracy_on_{args.count}_held_out_captions": evaluate_base_model(args.model, judge,
+                                                                                           args.count)}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        args.output.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Sampling from a base or personalized model: PNGs per prompt and seed, and one grid."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from rewardbooth.core.config import ModelConfig
+from rewardbooth.core.errors import UserError
+from rewardbooth.core.progress import progress
+from rewardbooth.core.storage import check_writable
+from rewardbooth.evaluation.plots import prompt_grid
+from rewardbooth.models import load_model
+from rewardbooth.models.loaders import check_resolution
+
+
+def slug(prompt: str, max_length: int = 60) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:max_length] or "prompt"
+
+
+def image_name(index: int, prompt: str, seed: int) -> str:
+    """The file of prompt number `index` at `seed`: the index keeps prompts apart whose slugs agree (case,
+    punctuation, a long common start), the slug tells a person which prompt it is."""
+    return f"{index:03d}_{slug(prompt)}_{seed:05d}.png"
+
+
+def recorded_config(folder: Path) -> dict | None:
+    """The config.yaml a training run wrote next to its result (a keep-best `best/` reads its run's)."""
+    import yaml
+
+    for candidate in (folder / "config.yaml", folder.parent / "config.yaml" if folder.name == "best" else None):
+        if candidate is not None and candidate.is_file():
+            return yaml.safe_load(candidate.read_text())
+    return None
+
+
+def run_identifiers(model: str, lora: str | None = None) -> list[str]:
+    """The identifiers a training output was trained with (every concept's), or [] for a base model."""
+    recorded = recorded_config(Path(lora or model).expanduser())
+    if not recorded:
+        return []
+    data = recorded.get("data", {})
+    return [data["identifier"], *(concept["identifier"] for concept in data.get("concepts") or [])]
+
+
+def resolve_result(model: str, lora: str | None) -> tuple[str, str | None, str | None]:
+    """(base model, base method whose result to apply, result folder).
+
+    A training output that is not a full pipeline (LoRA, Custom Diffusion) names its base model and method
+    in the config.yaml written next to its weights; `lora` applies a LoRA folder to any model."""
+    folder = Path(model).expanduser()
+    if lora is not None:
+        from rewardbooth.methods.lora import WEIGHT_NAME
+
+        if not (Path(lora).expanduser() / WEIGHT_NAME).is_file():
+            raise UserError(f"--lora {lora!r} has no {WEIGHT_NAME}: pass a folder written by a method.name=lora run")
+        return model, "lora", lora
+    if folder.is_dir() and not (folder / "model_index.json").is_file() and (folder / "config.yaml").is_file():
+        recorded = recorded_config(folder)
+        return str(recorded["model"]["pretrained"]), recorded["method"]["name"], model
+    return model, None, None
+
+
+def generate(model: str, prompts: list[str], output_dir: Path, num_images: int = 4, seed: int = 0,
+             num_inference_steps: int = 25, guidance_scale: float = 7.5, resolution: int | None = None,
+             overwrite: bool = False, device: str | None = None, lora: str | None = None,
+             identifiers: list[str] | None = None) -> list[Path]:
+    """Image k of each prompt uses seed ``seed + k``, so the same call always gives the same images.
+
+    `model` is a pipeline folder, hub id or built-in name, or any training output (LoRA and Custom Diffusion
+    ones are applied to their base model); `lora` adds LoRA weights to the model (`load_lora_weights`).
+    `identifiers` (default: the run's own, from its config.yaml) go into generation.json, so that an
+    evaluation removes the right words for CLIP-T."""
+    if not prompts:
+        raise UserError("no prompt given: pass --prompt 'a photo of sks dog' (repeat it for several)")
+    if num_images < 1:
+        raise UserError(f"--num-images must be at least 1, got {num_images}")
+    if resolution is not None and resolution < 8:
+        raise UserError(f"--resolution must be at least 8 pixels, got {resolution}")
+    jobs = [(index, prompt, seed + k) for index, prompt in enumerate(prompts) for k in range(num_images)]
+    planned = [output_dir / image_name(*job) for job in jobs]
+    clashes = [p for p in [*planned, output_dir / "grid.png", output_dir / "generation.json"] if p.exists()]
+    if clashes and not overwrite:
+        raise UserError(f"{clashes[0]} already exists; pass --overwrite or choose another --output folder")
+    check_writable(output_dir, "--output")
+    identifiers = run_identifiers(model, lora) if identifiers is None else identifiers
+    model, method, result = resolve_result(model, lora)
+    parts = load_model(ModelConfig(pretrained=model))
+    if resolution is not None:
+        check_resolution(resolution, parts, key="--resolution")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipeline = parts.pipeline()
+    if method is not None:
+        from rewardbooth.methods import methods
+
+        pipeline = methods.get(method).load_result(pipeline, Path(result).expanduser())
+    pipeline = pipeline.to(device)
+    pipeline.set_progress_bar_config(disable=True)
+    resolution = resolution or parts.unet.config.sample_size * parts.vae_scale_factor
+    output_dir.mkdir(parents=True, exist_ok=True)
+    images = []
+    for prompt in progress(prompts, desc="generate"):
+        generators = [torch.Generator().manual_seed(seed + k) for k in range(num_images)]
+        images += pipeline([prompt] * num_images, height=resolution, width=resolution,
+                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                           generator=generators).images
+    for path, image in zip(planned, images):
+        image.save(path)
+    prompt_grid(images, prompts, [seed + k for k in range(num_images)]).save(output_dir / "grid.png")
+    # The protocol next to the images, so that an evaluation can say exactly what it scored.
+    record = {"model": model, "applied_result": {"method": method, "folder": result} if method else None,
+              "sampler": type(pipeline.scheduler).__name__, "num_inference_steps": num_inference_steps,
+              "guidance_scale": guidance_scale, "resolution": resolution, "images_per_prompt": num_images,
+              "seeds": [seed + k for k in range(num_images)], "identifiers": identifiers,
+              "images": [{"file": path.name, "prompt": prompt, "seed": image_seed}
+                         for (_, prompt, image_seed), path in zip(jobs, planned)]}
+    (output_dir / "generation.json").write_text(json.dumps(record, indent=2) + "\n")
+    return planned

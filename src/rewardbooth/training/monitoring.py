@@ -1,0 +1,115 @@
+"""What a person watches during a run: metric logs (JSON lines + accelerate trackers) and sample grids."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from rewardbooth.core.config import ValidationConfig
+from rewardbooth.models import StableDiffusionParts
+
+
+def validation_prompts(config: ValidationConfig, instance_prompts: list[str]) -> list[str]:
+    """The configured prompts, or every concept's instance prompt."""
+    return list(config.prompts) or list(instance_prompts)
+
+
+@torch.no_grad()
+def render_samples(parts: StableDiffusionParts, prompts: list[str], config: ValidationConfig, resolution: int,
+                   device: torch.device, autocast_dtype: torch.dtype | None = None) -> list[Image.Image]:
+    """`num_images` per prompt, prompt by prompt; seeds are fixed so that samples of different steps compare
+    like for like."""
+    pipeline = parts.pipeline().to(device)
+    pipeline.set_progress_bar_config(disable=True)
+    images = []
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        for prompt in prompts:
+            generators = [torch.Generator().manual_seed(config.seed + k) for k in range(config.num_images)]
+            images += pipeline([prompt] * config.num_images, height=resolution, width=resolution,
+                               num_inference_steps=config.num_inference_steps,
+                               guidance_scale=config.guidance_scale, generator=generators).images
+    return images
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step to metrics.jsonl (main process only)."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        if self.enabled:
+            with self.path.open("a") as file:
+                file.write(json.dumps({"step": step, **values}) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop lines logged after the checkpoint so the log matches an uninterrupted run."""
+        if not (self.enabled and self.path.is_file()):
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+
+PLOTTED_METRICS = ("loss", "instance_loss", "prior_loss", "policy_term", "critic_loss", "reward", "q", "critic/r2",
+                   "critic/grad_cosine", "critic/grad_ratio", "lr", "grad_norm", "discount_mean")
+# Levels drawn as dashed lines (and kept in view): what the critic diagnostics should reach.
+REFERENCE_LEVELS = {"critic/grad_cosine": (0.0, 0.9, 1.0), "critic/grad_ratio": (0.5, 1.0, 2.0), "critic/r2": (0.0, 1.0)}
+
+
+def plot_metrics(metrics_file: Path, output: Path, panel_size: tuple[int, int] = (360, 200)) -> Path | None:
+    """One line chart per logged metric (PIL only, no plotting dependency); returns the PNG's path."""
+    from PIL import ImageDraw
+
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    names = [name for name in PLOTTED_METRICS if any(name in row for row in rows)]
+    # Each reward part and diagnostic, and the validation scores.
+    names += sorted({key for row in rows for key in row if key.startswith(("reward/", "val/"))})
+    if not names:
+        return None
+    width, height = panel_size
+    canvas = Image.new("RGB", (width * min(3, len(names)), height * math.ceil(len(names) / 3)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for index, name in enumerate(names):
+        points = [(row["step"], row[name]) for row in rows if name in row and math.isfinite(row[name])]
+        left, top = (index % 3) * width, (index // 3) * height
+        _draw_panel(draw, (left + 45, top + 22, left + width - 12, top + height - 24), name, points,
+                    REFERENCE_LEVELS.get(name, ()))
+    canvas.save(output)
+    return output
+
+
+def _draw_panel(draw, box: tuple[int, int, int, int], title: str, points: list[tuple[int, float]],
+                levels: tuple[float, ...] = ()) -> None:
+    x0, y0, x1, y1 = box
+    draw.rectangle(box, outline="gray")
+    draw.text((x0, y0 - 16), title, fill="black")
+    if not points:
+        return
+    steps, values = zip(*points)
+    low, high = min([*values, *levels]), max([*values, *levels])
+    span_x, span_y = max(steps[-1] - steps[0], 1), (high - low) or 1.0
+    for level in levels:
+        y = y1 - (level - low) / span_y * (y1 - y0)
+        for start in range(x0, x1, 8):  # dashed
+            draw.line([(start, y), (min(start + 4, x1), y)], fill=(160, 160, 160))
+    def to_xy(pairs):
+        return [(x0 + (s - steps[0]) / span_x * (x1 - x0), y1 - (v - low) / span_y * (y1 - y0)) for s, v in pairs]
+
+    xy = to_xy(points)
+    if len(xy) > 40:  # a noisy per-step series: the raw values faint, a running mean over ~5 % of the run on top
+        draw.line(xy, fill=(174, 199, 232), width=1)
+        window = max(2, len(values) // 20)
+        running = [sum(values[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
+        draw.line(to_xy(zip(steps, running)), fill=(31, 119, 180), width=2)
+    elif len(xy) > 1:
+        draw.line(xy, fill=(31, 119, 180), width=2)
+    else:
+        draw.point(xy, fill=(31, 119, 180))
+    draw.text((2 + x0 - 45, y0), f"{high:.3g}", fill="black")
+    draw.text((2 + x0 - 45, y1 - 10), f"{low:.3g}", fill="black")
+    draw.text((x0, y1 + 4), f"step {steps[0]}", fill="black")
+    draw.text((x1 - 60, y1 + 4), f"step {steps[-1]}", fill="black")

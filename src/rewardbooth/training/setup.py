@@ -1,0 +1,287 @@
+"""Everything a run needs before its first step, built in the order that fails early and writes nothing.
+
+User input is checked (config values, subject photos, identifier, model, resolution) before any file is
+written; then models are placed, optimizers built and everything stateful handed to accelerate.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import cast_training_params
+from torch import nn
+
+from rewardbooth.core.config import Config, DataConfig, check_values, to_dict
+from rewardbooth.core.errors import UserError
+from rewardbooth.data import images as subject_data
+from rewardbooth.data.concepts import check_concepts, concept_data, concepts_of
+from rewardbooth.maths.dpg import critic_input_channels
+from rewardbooth.methods import Method, make_method, methods
+from rewardbooth.models import StableDiffusionParts, load_model
+from rewardbooth.models.conditioning import encode_prompts, tokenize_prompts
+from rewardbooth.models.families import DiffusionProcess
+from rewardbooth.models.loaders import check_resolution
+from rewardbooth.rewards import Reward, RewardSetup, build_reward, reward_weights, rewards
+from rewardbooth.rewards.concepts import build_concept_reward
+from rewardbooth.training.batches import ImageSet, TrainingData, with_flips
+from rewardbooth.training.class_images import class_image_dir, generate_class_images
+from rewardbooth.training.critic import CriticSpec, critics, make_critic, make_critic_optimizer
+
+logger = logging.getLogger(__name__)
+
+AUTOCAST_DTYPES = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class RunSetup:
+    accelerator: Accelerator
+    parts: StableDiffusionParts  # unwrapped modules; the UNet / text encoder here are the ones being trained
+    method: Method
+    data: TrainingData
+    process: DiffusionProcess  # the family's forward process, on the accelerator's device
+    unet: nn.Module  # prepared (DDP-wrapped when distributed)
+    text_encoders: list[nn.Module] | None  # prepared, when they train (SDXL: both)
+    critic: nn.Module | None  # prepared, DPG only
+    reward: Reward | None
+    optimizer: torch.optim.Optimizer
+    critic_optimizer: torch.optim.Optimizer | None
+    lr_scheduler: object
+    policy_parameters: list[nn.Parameter]
+    autocast_dtype: torch.dtype | None
+    effective_batch_size: int
+    concept_images: list[torch.Tensor]  # per concept (N_k, 3, R, R) in [0, 1]: the photos, for image rewards
+    size_ids: torch.Tensor | None  # the family's micro-conditioning (SDXL's (1, 6) size ids); None for SD
+
+    @property
+    def stateful(self) -> dict[str, object]:
+        """What a checkpoint saves besides accelerate's prepared models and optimizer, by file name."""
+        extra = {"lr_schedule": self.lr_scheduler}
+        if self.critic_optimizer is not None:
+            extra["critic_optimizer"] = self.critic_optimizer
+        return extra
+
+    @property
+    def trained_models(self) -> list[nn.Module]:
+        return [m for m in (self.unet, *(self.text_encoders or []), self.critic) if m is not None]
+
+    def start_trackers(self, config: Config) -> None:
+        flat = {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
+                for section, values in to_dict(config).items() for key, value in values.items()}
+        self.accelerator.init_trackers("rewardbooth", config=flat)
+
+
+def make_accelerator(config: Config) -> Accelerator:
+    report_to = config.train.report_to
+    if report_to == "auto":
+        report_to = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
+    output_dir = Path(config.train.output_dir)
+    # Launched as several processes (torchrun, `accelerate launch --multi_gpu`) on a machine without CUDA:
+    # accelerate uses gloo on CPU only when told `cpu=True`, otherwise every process trains alone.
+    cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return Accelerator(cpu=cpu_processes, mixed_precision=config.train.mixed_precision,
+                       log_with=None if report_to == "none" else report_to,
+                       project_config=ProjectConfiguration(project_dir=str(output_dir),
+                                                           logging_dir=str(output_dir / "logs")))
+
+
+def load_concepts(config: Config) -> list[torch.Tensor]:
+    """Every concept's photos, the main subject first. Shape: -> [(N_k, 3, R, R) float32 in [0, 1]]"""
+    check_concepts(config.data)
+    loaded = []
+    for concept in concepts_of(config.data):
+        subject_data.check_identifier(concept.instance_prompt, concept.identifier)
+        if config.data.prior_preservation and subject_data.names_identifier(concept.class_prompt, concept.identifier):
+            # Class images of "a photo of sks dog" teach the model the subject, not the class it must keep.
+            raise UserError(f"class prompt {concept.class_prompt!r} contains the identifier {concept.identifier!r}, "
+                            f"which defeats prior preservation; name the class only (e.g. 'a photo of dog')")
+        images = subject_data.load_subject_images(concept.instance_dir)
+        warn_if_small(images, config.data.resolution)
+        loaded.append(torch.stack([subject_data.image_to_tensor(image, config.data.resolution,
+                                                                config.data.center_crop) for _, image in images]))
+    return loaded
+
+
+def warn_if_small(images: list[tuple[Path, object]], resolution: int) -> None:
+    """Photos far smaller than the training resolution are upscaled into a blur that the model then learns."""
+    small = sorted(((min(image.size), path, image.size) for path, image in images if min(image.size) * 2 < resolution),
+                   key=lambda entry: entry[0])
+    if small:
+        side, path, (width, height) = small[0]
+        logger.warning("%d of %d photos are far below data.resolution=%d (smallest: '%s', %dx%d px, upscaled %.0fx), "
+                       "so the subject will be learnt blurry; use photos of at least %d px", len(small), len(images),
+                       resolution, path, width, height, resolution / side, resolution // 2)
+
+
+def check_component_names(config: Config) -> None:
+    """Resolve every registry name (importing dotted paths) before any slow work, so typos fail at once."""
+    methods.get(config.method.name)
+    if config.objective.name != "baseline":
+        for name in reward_weights(config.objective.reward):
+            factory = rewards.get(name)  # an unknown name fails here, before any slow work
+            # A reward class tells its differentiability before it is built.
+            if config.objective.name == "direct" and getattr(factory, "differentiable", True) is False:
+                raise UserError(f"objective.name=direct backpropagates the reward, but {name!r} is not "
+                                f"differentiable: use objective.name=dpg (the critic learns it)")
+    if config.objective.name == "dpg":
+        critics.get(config.critic.name)
+
+
+def build_run(config: Config) -> RunSetup:
+    check_values(config)
+    check_component_names(config)
+    accelerator = make_accelerator(config)
+    set_seed(config.train.seed)  # for user components that draw from the global generators
+    concept_images = load_concepts(config)
+    parts = load_model(config.model)
+    check_resolution(config.data.resolution, parts)
+    device, autocast_dtype = accelerator.device, AUTOCAST_DTYPES[config.train.mixed_precision]
+    method = make_method(parts, config)
+    train_text_encoder = "text_encoder" in method.trainable
+    place_models(parts, method, device, autocast_dtype, train_text_encoder)
+
+    data = build_training_data(config, parts, concept_images, train_text_encoder, accelerator)
+    reward, critic, critic_optimizer = build_objective(config, parts, concept_images, device)
+
+    if config.objective.decoder_checkpointing:
+        parts.vae.enable_gradient_checkpointing()
+    if config.train.gradient_checkpointing:
+        parts.unet.enable_gradient_checkpointing()
+        if train_text_encoder:
+            for encoder in parts.text_encoders:
+                encoder.gradient_checkpointing_enable()
+    policy_parameters = [p for module in method.trainable.values() for p in module.parameters() if p.requires_grad]
+    optimizer = make_policy_optimizer(policy_parameters, config)
+    lr_scheduler = get_scheduler(config.train.lr_scheduler, optimizer=optimizer,
+                                 num_warmup_steps=config.train.lr_warmup_steps,
+                                 num_training_steps=config.train.max_steps)
+
+    # The LR schedule and the critic optimizer are stepped by hand once per optimizer step (accelerate would
+    # step a prepared scheduler once per process); checkpoints save them as plain tensors (RunSetup.stateful),
+    # not through accelerate's registration, whose pickles are loaded with weights_only=False.
+    modules = list(method.trainable.values()) + ([critic] if critic is not None else [])
+    prepared = accelerator.prepare(*modules, optimizer)
+    *prepared_modules, optimizer = prepared
+    named = dict(zip(list(method.trainable) + (["critic"] if critic is not None else []), prepared_modules))
+    text_encoders = [named[name] for name in parts.named_text_encoders if name in named]
+    num_processes = accelerator.num_processes
+    return RunSetup(
+        accelerator=accelerator, parts=parts, method=method, data=data,
+        process=parts.process.to(accelerator.device), unet=named["unet"], text_encoders=text_encoders or None,
+        critic=named.get("critic"), reward=reward, optimizer=optimizer, critic_optimizer=critic_optimizer,
+        lr_scheduler=lr_scheduler, policy_parameters=policy_parameters, autocast_dtype=autocast_dtype,
+        effective_batch_size=config.train.batch_size * num_processes * config.train.gradient_accumulation_steps,
+        concept_images=concept_images, size_ids=parts.family.micro_conditioning(config.data.resolution),
+    )
+
+
+def place_models(parts: StableDiffusionParts, method: Method, device: torch.device,
+                 autocast_dtype: torch.dtype | None, train_text_encoder: bool) -> None:
+    """Frozen parts only run forward: keep them in the autocast dtype to save memory (trainable stay fp32)."""
+    frozen_dtype = autocast_dtype or torch.float32
+    # As the stock pipelines do: a VAE marked force_upcast (SDXL's overflows in fp16) stays fp32 under fp16.
+    upcast = frozen_dtype == torch.float16 and parts.vae.config.get("force_upcast", False)
+    parts.vae.to(device, torch.float32 if upcast else frozen_dtype)
+    if getattr(method, "adapters_only", False):
+        # Adapter methods: the base weights are frozen too; only the adapters are kept in fp32.
+        for module in (parts.unet, *parts.text_encoders):
+            module.to(device, frozen_dtype)
+        cast_training_params([parts.unet, *parts.text_encoders], dtype=torch.float32)
+        return
+    for encoder in parts.text_encoders:
+        encoder.to(device, torch.float32 if train_text_encoder else frozen_dtype)
+    parts.unet.to(device)
+
+
+def build_objective(config: Config, parts: StableDiffusionParts, concept_images: list[torch.Tensor],
+                    device: torch.device) -> tuple[Reward | None, nn.Module | None, torch.optim.Optimizer | None]:
+    """The reward (dpg, direct; one per concept) and the critic with its optimizer (dpg), on `device`."""
+    reward, critic, critic_optimizer = None, None, None
+    if config.objective.name != "baseline":
+        setups = reward_setups(config, concept_images, device)
+        reward = build_concept_reward(
+            lambda setup: build_reward(config.objective.reward, config.objective.reward_options, setup), setups)
+        if config.objective.name == "direct" and not reward.differentiable:
+            raise UserError(f"objective.name=direct backpropagates the reward, but {config.objective.reward!r} is "
+                            f"not differentiable (says the built reward): use objective.name=dpg")
+    if config.objective.name == "dpg":
+        side = config.data.resolution // parts.vae_scale_factor
+        spec = CriticSpec(critic_input_channels(config.critic.input, parts.unet.config.in_channels), (side, side),
+                          parts.text_embedding_dim)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.train.seed)  # the critic's initial weights are part of the run's seed
+            critic = make_critic(spec, config.critic).to(device)
+        critic_optimizer = make_critic_optimizer(critic, config.critic)
+    return reward, critic, critic_optimizer
+
+
+def reward_setups(config: Config, concept_images: list[torch.Tensor], device: torch.device) -> list[RewardSetup]:
+    """What each concept's reward is built from: its photos and its identifier."""
+    return [RewardSetup(reference_images=images, identifier=concept.identifier, device=device)
+            for concept, images in zip(concepts_of(config.data), concept_images, strict=True)]
+
+
+def build_training_data(config: Config, parts: StableDiffusionParts, concept_images: list[torch.Tensor],
+                        train_text_encoder: bool, accelerator: Accelerator) -> TrainingData:
+    data_config, flip = config.data, config.data.random_flip
+    concepts = concepts_of(data_config)
+    cache = config.train.cache_latents
+    instance = prompted_set(concept_images, [c.instance_prompt for c in concepts], flip, parts.vae, cache)
+    prior = None
+    if data_config.prior_preservation:
+        class_images = [load_class_images(parts, concept_data(data_config, concept), accelerator)
+                        for concept in concepts]
+        prior = prompted_set(class_images, [c.class_prompt for c in concepts], flip, parts.vae, cache)
+    prompts = [prompt for c in concepts for prompt in (c.instance_prompt, c.class_prompt) if prompt]
+    token_ids = {prompt: tokenize_prompts(parts.tokenizers, [prompt]) for prompt in prompts}
+    if train_text_encoder:
+        conditioning = {prompt: {"token_ids": ids} for prompt, ids in token_ids.items()}
+    else:  # a frozen text encoder gives the same embedding every step: compute it once
+        with torch.no_grad():
+            conditioning = {prompt: {key: value.float().cpu() for key, value in
+                                     encode_prompts(parts.text_encoders, ids).items()}
+                            for prompt, ids in token_ids.items()}
+    return TrainingData(parts.vae, parts.process.num_train_timesteps, instance, prior,
+                        conditioning, seed=config.train.seed)
+
+
+def prompted_set(image_groups: list[torch.Tensor], prompts: list[str], flip: bool, vae, cache: bool) -> ImageSet:
+    """One image set over several concepts' images, each image labelled with its concept's prompt."""
+    groups = [with_flips(images, flip) for images in image_groups]
+    labels = [prompt for prompt, images in zip(prompts, groups, strict=True) for _ in range(len(images))]
+    return ImageSet(torch.cat(groups), labels, vae, cache=cache)
+
+
+def load_class_images(parts: StableDiffusionParts, data_config: DataConfig, accelerator: Accelerator) -> torch.Tensor:
+    """One concept's class images, generated once by the main process and cached. Shape: -> (M, 3, R, R)"""
+    folder = class_image_dir(data_config, parts.source)
+    if accelerator.is_main_process:
+        generate_class_images(parts, data_config, folder, accelerator.device)
+    accelerator.wait_for_everyone()
+    paths = sorted(folder.glob("class_*.png"))[: data_config.num_class_images]
+    return torch.stack([subject_data.image_to_tensor(subject_data.load_image(path), data_config.resolution,
+                                                     data_config.center_crop) for path in paths])
+
+
+def make_policy_optimizer(parameters: list[nn.Parameter], config: Config) -> torch.optim.Optimizer:
+    train = config.train
+    optimizer_class, extra = torch.optim.AdamW, {"fused": True}  # fused: one kernel, 5x faster on CPU too
+    if train.use_8bit_adam:
+        try:
+            import bitsandbytes
+        except ImportError:
+            raise UserError("train.use_8bit_adam=true needs bitsandbytes: pip install 'rewardbooth[bnb]' "
+                            "(CUDA only), or set train.use_8bit_adam=false") from None
+        optimizer_class, extra = bitsandbytes.optim.AdamW8bit, {}
+    return optimizer_class(parameters, lr=train.lr, betas=(train.adam_beta1, train.adam_beta2),
+                           weight_decay=train.adam_weight_decay, eps=train.adam_epsilon, **extra)
+
+
+
