@@ -1,8 +1,8 @@
 """Golden runs: a few steps of each method and family on the tiny models, recorded before a refactor and
-compared after it (tests/test_golden.py). A refactor that is meant to change nothing must leave every logged
+compared after it (tests/integration/test_golden.py). A refactor that is meant to change nothing must leave every logged
 metric and every final weight bitwise the same.
 
-    REWARDBOOTH_RECORD_GOLDEN=1 python -m pytest tests/test_golden.py   # record tests/golden/*.json, only
+    REWARDBOOTH_RECORD_GOLDEN=1 python -m pytest tests/integration/test_golden.py   # record tests/golden/*.json, only
                                                                         # when a change of behaviour is meant
 
 Bitwise equality holds on one platform (same torch, same CPU kernels; every golden run uses one thread, as

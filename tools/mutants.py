@@ -1,8 +1,8 @@
 """Break one line of the training loop, run the tests that guard it, put the line back.
 
-    python tools/mutants.py                 # every mutant against tests/test_wiring.py
+    python tools/mutants.py                 # every mutant against tests/unit/test_wiring.py
     python tools/mutants.py detach-policy   # one mutant
-    python tools/mutants.py --tests tests/test_wiring.py tests/test_resume.py
+    python tools/mutants.py --tests tests/unit/test_wiring.py tests/integration/test_resume.py
 
 Each mutant is a line the issue tracker found broken-but-unnoticed once (or could be): a test of wiring is
 only evidence if it fails when the wiring is cut. Prints KILLED or SURVIVED per mutant; exits 1 if any
@@ -61,7 +61,7 @@ def run(name: str, tests: list[str]) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*", help=f"mutants to run (default: all): {', '.join(MUTANTS)}")
-    parser.add_argument("--tests", nargs="+", default=["tests/test_wiring.py"])
+    parser.add_argument("--tests", nargs="+", default=["tests/unit/test_wiring.py"])
     args = parser.parse_args()
     unknown = sorted(set(args.names) - set(MUTANTS))
     if unknown:

@@ -1,6 +1,6 @@
 """Base methods: which parameters train, and how the result is saved so stock diffusers can load it.
 
-Contract (tests/test_methods.py runs it over every entry): ``make(parts, config) -> Method`` (the whole
+Contract (tests/contract/test_methods.py runs it over every entry): ``make(parts, config) -> Method`` (the whole
 Config; a registered class is its own factory). ``Method.trainable`` maps component names ("unet",
 "text_encoder") to the modules the optimizer updates; ``Method.save(parts, output_dir)`` writes the result;
 ``Method.load_result(pipeline, output_dir)`` applies it to a base pipeline with stock diffusers calls; an

@@ -1,6 +1,6 @@
 """Rewards: score the look-forward prediction x0_hat, one float per sample, higher is better.
 
-Contract (tests/test_reward_contract.py runs it over every entry): a factory
+Contract (tests/contract/test_reward_contract.py runs it over every entry): a factory
 ``make(setup: RewardSetup, **options) -> Reward`` (a registered reward class is its own factory) builds the
 reward once, loading any backbone and importing optional dependencies lazily; calling ``reward(x0_hat,
 context)`` returns a ``RewardOutput``: float32 scores of shape (B,) and per-sample diagnostics (a user reward

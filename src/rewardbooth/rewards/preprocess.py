@@ -10,7 +10,7 @@ backbone was trained to see. Both pipelines are "resize the short side (bicubic)
 Where these run torchvision on PIL images we run ``F.interpolate(mode="bicubic", antialias=True)``, whose
 antialiased kernel is PIL's (Keys cubic with a = -0.5, support widened by the downscale factor). What differs:
 PIL resamples 8-bit pixels and rounds after each pass, we stay in float, so results differ by up to about one
-grey level (checked against PIL in tests/test_reward_backbones.py); like PIL we resample width then height and
+grey level (checked against PIL in tests/unit/test_reward_backbones.py); like PIL we resample width then height and
 clip bicubic overshoot to [0, 1] after each pass. Sizes are parameters so that tiny test backbones (image_size 32) get the same
 pipeline scaled down: DINO resizes to round(crop * 256 / 224) before cropping.
 """

@@ -1,6 +1,6 @@
 """Critics Q_phi(s, a): small networks that regress the reward so the policy can climb it.
 
-Contract (every registered critic, see tests/test_critic_contract.py): a factory
+Contract (every registered critic, see tests/contract/test_critic_contract.py): a factory
 ``make(spec: CriticSpec, config) -> nn.Module`` whose module maps
 ``(features (B, C_in, h, w), timesteps (B,), text_embedding (B, L, D) | None) -> q (B,)`` in float32,
 for any h, w and B (`spec.latent_size` is the run's own, which a critic may size itself for), and keeps

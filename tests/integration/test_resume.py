@@ -93,5 +93,5 @@ def test_a_moved_run_folder_resumes(subject_dir, tmp_path):
 def test_readme_says_which_configs_run_code():
     from pathlib import Path
 
-    text = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    text = " ".join((Path(__file__).parents[2] / "README.md").read_text().split())
     assert "names `package.module:factory`, for a reward, critic or model, imports and runs that code by design" in text

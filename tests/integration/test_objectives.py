@@ -128,8 +128,9 @@ def test_critic_diagnostics_are_logged_and_read_the_true_reward_gradient(subject
     assert diagnosed == [1, 5, 9]  # steps 0, 4, 8 are logged as 1, 5, 9
     assert rows[0]["critic/grad_cosine"] == pytest.approx(1, abs=1e-6) and rows[0]["critic/grad_ratio"] == \
         pytest.approx(1, abs=1e-6)  # step 0: Q is the reward
-    assert all(row["critic/grad_cosine"] > 0.999 and abs(row["critic/grad_ratio"] - 1) < 0.05
-               for row in rows if "critic/grad_cosine" in row)  # later: still the reward, up to its fit
+    # Later: still the reward up to its fit (by step 9 on AVX512 CPUs: cosine 0.9989, ratio 0.95).
+    assert all(row["critic/grad_cosine"] > 0.99 and abs(row["critic/grad_ratio"] - 1) < 0.1
+               for row in rows if "critic/grad_cosine" in row)
     assert [row["step"] for row in rows if "critic/r2" in row] == list(range(8, 13))  # once 8 samples are in
     # Most of the reward's variance explained: 0.84-0.88 on AVX512 CPUs, above 0.9 on AVX2 ones (12 steps of a
     # random tiny model amplify the kernels' rounding); an unrelated critic scores near 0 or below.

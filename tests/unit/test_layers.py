@@ -3,7 +3,7 @@
 import importlib.util
 from pathlib import Path
 
-SOURCE = Path(__file__).resolve().parents[1] / "src" / "rewardbooth"
+SOURCE = Path(__file__).resolve().parents[2] / "src" / "rewardbooth"
 MAX_LINES = 400
 
 

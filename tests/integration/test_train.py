@@ -173,7 +173,7 @@ def test_metrics_png_plots_what_the_readme_promises():
 
     from rewardbooth.training.monitoring import PLOTTED_METRICS
 
-    row = next(line for line in (Path(__file__).parents[1] / "README.md").read_text().splitlines()
+    row = next(line for line in (Path(__file__).parents[2] / "README.md").read_text().splitlines()
                if line.startswith("| `metrics.jsonl`, `metrics.png`"))
     promised = {"lr": "lr", "grad norm": "grad_norm", "γ-weight `discount_mean`": "discount_mean", "Q": "q",
                 "critic loss": "critic_loss", "reward": "reward"}

@@ -133,7 +133,7 @@ def test_the_shipped_multi_concept_example_is_a_valid_config():
     from rewardbooth.core.config import check_values
     from rewardbooth.data.concepts import check_concepts
 
-    config = load_config(Path(__file__).parents[1] / "examples" / "custom-diffusion-two-concepts.yaml")
+    config = load_config(Path(__file__).parents[2] / "examples" / "custom-diffusion-two-concepts.yaml")
     check_values(config)
     check_concepts(config.data)
     assert [c.identifier for c in concepts_of(config.data)] == ["<new1>", "<new2>"]

@@ -185,7 +185,7 @@ def test_shipped_example_sweeps_build_every_run_config(example, tmp_path):
     from pathlib import Path
 
     (tmp_path / "dog6").mkdir()
-    path = Path(__file__).parents[1] / "examples" / example
+    path = Path(__file__).parents[2] / "examples" / example
     spec = sweep.load_sweep(path, [f"dataset={tmp_path}", f"output={tmp_path / 'out'}"])
     for objective in sweep.objectives_of(spec):
         config = sweep.run_config(spec, tmp_path / "dog6", objective)
@@ -282,7 +282,7 @@ def test_a_one_subject_table_says_why_it_has_no_interval(tmp_path):
 def test_docs_and_example_agree_on_what_an_interrupted_run_does():
     from pathlib import Path
 
-    root = Path(__file__).parents[1]
+    root = Path(__file__).parents[2]
     text = " ".join((root / "docs" / "sweep.md").read_text().split())
     example = yaml.safe_load((root / "examples" / "sweep-dreambench.yaml").read_text())
     assert "continues from its last checkpoint" in text
