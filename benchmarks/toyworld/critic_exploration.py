@@ -19,7 +19,6 @@ import torch
 from rewardbooth.core.config import CriticConfig, ModelConfig
 from rewardbooth.maths import dpg
 from rewardbooth.models import load_model
-from rewardbooth.models.conditioning import encode_prompts, tokenize_prompts
 from rewardbooth.rewards import RewardContext, RewardSetup, make_reward
 from rewardbooth.toyworld import subjects
 from rewardbooth.training.batches import decode_latents, encode_posteriors
@@ -43,8 +42,8 @@ def main() -> None:
     reward = make_reward("toy_identity", RewardSetup(photos, subjects.IDENTIFIER, torch.device("cpu")))
     mean, std = encode_posteriors(parts.vae, photos)
     with torch.no_grad():
-        text = encode_prompts(parts.text_encoders, tokenize_prompts(parts.tokenizers,
-                                                                    [subjects.instance_prompt(subject)]))["embeds"]
+        token_ids = parts.family.tokenize(parts.tokenizers, [subjects.instance_prompt(subject)])
+        text = parts.family.encode_text(parts.text_encoders, token_ids)["embeds"]
 
     def score(x0_hat, x0):
         return reward(x0_hat, RewardContext(x0=x0, prompts=["-"] * len(x0),

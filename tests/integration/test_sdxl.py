@@ -10,7 +10,6 @@ from safetensors.torch import load_file
 from helpers import load_dreambooth, load_lora, run_cli, save_tiny_clip, tiny_args
 from rewardbooth.core.config import ModelConfig
 from rewardbooth.models import load_model
-from rewardbooth.models.conditioning import encode_prompts, tokenize_prompts, unet_inputs
 
 TRAIN = ["train.max_steps=3", "validation.every=0", "train.lr=1e-3", "data.num_class_images=2"]
 
@@ -38,22 +37,27 @@ def test_conditioning_matches_the_stock_sdxl_pipeline(tiny_sdxl_folder):
     """Our training-time embeddings are exactly what StableDiffusionXLPipeline.encode_prompt computes."""
     parts = load_model(ModelConfig(str(tiny_sdxl_folder)))
     prompts = ["a photo of sks dog", "a dog on the beach"]
-    ours = encode_prompts(parts.text_encoders, tokenize_prompts(parts.tokenizers, prompts))
+    family = parts.family
+    ours = family.encode_text(parts.text_encoders, family.tokenize(parts.tokenizers, prompts))
     embeds, _, pooled, _ = parts.pipeline().encode_prompt(prompts, device="cpu", do_classifier_free_guidance=False)
     torch.testing.assert_close(ours["embeds"], embeds, rtol=0, atol=0)
     torch.testing.assert_close(ours["pooled"], pooled, rtol=0, atol=0)
 
-    text, extras = unet_inputs(ours, None, torch.tensor([[64.0, 64, 0, 0, 64, 64]]))
-    assert text is ours["embeds"] and extras["added_cond_kwargs"]["time_ids"].shape == (2, 6)
-    latents = torch.randn(2, 4, 8, 8)
-    # The UNet accepts exactly these inputs (a missing pooled embedding or size id would raise).
-    assert parts.unet(latents, torch.tensor([10, 500]), text, **extras).sample.shape == latents.shape
+    latents, timesteps, sizes = torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), family.micro_conditioning(64)
+    action, text = family.denoise(parts.unet, latents, timesteps, ours, None, sizes)
+    assert text is ours["embeds"] and action.shape == latents.shape
+    # What the stock pipeline passes the UNet: the pooled embedding and the six size ids.
+    added = {"text_embeds": pooled, "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]]).expand(2, -1)}
+    stock = parts.unet(latents, timesteps, embeds, added_cond_kwargs=added).sample
+    torch.testing.assert_close(action, stock, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="size ids"):
+        family.denoise(parts.unet, latents, timesteps, ours, None, None)
 
 
 def test_sd_conditioning_has_no_sdxl_extras(tiny_folder):
     parts = load_model(ModelConfig(str(tiny_folder)))
-    conditioning = encode_prompts(parts.text_encoders, tokenize_prompts(parts.tokenizers, ["a dog"]))
-    assert set(conditioning) == {"embeds"} and unet_inputs(conditioning, None, None)[1] == {}
+    conditioning = parts.family.encode_text(parts.text_encoders, parts.family.tokenize(parts.tokenizers, ["a dog"]))
+    assert set(conditioning) == {"embeds"} and parts.family.micro_conditioning(64) is None
 
 
 @pytest.mark.parametrize("objective", ["baseline", "dpg"])

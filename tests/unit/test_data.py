@@ -501,7 +501,7 @@ def test_photos_far_below_the_training_resolution_are_reported(tmp_path, caplog)
 def test_resolution_far_above_the_model_size_is_reported(caplog):
     from rewardbooth.core.config import ModelConfig
     from rewardbooth.models import load_model
-    from rewardbooth.models.loaders import check_resolution
+    from rewardbooth.models.parts import check_resolution
 
     parts = load_model(ModelConfig("tiny"))  # drawn at 64 px
     with caplog.at_level(logging.WARNING, logger="rewardbooth.training.setup"):

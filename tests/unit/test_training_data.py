@@ -5,7 +5,6 @@ import torch
 
 from rewardbooth.core.config import ModelConfig
 from rewardbooth.models import load_model
-from rewardbooth.models.conditioning import tokenize_prompts
 from rewardbooth.training.batches import ImageSet, TrainingData, step_generator, with_flips
 
 
@@ -14,8 +13,8 @@ def make_data(cache=True, prior=True):
     images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     instance = ImageSet(with_flips(images, True), ["a sks dog"] * 6, parts.vae, cache=cache)
     prior_set = ImageSet(images.flip(1), ["a dog"] * 3, parts.vae, cache=cache) if prior else None
-    conditioning = {p: {"token_ids": tokenize_prompts(parts.tokenizers, [p])} for p in ("a sks dog", "a dog")}
-    return TrainingData(parts.vae, 1000, instance, prior_set, conditioning, seed=7)
+    conditioning = {p: {"token_ids": parts.family.tokenize(parts.tokenizers, [p])} for p in ("a sks dog", "a dog")}
+    return TrainingData(parts.vae, parts.process, instance, prior_set, conditioning, seed=7)
 
 
 def test_step_generators_are_distinct_and_reproducible():

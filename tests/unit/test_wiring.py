@@ -18,7 +18,6 @@ from diffusers import DDPMScheduler
 from helpers import TINY_RUN
 from rewardbooth.core.config import load_config
 from rewardbooth.maths import dpg
-from rewardbooth.models.conditioning import unet_inputs
 from rewardbooth.training.loop import accumulate_gradients, compute_losses, make_policy
 from rewardbooth.training.setup import build_run
 
@@ -65,10 +64,10 @@ def assert_same_gradient(a, b, name, tolerance=1e-5):
 
 
 def reference_action(run, batch):
-    """x_t by the scheduler's own forward process, then the UNet: the loop must agree with this."""
+    """x_t by the scheduler's own forward process, then the UNet on the batch's text embedding, as diffusers'
+    SD pipeline calls it (the tiny model is SD 1.x): the loop, through the family, must agree with this."""
     x_t = DDPMScheduler.from_config(run.parts.scheduler.config).add_noise(batch.x0, batch.noise, batch.timesteps)
-    text, extras = unet_inputs(batch.conditioning, None, run.size_ids)
-    return x_t, run.unet(x_t, batch.timesteps, text, **extras).sample
+    return x_t, run.denoiser(x_t, batch.timesteps, batch.conditioning["embeds"]).sample
 
 
 def scheduler_x0(run, x_t, action, timesteps):
@@ -87,10 +86,10 @@ def test_actor_loss_gives_the_critic_no_gradient_and_the_critic_loss_gives_the_p
         losses = losses_of(run, config, first_batch(run, config))
         losses.terms["loss"].backward(retain_graph=True)
         assert all(g is None or not g.any() for g in gradients(run.critic).values()), "actor pass trained Q"
-        assert any(g is not None and g.any() for g in gradients(run.unet).values())
-        zero_grad(run.unet, run.critic)
+        assert any(g is not None and g.any() for g in gradients(run.denoiser).values())
+        zero_grad(run.denoiser, run.critic)
         losses.terms["critic_loss"].backward()
-        assert all(g is None for g in gradients(run.unet).values()), "the critic loss reached the policy"
+        assert all(g is None for g in gradients(run.denoiser).values()), "the critic loss reached the policy"
         assert any(g is not None and g.any() for g in gradients(run.critic).values())
 
 
@@ -99,12 +98,12 @@ def test_the_policy_term_reaches_theta_through_dq_da(subject_dir, tmp_path):
     with tiny_run(subject_dir, tmp_path, *PRIOR, *NONZERO_CRITIC) as (run, config):
         batch = first_batch(run, config)
         losses_of(run, config, batch, score=False).terms["loss"].backward()
-        with_policy = gradients(run.unet)
-        zero_grad(run.unet)
+        with_policy = gradients(run.denoiser)
+        zero_grad(run.denoiser)
         silent = dataclasses.replace(config, objective=dataclasses.replace(config.objective, critic_weight=0.0))
         losses_of(run, silent, batch, score=False).terms["loss"].backward()
-        without_policy = gradients(run.unet)
-        zero_grad(run.unet, run.critic)
+        without_policy = gradients(run.denoiser)
+        zero_grad(run.denoiser, run.critic)
         # By hand: the policy term alone, through the scheduler's forward process and pred_original_sample.
         n = batch.num_instance
         x_t, action = reference_action(run, batch)
@@ -112,7 +111,7 @@ def test_the_policy_term_reaches_theta_through_dq_da(subject_dir, tmp_path):
         q = run.critic(dpg.critic_features("residual", x_t[:n], action[:n], x0_hat, batch.x0[:n]),
                        batch.timesteps[:n])
         (-(dpg.discount(batch.timesteps[:n], config.objective.gamma) * q).mean()).backward()
-        by_hand = gradients(run.unet)
+        by_hand = gradients(run.denoiser)
     differences = [with_policy[k] - without_policy[k] for k in with_policy if with_policy[k] is not None]
     assert max(d.abs().max() for d in differences) > 0, "the policy term does not change the update"
     for name in with_policy:
@@ -162,8 +161,8 @@ def test_direct_mode_backpropagates_through_the_decoder(subject_dir, tmp_path):
         batch = first_batch(run, config)
         losses = losses_of(run, config, batch)
         losses.terms["loss"].backward()
-        from_loop = gradients(run.unet)
-        zero_grad(run.unet)
+        from_loop = gradients(run.denoiser)
+        zero_grad(run.denoiser)
         n, vae = batch.num_instance, run.parts.vae
         x_t, action = reference_action(run, batch)
         x0_hat = scheduler_x0(run, x_t[:n], action[:n], batch.timesteps[:n])
@@ -171,7 +170,7 @@ def test_direct_mode_backpropagates_through_the_decoder(subject_dir, tmp_path):
         mse = (action - batch.noise).square().mean(dim=(1, 2, 3))
         loss = mse[:n].mean() + mse[n:].mean() - (dpg.discount(batch.timesteps[:n], 1.0) * brightness(images)).mean()
         loss.backward()
-        by_hand = gradients(run.unet)
+        by_hand = gradients(run.denoiser)
     assert losses.terms["policy_term"] != 0
     for name in from_loop:
         assert_same_gradient(from_loop[name], by_hand[name], name)
@@ -185,7 +184,7 @@ def test_gradient_accumulation_equals_the_larger_batch(subject_dir, tmp_path):
                       "critic.name=released", f"train.batch_size={batch_size}",
                       f"train.gradient_accumulation_steps={accumulation}") as (run, config):
             terms, fit = accumulate_gradients(run, make_policy(run), config, 0)
-            results.append((gradients(run.unet), gradients(run.critic), terms, fit))
+            results.append((gradients(run.denoiser), gradients(run.critic), terms, fit))
     (unet_a, critic_a, terms_a, fit_a), (unet_b, critic_b, terms_b, fit_b) = results
     for grads_a, grads_b in ((unet_a, unet_b), (critic_a, critic_b)):
         assert any(g is not None and g.any() for g in grads_a.values())

@@ -14,7 +14,7 @@ from rewardbooth.core.progress import progress
 from rewardbooth.core.storage import check_writable
 from rewardbooth.evaluation.plots import prompt_grid
 from rewardbooth.models import load_model
-from rewardbooth.models.loaders import check_resolution
+from rewardbooth.models.parts import check_resolution
 
 
 def slug(prompt: str, max_length: int = 60) -> str:

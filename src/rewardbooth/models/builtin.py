@@ -14,7 +14,9 @@ from diffusers import AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, UNet
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from rewardbooth.core.config import ModelConfig
-from rewardbooth.models.loaders import StableDiffusionParts, loaders
+from rewardbooth.models.loaders import loaders
+from rewardbooth.models.parts import StableDiffusionParts
+from rewardbooth.models.stable_diffusion import StableDiffusion, StableDiffusionXL
 from rewardbooth.models.tokenizers import make_character_tokenizer
 
 # SD-1.x noise schedule ("scaled_linear", Rombach et al. 2022, configs/stable-diffusion/v1-inference.yaml).
@@ -48,8 +50,9 @@ def _build(unet_kwargs: dict, vae_kwargs: dict, text_sizes: dict, source: str, s
             scheduler = EulerDiscreteScheduler(**schedule, timestep_spacing="leading")
         else:
             scheduler = DDIMScheduler(**SD_SCHEDULE)
+    family = StableDiffusionXL.name if text_sizes_2 is not None else StableDiffusion.name
     return StableDiffusionParts(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                scheduler=scheduler, source=source, **second)
+                                scheduler=scheduler, source=source, family_name=family, **second)
 
 
 @loaders.register("tiny")

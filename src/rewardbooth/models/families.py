@@ -1,25 +1,32 @@
-"""Model families: what differs between Stable Diffusion 1.x/2.x and SDXL (and, next, flow-matching
-transformers), asked of one registered object instead of tested for across the code.
+"""Model families: what differs between Stable Diffusion 1.x/2.x, SDXL and, next, the flow-matching
+transformers (SD3, FLUX), asked of one registered object instead of tested for across the code.
 
-A family owns its training-time process (`DiffusionProcess`: x_t from x0, the denoising target and x̂0 from
-the action; the maths itself stays in rewardbooth.maths.dpg), its UNet's extra conditioning (SDXL's size ids), how
-its diffusers pipeline class is recognised and built over the parts. The loop, batches, bench and methods
-ask `parts.family` and never look at `alphas_cumprod` or at which encoders a model has.
+A family (one module each: rewardbooth.models.stable_diffusion) provides, for the components it loads:
+
+- `process(parts)`: the training-time forward process (`DiffusionProcess`: the timestep distribution, x_t from
+  x0, noise and t, the denoising target and x̂0 from the action; the maths itself is rewardbooth.maths.dpg);
+- `latent_space(parts)`: VAE scaling and shift between the VAE's latents and the denoiser's;
+- `tokenize(tokenizers, prompts)` and `encode_text(encoders, token_ids)`: the text conditioning;
+- `micro_conditioning(resolution)`: extra ids besides text and t (SDXL's size ids), or None;
+- `denoise(denoiser, x_t, timesteps, conditioning, encoders, micro)`: the action and the text embedding. Latent
+  packing (FLUX's 2x2 patches) belongs inside it: the loop, rewards and critic see (B, C, h, w) latents;
+- `resolution_multiple(parts)`, `native_resolution(parts)`: the sizes the denoiser takes and was trained at;
+- `lora_targets`, `pipeline_class`, `load_options`, `matches(class_name)`, `pipeline(parts)` and
+  `parts_from_pipeline(pipeline, source)`: LoRA's default layers, and loading and saving with stock diffusers.
+
+The loop, batches, bench and methods ask `parts.family` and never look at `alphas_cumprod` or at which
+encoders a model has. tests/contract/test_family_contract.py runs every registered family on its tiny model.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
-from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import DDPMScheduler
 
 from rewardbooth.core.registry import Registry
 from rewardbooth.maths import dpg
-
-if TYPE_CHECKING:
-    from rewardbooth.models.loaders import StableDiffusionParts
 
 families = Registry("model family")
 
@@ -45,6 +52,10 @@ class DiffusionProcess:
     def to(self, device: torch.device | str) -> DiffusionProcess:
         return DiffusionProcess(self.alphas_cumprod.to(device, torch.float32), self.prediction_type)
 
+    def sample_timesteps(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        """t ~ U{0, ..., T-1}, as DDPM trains. Shape: -> (count,) int64, on the CPU"""
+        return torch.randint(self.num_train_timesteps, (count,), generator=generator)
+
     def alpha_bar(self, timesteps: torch.Tensor) -> torch.Tensor:
         """Shape: timesteps (B,) -> (B,)"""
         return self.alphas_cumprod[timesteps]
@@ -67,56 +78,25 @@ def prediction_type_of(scheduler_config) -> str:
     return scheduler_config.get("prediction_type", "epsilon")
 
 
-class StableDiffusion:
-    """Stable Diffusion 1.x/2.x: one CLIP text encoder, a UNet on its last hidden state, DDPM training."""
+@dataclass(frozen=True)
+class LatentSpace:
+    """The denoiser's latents from the VAE's: z = (z_vae - shift) * scale (SD: scale 0.18215, no shift; SD3 and
+    FLUX shift too). Read from the VAE's own config, as diffusers' pipelines do."""
 
-    name = "stable-diffusion"
-    pipeline_class = StableDiffusionPipeline
-    load_options = {"safety_checker": None, "requires_safety_checker": False}  # for from_pretrained
+    scaling_factor: float
+    shift_factor: float = 0.0
 
-    def matches(self, pipeline_class_name: str) -> bool:
-        """Whether a diffusers folder's model_index.json `_class_name` is this family's."""
-        return pipeline_class_name.startswith("StableDiffusion") and "XL" not in pipeline_class_name
+    @classmethod
+    def of(cls, vae) -> LatentSpace:
+        return cls(vae.config.scaling_factor, vae.config.get("shift_factor") or 0.0)
 
-    def process(self, parts: StableDiffusionParts) -> DiffusionProcess:
-        """The training-time forward process, read from the model's own scheduler config."""
-        return DiffusionProcess.from_scheduler_config(parts.scheduler.config)
+    def from_vae(self, latents: torch.Tensor) -> torch.Tensor:
+        """Shape: (B, C, h, w) -> (B, C, h, w)"""
+        return (latents - self.shift_factor) * self.scaling_factor
 
-    def micro_conditioning(self, resolution: int) -> torch.Tensor | None:
-        """Extra ids the denoiser takes besides text and t (none here)."""
-        return None
-
-    def pipeline(self, parts: StableDiffusionParts) -> StableDiffusionPipeline:
-        return StableDiffusionPipeline(
-            vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
-            scheduler=parts.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-
-
-class StableDiffusionXL(StableDiffusion):
-    """SDXL: two text encoders (penultimate hidden states concatenated, the second's pooled projection) and
-    six size/crop ids in the UNet's added embedding (Podell et al. 2023, §2.2); the same DDPM process."""
-
-    name = "stable-diffusion-xl"
-    pipeline_class = StableDiffusionXLPipeline
-    load_options = {}
-
-    def matches(self, pipeline_class_name: str) -> bool:
-        return pipeline_class_name.startswith("StableDiffusionXL")
-
-    def micro_conditioning(self, resolution: int) -> torch.Tensor:
-        """Our training images are resized and centre-cropped to the training size, as the stock pipeline
-        assumes at inference: original = target = (height, width), crop (0, 0). Shape: (1, 6)"""
-        return torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32)
-
-    def pipeline(self, parts: StableDiffusionParts) -> StableDiffusionXLPipeline:
-        return StableDiffusionXLPipeline(
-            vae=parts.vae, text_encoder=parts.text_encoder, text_encoder_2=parts.text_encoder_2,
-            tokenizer=parts.tokenizer, tokenizer_2=parts.tokenizer_2, unet=parts.unet, scheduler=parts.scheduler,
-            add_watermarker=False)
-
-
-families.register(StableDiffusion.name)(StableDiffusion())
-families.register(StableDiffusionXL.name)(StableDiffusionXL())
+    def to_vae(self, latents: torch.Tensor) -> torch.Tensor:
+        """Shape: (B, C, h, w) -> (B, C, h, w)"""
+        return latents / self.scaling_factor + self.shift_factor
 
 
 def family_for_pipeline(pipeline_class_name: str):

@@ -1,98 +1,22 @@
-"""The model-loader registry and the parts every loader returns."""
+"""The model-loader registry: a diffusers folder or hub id (the `diffusers` loader), a built-in, or a user's
+`package.module:factory`; each returns StableDiffusionParts (rewardbooth.models.parts)."""
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
-from dataclasses import dataclass, replace
 from pathlib import Path
 
-from diffusers import (
-    AutoencoderKL,
-    DiffusionPipeline,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-)
-from diffusers.schedulers import SchedulerMixin
-from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from diffusers import DiffusionPipeline
 
 from rewardbooth.core.config import ModelConfig
 from rewardbooth.core.errors import UserError
 from rewardbooth.core.registry import Registry
-from rewardbooth.models.families import (
-    StableDiffusion,
-    StableDiffusionXL,
-    families,
-    family_for_pipeline,
-    prediction_type_of,
-)
+from rewardbooth.models.families import family_for_pipeline
+from rewardbooth.models.parts import StableDiffusionParts
 
 loaders = Registry("model loader")
-TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")  # the pipelines' component names, in this order
 
-logger = logging.getLogger(__name__)
-
-
-@dataclass
-class StableDiffusionParts:
-    """The components of a Stable-Diffusion-family model, plus where they came from. SDXL models also have a
-    second text encoder (with projection: its pooled output conditions the UNet) and tokenizer."""
-
-    unet: UNet2DConditionModel
-    vae: AutoencoderKL
-    text_encoder: CLIPTextModel
-    tokenizer: CLIPTokenizer
-    scheduler: SchedulerMixin  # the sampler the model ships with (used for generation)
-    source: str
-    text_encoder_2: CLIPTextModelWithProjection | None = None
-    tokenizer_2: CLIPTokenizer | None = None
-
-    @property
-    def family(self):
-        """The registered model family (rewardbooth.models.families) these components make up."""
-        return families.get(StableDiffusionXL.name if self.text_encoder_2 is not None else StableDiffusion.name)
-
-    @property
-    def text_encoders(self) -> list:
-        return list(self.named_text_encoders.values())
-
-    @property
-    def named_text_encoders(self) -> dict:
-        """Pipeline component name -> text encoder: `text_encoder` (and SDXL's `text_encoder_2`)."""
-        return {name: getattr(self, name) for name in TEXT_ENCODER_NAMES if getattr(self, name) is not None}
-
-    @property
-    def tokenizers(self) -> list[CLIPTokenizer]:
-        return [t for t in (self.tokenizer, self.tokenizer_2) if t is not None]
-
-    @property
-    def text_embedding_dim(self) -> int:
-        """Width of the UNet's text context: SDXL concatenates its two encoders' hidden states."""
-        return sum(encoder.config.hidden_size for encoder in self.text_encoders)
-
-    @property
-    def pipeline_class(self) -> type[StableDiffusionPipeline] | type[StableDiffusionXLPipeline]:
-        return self.family.pipeline_class
-
-    @property
-    def process(self):
-        """The training-time forward process and parameterization (rewardbooth.models.families)."""
-        return self.family.process(self)
-
-    @property
-    def prediction_type(self) -> str:
-        return prediction_type_of(self.scheduler.config)  # without building the whole process
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    def pipeline(self, **components) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
-        """A stock pipeline over these parts; keyword arguments replace components (e.g. a trained UNet)."""
-        parts = replace(self, **components)
-        return parts.family.pipeline(parts)
 
 
 def load_model(config: ModelConfig) -> StableDiffusionParts:
@@ -129,11 +53,7 @@ def load_diffusers(config: ModelConfig) -> StableDiffusionParts:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UserError(f"cannot load model {config.pretrained!r} ({first_line.rstrip('.')}); pass a readable "
                         f"diffusers folder or a hub id this machine can download (or 'tiny' for a smoke test)") from None
-    second = {name: getattr(pipeline, name) for name in ("text_encoder_2", "tokenizer_2") if hasattr(pipeline, name)}
-    return StableDiffusionParts(
-        unet=pipeline.unet, vae=pipeline.vae, text_encoder=pipeline.text_encoder,
-        tokenizer=pipeline.tokenizer, scheduler=pipeline.scheduler, source=source, **second,
-    )
+    return family.parts_from_pipeline(pipeline, source)
 
 
 def hub_offline() -> bool:
@@ -155,19 +75,3 @@ def check_hub_id(name: str, revision: str | None) -> None:
         raise UserError(f"model {name!r} is neither a local folder nor in this machine's hub cache, and downloads "
                         f"are off (HF_HUB_OFFLINE=1): download it first (`hf download {name}`), or pass a local "
                         f"diffusers folder")
-
-
-def check_resolution(resolution: int, parts: StableDiffusionParts, key: str = "data.resolution") -> None:
-    """Refuse a size the UNet cannot take; warn about one far above the size the model was trained at."""
-    factor = parts.vae_scale_factor * 2 ** (len(parts.unet.config.block_out_channels) - 1)
-    if resolution % factor:
-        lower, upper = resolution // factor * factor, (resolution // factor + 1) * factor
-        raise UserError(f"{key}={resolution} is not a multiple of {factor} (the VAE factor "
-                        f"{parts.vae_scale_factor} x the UNet's downsampling); use {lower or upper} or {upper}")
-    native = parts.unet.config.sample_size * parts.vae_scale_factor
-    if resolution > 2 * native:
-        # Every step (and every class image) costs (resolution / native)^2 times more, for a size the model
-        # has never drawn.
-        logger.warning("%s=%d is %.0fx the %d px this model was trained at: much slower, and it draws poorly at "
-                       "sizes it never saw; use %d unless you mean it", key, resolution, resolution / native,
-                       native, native)

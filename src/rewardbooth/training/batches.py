@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
+from rewardbooth.models.families import DiffusionProcess, LatentSpace
+
 
 def step_generator(seed: int, step: int) -> torch.Generator:
     """A CPU generator unique to (seed, step), independent of everything drawn before."""
@@ -53,8 +55,7 @@ def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, size: int | None =
     if size is not None and size != latents.shape[-1] * factor:
         side = max(1, size // factor)
         latents = F.interpolate(latents, size=(side, side), mode="bilinear", antialias=side < latents.shape[-1])
-    shift = vae.config.get("shift_factor") or 0.0
-    raw = latents / vae.config.scaling_factor + shift
+    raw = LatentSpace.of(vae).to_vae(latents)
     return ((vae.decode(raw.to(vae.dtype)).sample.float() + 1) / 2).clamp(0, 1)
 
 
@@ -70,7 +71,7 @@ class Batch:
     x0: torch.Tensor  # (B, C, h, w) reference latents
     noise: torch.Tensor  # (B, C, h, w)
     timesteps: torch.Tensor  # (B,) int64
-    conditioning: dict[str, torch.Tensor]  # see rewardbooth.models.conditioning: embeddings, or token ids
+    conditioning: dict[str, torch.Tensor]  # see rewardbooth.models.stable_diffusion: embeddings, or token ids
     num_instance: int
     prompts: list[str]
 
@@ -102,15 +103,13 @@ class ImageSet:
 class TrainingData:
     """Draws the micro-batches of a run from an instance set and an optional prior (class) set."""
 
-    def __init__(self, vae: AutoencoderKL, num_train_timesteps: int, instance: ImageSet,
-                 prior: ImageSet | None, conditioning: dict[str, dict[str, torch.Tensor]], seed: int):
-        self.vae = vae
-        self.num_train_timesteps = num_train_timesteps
+    def __init__(self, vae: AutoencoderKL, process: DiffusionProcess, instance: ImageSet, prior: ImageSet | None,
+                 conditioning: dict[str, dict[str, torch.Tensor]], seed: int):
+        self.vae, self.latent_space = vae, LatentSpace.of(vae)
+        self.process = process  # the family's: it says how timesteps are drawn
         self.instance, self.prior = instance, prior
         self.conditioning = conditioning  # prompt -> {"embeds": (1, L, D), ...} or {"token_ids": (1, E, L)}
         self.seed = seed
-        self.scaling_factor = vae.config.scaling_factor
-        self.shift_factor = vae.config.get("shift_factor") or 0.0
 
     def draw(self, step: int, micro: int, batch_size: int, process_index: int, num_processes: int,
              accumulation: int = 1) -> Batch:
@@ -126,12 +125,12 @@ class TrainingData:
             mean, std = image_set.posteriors(self.vae, indices[local])
             sample_noise = torch.randn((global_size, *mean.shape[1:]), generator=generator)
             # z ~ q(z | image), then scaled to the unit-variance space the UNet works in.
-            latents.append((mean + std * sample_noise[local] - self.shift_factor) * self.scaling_factor)
+            latents.append(self.latent_space.from_vae(mean + std * sample_noise[local]))
             prompts += [image_set.prompts[index] for index in indices[local].tolist()]
         x0 = torch.cat(latents)
         global_shape = (len(sets) * global_size, *x0.shape[1:])
         noise = torch.randn(global_shape, generator=generator).view(len(sets), -1, *x0.shape[1:])
-        timesteps = torch.randint(self.num_train_timesteps, (global_shape[0],), generator=generator)
+        timesteps = self.process.sample_timesteps(global_shape[0], generator)
         timesteps = timesteps.view(len(sets), -1)
         conditioning = {key: torch.cat([self.conditioning[prompt][key] for prompt in prompts])
                         for key in self.conditioning[prompts[0]]}

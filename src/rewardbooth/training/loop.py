@@ -30,7 +30,6 @@ from rewardbooth.data.concepts import concepts_of
 from rewardbooth.evaluation.plots import make_grid
 from rewardbooth.maths import dpg
 from rewardbooth.methods.base import after_step
-from rewardbooth.models.conditioning import unet_inputs
 from rewardbooth.models.families import DiffusionProcess
 from rewardbooth.rewards import Reward, RewardContext, RewardOutput, as_output
 from rewardbooth.training.batches import Batch, decode_latents
@@ -53,9 +52,10 @@ logger = logging.getLogger(__name__)
 class Policy:
     """The modules one step touches; `critic` is the (possibly DDP-wrapped) one the critic loss trains."""
 
-    unet: nn.Module
+    family: object  # the model family (rewardbooth.models.families): it calls the denoiser
+    denoiser: nn.Module
     text_encoders: list[nn.Module] | None  # set only when they train (batches then carry token ids)
-    size_ids: torch.Tensor | None  # SDXL's size/crop conditioning (rewardbooth.models.conditioning)
+    micro_conditioning: torch.Tensor | None  # the family's extra ids (SDXL's size/crop ids)
     critic: nn.Module | None
     critic_module: nn.Module | None  # the same critic unwrapped, evaluated with frozen weights for the actor
     vae: nn.Module  # frozen; decodes x0_hat for rewards that score images
@@ -90,9 +90,9 @@ def compute_losses(policy: Policy, batch: Batch, process: DiffusionProcess, conf
     objective, n = config.objective, batch.num_instance
     # 1. Forward diffusion, as the model family defines it (DDPM: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps).
     x_t = process.diffuse(batch.x0, batch.noise, batch.timesteps)
-    # 2. Act: the deterministic policy's action is the UNet output.
-    text, unet_extras = unet_inputs(batch.conditioning, policy.text_encoders, policy.size_ids)
-    action = policy.unet(x_t, batch.timesteps, text, **unet_extras).sample
+    # 2. Act: the deterministic policy's action is the denoiser's output, conditioned as the family conditions it.
+    action, text = policy.family.denoise(policy.denoiser, x_t, batch.timesteps, batch.conditioning,
+                                         policy.text_encoders, policy.micro_conditioning)
     # 3. Denoising losses (the DreamBooth objective), in the model's own parameterization.
     target = process.target(batch.x0, batch.noise, batch.timesteps)
     mse = dpg.per_sample_mse(action, target)
@@ -307,8 +307,9 @@ def apply_update(run: RunSetup, train_config: TrainConfig, skipped: bool, step: 
 
 def make_policy(run: RunSetup) -> Policy:
     critic_module = run.accelerator.unwrap_model(run.critic) if run.critic is not None else None
-    return Policy(unet=run.unet, text_encoders=run.text_encoders, size_ids=run.size_ids, critic=run.critic,
-                  critic_module=critic_module, vae=run.parts.vae)
+    return Policy(family=run.parts.family, denoiser=run.denoiser, text_encoders=run.text_encoders,
+                  micro_conditioning=run.micro_conditioning, critic=run.critic, critic_module=critic_module,
+                  vae=run.parts.vae)
 
 
 def _due(step: int, every: int) -> bool:

@@ -26,9 +26,8 @@ from rewardbooth.data.concepts import check_concepts, concept_data, concepts_of
 from rewardbooth.maths.dpg import critic_input_channels
 from rewardbooth.methods import Method, make_method, methods
 from rewardbooth.models import StableDiffusionParts, load_model
-from rewardbooth.models.conditioning import encode_prompts, tokenize_prompts
 from rewardbooth.models.families import DiffusionProcess
-from rewardbooth.models.loaders import check_resolution
+from rewardbooth.models.parts import check_resolution
 from rewardbooth.rewards import Reward, RewardSetup, build_reward, reward_weights, rewards
 from rewardbooth.rewards.concepts import build_concept_reward
 from rewardbooth.training.batches import ImageSet, TrainingData, with_flips
@@ -47,7 +46,7 @@ class RunSetup:
     method: Method
     data: TrainingData
     process: DiffusionProcess  # the family's forward process, on the accelerator's device
-    unet: nn.Module  # prepared (DDP-wrapped when distributed)
+    denoiser: nn.Module  # the UNet, prepared (DDP-wrapped when distributed)
     text_encoders: list[nn.Module] | None  # prepared, when they train (SDXL: both)
     critic: nn.Module | None  # prepared, DPG only
     reward: Reward | None
@@ -58,7 +57,7 @@ class RunSetup:
     autocast_dtype: torch.dtype | None
     effective_batch_size: int
     concept_images: list[torch.Tensor]  # per concept (N_k, 3, R, R) in [0, 1]: the photos, for image rewards
-    size_ids: torch.Tensor | None  # the family's micro-conditioning (SDXL's (1, 6) size ids); None for SD
+    micro_conditioning: torch.Tensor | None  # the family's extra ids (SDXL's (1, 6) size ids); None for SD
 
     @property
     def stateful(self) -> dict[str, object]:
@@ -70,7 +69,7 @@ class RunSetup:
 
     @property
     def trained_models(self) -> list[nn.Module]:
-        return [m for m in (self.unet, *(self.text_encoders or []), self.critic) if m is not None]
+        return [m for m in (self.denoiser, *(self.text_encoders or []), self.critic) if m is not None]
 
     def start_trackers(self, config: Config) -> None:
         flat = {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
@@ -174,11 +173,11 @@ def build_run(config: Config) -> RunSetup:
     num_processes = accelerator.num_processes
     return RunSetup(
         accelerator=accelerator, parts=parts, method=method, data=data,
-        process=parts.process.to(accelerator.device), unet=named["unet"], text_encoders=text_encoders or None,
+        process=parts.process.to(accelerator.device), denoiser=named["unet"], text_encoders=text_encoders or None,
         critic=named.get("critic"), reward=reward, optimizer=optimizer, critic_optimizer=critic_optimizer,
         lr_scheduler=lr_scheduler, policy_parameters=policy_parameters, autocast_dtype=autocast_dtype,
         effective_batch_size=config.train.batch_size * num_processes * config.train.gradient_accumulation_steps,
-        concept_images=concept_images, size_ids=parts.family.micro_conditioning(config.data.resolution),
+        concept_images=concept_images, micro_conditioning=parts.family.micro_conditioning(config.data.resolution),
     )
 
 
@@ -240,16 +239,15 @@ def build_training_data(config: Config, parts: StableDiffusionParts, concept_ima
                         for concept in concepts]
         prior = prompted_set(class_images, [c.class_prompt for c in concepts], flip, parts.vae, cache)
     prompts = [prompt for c in concepts for prompt in (c.instance_prompt, c.class_prompt) if prompt]
-    token_ids = {prompt: tokenize_prompts(parts.tokenizers, [prompt]) for prompt in prompts}
+    token_ids = {prompt: parts.family.tokenize(parts.tokenizers, [prompt]) for prompt in prompts}
     if train_text_encoder:
         conditioning = {prompt: {"token_ids": ids} for prompt, ids in token_ids.items()}
     else:  # a frozen text encoder gives the same embedding every step: compute it once
         with torch.no_grad():
             conditioning = {prompt: {key: value.float().cpu() for key, value in
-                                     encode_prompts(parts.text_encoders, ids).items()}
+                                     parts.family.encode_text(parts.text_encoders, ids).items()}
                             for prompt, ids in token_ids.items()}
-    return TrainingData(parts.vae, parts.process.num_train_timesteps, instance, prior,
-                        conditioning, seed=config.train.seed)
+    return TrainingData(parts.vae, parts.process, instance, prior, conditioning, seed=config.train.seed)
 
 
 def prompted_set(image_groups: list[torch.Tensor], prompts: list[str], flip: bool, vae, cache: bool) -> ImageSet:

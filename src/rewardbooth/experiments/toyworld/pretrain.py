@@ -33,7 +33,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from rewardbooth.evaluation.plots import make_grid
 from rewardbooth.models.builtin import SD_SCHEDULE
-from rewardbooth.models.conditioning import tokenize
+from rewardbooth.models.stable_diffusion import tokenize
 from rewardbooth.models.tokenizers import MAX_LENGTH, make_world_tokenizer
 from rewardbooth.toyworld import world
 from rewardbooth.toyworld.subjects import random_pattern

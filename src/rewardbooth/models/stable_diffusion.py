@@ -1,0 +1,152 @@
+"""The Stable Diffusion families: 1.x/2.x and SDXL, UNets trained as DDPM denoisers, conditioned exactly as
+diffusers' pipelines condition them.
+
+- Stable Diffusion 1.x/2.x: one CLIP text encoder; the UNet attends to its last hidden state.
+- SDXL: two encoders; the UNet attends to their *penultimate* hidden states concatenated (768 + 1280 = 2048
+  dims for SDXL 1.0), and its added "text_time" embedding takes the second encoder's pooled projection plus
+  six size/crop ids (original height, width, crop top, left, target height, width; Podell et al. 2023, §2.2).
+
+A batch's conditioning is a dict: precomputed `embeds` (B, L, D) [+ `pooled` (B, P) for SDXL] when the text
+encoders are frozen, or `token_ids` (B, E, L), one row per tokenizer, when they train and must run each step.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from torch import nn
+from transformers import CLIPTokenizer
+
+from rewardbooth.models.families import DiffusionProcess, LatentSpace, families
+from rewardbooth.models.parts import StableDiffusionParts
+
+
+def tokenize(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:
+    """Shape: -> (B, L) token ids, padded to the tokenizer's max length as Stable Diffusion is trained."""
+    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+class StableDiffusion:
+    """Stable Diffusion 1.x/2.x: one CLIP text encoder, a UNet on its last hidden state, DDPM training."""
+
+    name = "stable-diffusion"
+    pipeline_class = StableDiffusionPipeline
+    load_options = {"safety_checker": None, "requires_safety_checker": False}  # for from_pretrained
+    # LoRA's default targets per component: the attention projections (diffusers' train_dreambooth_lora.py).
+    lora_targets = {"unet": ("to_k", "to_q", "to_v", "to_out.0"), "text_encoder": ("q_proj", "k_proj", "v_proj",
+                                                                                   "out_proj")}
+
+    def matches(self, pipeline_class_name: str) -> bool:
+        """Whether a diffusers folder's model_index.json `_class_name` is this family's."""
+        return pipeline_class_name.startswith("StableDiffusion") and "XL" not in pipeline_class_name
+
+    def process(self, parts: StableDiffusionParts) -> DiffusionProcess:
+        """The training-time forward process, read from the model's own scheduler config."""
+        return DiffusionProcess.from_scheduler_config(parts.scheduler.config)
+
+    def latent_space(self, parts: StableDiffusionParts) -> LatentSpace:
+        return LatentSpace.of(parts.vae)
+
+    def resolution_multiple(self, parts: StableDiffusionParts) -> int:
+        """Image sizes the UNet takes: multiples of the VAE factor times its downsampling."""
+        return parts.vae_scale_factor * 2 ** (len(parts.unet.config.block_out_channels) - 1)
+
+    def native_resolution(self, parts: StableDiffusionParts) -> int:
+        return parts.unet.config.sample_size * parts.vae_scale_factor
+
+    def micro_conditioning(self, resolution: int) -> torch.Tensor | None:
+        """Extra ids the denoiser takes besides text and t (none here)."""
+        return None
+
+    def tokenize(self, tokenizers: list, prompts: list[str]) -> torch.Tensor:
+        """Padded to each tokenizer's max length, as both families are trained. Shape: -> (B, E, L)"""
+        ids = [tokenize(tokenizer, prompts) for tokenizer in tokenizers]
+        if len({row.shape[-1] for row in ids}) > 1:
+            raise ValueError(f"the tokenizers pad to different lengths {[row.shape[-1] for row in ids]}")
+        return torch.stack(ids, dim=1)
+
+    def encode_text(self, encoders: list[nn.Module], token_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The UNet's text context: the encoder's last hidden state. Shape: (B, 1, L) -> {"embeds": (B, L, D)}"""
+        encoder = encoders[0]
+        return {"embeds": encoder(token_ids[:, 0].to(_device(encoder)))[0]}
+
+    def denoise(self, denoiser: nn.Module, x_t: torch.Tensor, timesteps: torch.Tensor,
+                conditioning: dict[str, torch.Tensor], encoders: list[nn.Module] | None = None,
+                micro: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The action (the UNet's output) and the text embedding it was conditioned on.
+
+        Token ids run through the (training) encoders here, so their gradient reaches the encoders.
+        Shape: x_t (B, C, h, w), timesteps (B,) -> (B, C, h, w), (B, L, D)"""
+        if "token_ids" in conditioning:
+            conditioning = self.encode_text(encoders, conditioning["token_ids"])
+        embeds = conditioning["embeds"]
+        return denoiser(x_t, timesteps, embeds, **self._extra_inputs(conditioning, micro)).sample, embeds
+
+    def _extra_inputs(self, conditioning: dict[str, torch.Tensor], micro: torch.Tensor | None) -> dict:
+        return {}
+
+    def pipeline(self, parts: StableDiffusionParts) -> StableDiffusionPipeline:
+        return StableDiffusionPipeline(
+            vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
+            scheduler=parts.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+    def parts_from_pipeline(self, pipeline, source: str) -> StableDiffusionParts:
+        return StableDiffusionParts(unet=pipeline.unet, vae=pipeline.vae, text_encoder=pipeline.text_encoder,
+                                    tokenizer=pipeline.tokenizer, scheduler=pipeline.scheduler, source=source,
+                                    family_name=self.name)
+
+
+class StableDiffusionXL(StableDiffusion):
+    """SDXL: two text encoders (penultimate hidden states concatenated, the second's pooled projection) and
+    six size/crop ids in the UNet's added embedding (Podell et al. 2023, §2.2); the same DDPM process."""
+
+    name = "stable-diffusion-xl"
+    pipeline_class = StableDiffusionXLPipeline
+    load_options = {}
+
+    def matches(self, pipeline_class_name: str) -> bool:
+        return pipeline_class_name.startswith("StableDiffusionXL")
+
+    def micro_conditioning(self, resolution: int) -> torch.Tensor:
+        """Our training images are resized and centre-cropped to the training size, as the stock pipeline
+        assumes at inference: original = target = (height, width), crop (0, 0). Shape: (1, 6)"""
+        return torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32)
+
+    def encode_text(self, encoders: list[nn.Module], token_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Both encoders' penultimate hidden states, concatenated, and the second's pooled projection.
+
+        Shape: token_ids (B, 2, L) -> {"embeds": (B, L, D1 + D2), "pooled": (B, P)}"""
+        hidden = []
+        for index, encoder in enumerate(encoders):
+            output = encoder(token_ids[:, index].to(_device(encoder)), output_hidden_states=True)
+            hidden.append(output.hidden_states[-2])
+        # CLIPTextModelWithProjection's first output is text_embeds: the pooled, projected EOS feature.
+        return {"embeds": torch.cat(hidden, dim=-1), "pooled": output[0]}
+
+    def _extra_inputs(self, conditioning: dict[str, torch.Tensor], micro: torch.Tensor | None) -> dict:
+        if micro is None:
+            raise ValueError("an SDXL batch (pooled text embedding) needs the size ids")
+        embeds = conditioning["embeds"]
+        time_ids = micro.to(embeds.device).expand(len(embeds), -1)
+        return {"added_cond_kwargs": {"text_embeds": conditioning["pooled"], "time_ids": time_ids}}
+
+    def pipeline(self, parts: StableDiffusionParts) -> StableDiffusionXLPipeline:
+        return StableDiffusionXLPipeline(
+            vae=parts.vae, text_encoder=parts.text_encoder, text_encoder_2=parts.text_encoder_2,
+            tokenizer=parts.tokenizer, tokenizer_2=parts.tokenizer_2, unet=parts.unet, scheduler=parts.scheduler,
+            add_watermarker=False)
+
+    def parts_from_pipeline(self, pipeline, source: str) -> StableDiffusionParts:
+        return StableDiffusionParts(unet=pipeline.unet, vae=pipeline.vae, text_encoder=pipeline.text_encoder,
+                                    tokenizer=pipeline.tokenizer, text_encoder_2=pipeline.text_encoder_2,
+                                    tokenizer_2=pipeline.tokenizer_2, scheduler=pipeline.scheduler, source=source,
+                                    family_name=self.name)
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+families.register(StableDiffusion.name)(StableDiffusion())
+families.register(StableDiffusionXL.name)(StableDiffusionXL())
