@@ -2,6 +2,8 @@
 
     python tools/import_graph.py            # circles and rule breaks (exit 1 if any)
     python tools/import_graph.py --edges    # also every module -> module edge
+    python tools/import_graph.py --layers   # also the folder -> folder edges
+    python tools/import_graph.py --at REV   # the tree of a git revision instead (e.g. before a refactor)
 
 An edge is any `import rewardbooth.x` / `from rewardbooth.x import y` in a module, at any depth (function-level
 imports count: they still tie the modules together; `if TYPE_CHECKING:` ones do not). Rules checked: each
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +29,10 @@ TOP_LEVEL = {"cli", "__main__"}
 DREAMBENCH_SWEEP = {"experiments.sweep", "experiments.sweep_report"}
 
 
+def layer_rank(folder: str) -> int:
+    return LAYERS.index(folder) if folder in LAYERS else len(LAYERS)
+
+
 def layer_of(module: str) -> int:
     head = module.split(".")[0]
     return LAYERS.index("cli" if head in TOP_LEVEL else head)
@@ -36,9 +43,9 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports_of(path: Path, modules: set[str]) -> set[str]:
-    """The package modules `path` imports (a `from package.pkg import name` of a submodule counts as it)."""
-    found, tree = set(), ast.parse(path.read_text())
+def imports_of(source: str, modules: set[str]) -> set[str]:
+    """The package modules a source file imports (a `from package.pkg import name` of a submodule counts as it)."""
+    found, tree = set(), ast.parse(source)
     for block in [n for n in ast.walk(tree) if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING"]:
         block.body = []  # imports for type annotations only: not a runtime dependency
     for node in ast.walk(tree):
@@ -56,10 +63,31 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
     return found
 
 
-def graph() -> dict[str, set[str]]:
-    files = {module_name(path): path for path in SOURCE.rglob("*.py")}
-    modules = set(files) - {""}
-    return {name: imports_of(path, modules) - {name} for name, path in files.items() if name}
+def graph(revision: str | None = None) -> dict[str, set[str]]:
+    """module -> the package modules it imports, for the working tree or a git revision of it."""
+    sources = read_sources(revision)
+    modules = set(sources) - {""}
+    return {name: imports_of(text, modules) - {name} for name, text in sources.items() if name}
+
+
+def read_sources(revision: str | None) -> dict[str, str]:
+    if revision is None:
+        return {module_name(path): path.read_text() for path in SOURCE.rglob("*.py")}
+    root, folder = SOURCE.parents[1], SOURCE.relative_to(SOURCE.parents[1])
+    listing = subprocess.run(["git", "ls-tree", "-r", "--name-only", revision, str(folder)], cwd=root,
+                             capture_output=True, text=True, check=True).stdout.split()
+    return {module_name(root / name): subprocess.run(["git", "show", f"{revision}:{name}"], cwd=root,
+                                                      capture_output=True, text=True, check=True).stdout
+            for name in listing if name.endswith(".py")}
+
+
+def folder_edges(edges: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Folder (a top-level module counts as its own) -> the other folders its modules import."""
+    folders: dict[str, set[str]] = {}
+    for module, targets in edges.items():
+        head = module.split(".")[0]
+        folders.setdefault(head, set()).update(t.split(".")[0] for t in targets)
+    return {head: targets - {head} for head, targets in folders.items()}
 
 
 def circles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -112,11 +140,16 @@ def rule_breaks(edges: dict[str, set[str]]) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--edges", action="store_true", help="print every edge too")
+    parser.add_argument("--layers", action="store_true", help="print the folder -> folder edges too")
+    parser.add_argument("--at", metavar="REV", default=None, help="read the source of this git revision")
     args = parser.parse_args()
-    edges = graph()
+    edges = graph(args.at)
     if args.edges:
         for module, targets in sorted(edges.items()):
             print(f"{module} -> {', '.join(sorted(targets)) or '-'}")
+    if args.layers:
+        for folder, targets in sorted(folder_edges(edges).items(), key=lambda item: layer_rank(item[0])):
+            print(f"{folder} -> {', '.join(sorted(targets, key=layer_rank)) or '-'}")
     found, breaks = circles(edges), rule_breaks(edges)
     print(f"{len(edges)} modules, {sum(map(len, edges.values()))} edges, {len(found)} import circles, "
           f"{len(breaks)} rule breaks")
