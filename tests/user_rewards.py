@@ -29,17 +29,3 @@ def make_small_latents(setup):
             return -x0_hat.float().square().mean(dim=(1, 2, 3))
 
     return SmallLatents()
-
-
-class Scripted:
-    """Validation scores read from a script: the k-th call scores every image values[k]."""
-
-    differentiable = False
-
-    def __init__(self, setup, values=(0.0,)):
-        self.values, self.calls = list(values), 0
-
-    def __call__(self, x0_hat, context):
-        value = self.values[min(self.calls, len(self.values) - 1)]
-        self.calls += 1
-        return RewardOutput(torch.full((len(x0_hat),), float(value)))

@@ -1,4 +1,8 @@
-"""One contract every registered reward passes: registering a reward enrolls it here."""
+"""One contract every registered reward passes: registering a reward enrolls it here.
+
+Every reward as the trainer calls it (`make_reward`: an image scorer on decode(x0_hat)); every image scorer
+also as selection and the evaluator call it (`make_scorer`, `score_images` on images).
+"""
 
 import functools
 
@@ -8,7 +12,17 @@ import torch
 from helpers import save_tiny_clip, save_tiny_vit
 from rewardbooth.core.config import ModelConfig
 from rewardbooth.models import load_model
-from rewardbooth.rewards import RewardContext, RewardOutput, RewardSetup, make_reward, rewards
+from rewardbooth.rewards import (
+    OnDecodedImages,
+    RewardContext,
+    RewardOutput,
+    RewardSetup,
+    declared_kind,
+    kind_of,
+    make_reward,
+    make_scorer,
+    rewards,
+)
 from rewardbooth.training.batches import decode_latents
 
 
@@ -48,9 +62,11 @@ def references_for(name):
     return torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 
 
-def build(name, judge_dir, backbone_dirs):
+def build(name, judge_dir, backbone_dirs, make=make_reward):
+    if name == "face":
+        pytest.importorskip("dlib")
     setup = RewardSetup(reference_images=references_for(name), identifier="sks", device=torch.device("cpu"))
-    return make_reward(name, setup, **options_for(name, judge_dir, backbone_dirs))
+    return make(name, setup, **options_for(name, judge_dir, backbone_dirs))
 
 
 @pytest.fixture(params=rewards.names())
@@ -134,3 +150,71 @@ def test_toy_identity_is_the_cosine_to_the_reference_centroid(judge_dir, vae):
     embedding, _ = judge(references)
     expected = embedding @ torch.nn.functional.normalize(embedding.mean(0), dim=0)
     torch.testing.assert_close(scores, expected)
+
+
+# --- the two kinds -------------------------------------------------------------------------------------------
+
+IMAGE_SCORERS = [name for name in rewards.names() if declared_kind(rewards.get(name)) == "image"]
+
+
+def test_every_registered_reward_declares_its_kind(reward_name, judge_dir, backbone_dirs):
+    """`rewardbooth rewards` and validation.reward read the kind without building; the built object agrees."""
+    kind = declared_kind(rewards.get(reward_name))
+    assert kind in ("image", "latent")
+    built = build(reward_name, judge_dir, backbone_dirs, make=lambda name, setup, **options:
+                  rewards.get(name)(setup, **options))
+    assert kind_of(built) == kind
+
+
+@pytest.fixture(params=IMAGE_SCORERS)
+def scorer(request, judge_dir, backbone_dirs):
+    return build(request.param, judge_dir, backbone_dirs, make=make_scorer)
+
+
+def images(size=5):
+    return torch.rand(size, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+
+
+def test_an_image_scorer_scores_images_directly(scorer):
+    prompts = [f"a photo of sks dog {index}" for index in range(5)]
+    output = scorer.score_images(images(), prompts)
+    assert isinstance(output, RewardOutput)
+    assert output.scores.shape == (5,) and output.scores.dtype == torch.float32 and torch.isfinite(output.scores).all()
+    assert torch.equal(output.scores, scorer.score_images(images(), prompts).scores)
+    halves = torch.cat([scorer.score_images(images()[:2], prompts[:2]).scores,
+                        scorer.score_images(images()[2:], prompts[2:]).scores])
+    torch.testing.assert_close(output.scores, halves, atol=1e-5, rtol=1e-5)
+
+
+def test_training_scores_an_image_scorer_on_the_decoded_x0_hat(reward_name, reward, vae, judge_dir, backbone_dirs):
+    """The trainer's reward is the image scorer itself on decode(x0_hat): same scores, same flag."""
+    if reward_name not in IMAGE_SCORERS:
+        pytest.skip("a latent reward")
+    x0_hat, x0 = batch(3)
+    context = context_for(x0, vae)
+    assert isinstance(reward, OnDecodedImages) and reward.differentiable is reward.scorer.differentiable
+    direct = build(reward_name, judge_dir, backbone_dirs, make=make_scorer).score_images(
+        context.decode(x0_hat), context.prompts)
+    assert torch.equal(scores_of(reward, x0_hat, context), direct.scores)
+
+
+def test_an_image_scorer_without_a_decoder_is_a_clear_error(judge_dir):
+    reward = make_reward("toy_identity", RewardSetup(torch.rand(2, 3, 32, 32), "sks", torch.device("cpu")),
+                         judge_dir=str(judge_dir))
+    with pytest.raises(ValueError, match="'toy_identity' reward scores images: the trainer must give it context.decode"):
+        reward(torch.zeros(1, 4, 8, 8), RewardContext(x0=torch.zeros(1, 4, 8, 8), prompts=["x"]))
+
+
+def test_a_latent_reward_is_no_image_scorer():
+    from rewardbooth.core.errors import UserError
+
+    with pytest.raises(UserError, match="'look_forward' scores latents, not images"):
+        make_scorer("look_forward", RewardSetup(torch.rand(1, 3, 8, 8), "sks", torch.device("cpu")))
+
+
+def test_the_rewards_command_states_each_kind():
+    from rewardbooth.rewards.base import describe_rewards
+
+    listing = describe_rewards(["look_forward", "dino", "user_scorers:make_brightness"]).split("\n")
+    assert listing[2].strip().startswith("latent reward") and listing[7].strip().startswith("image scorer")
+    assert listing[12].strip() == "kind is declared when built"

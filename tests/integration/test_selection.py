@@ -8,7 +8,7 @@ import torch
 from helpers import run_cli, tiny_args, weights
 from rewardbooth.training.selection import BestTracker, mix_scores
 
-SCRIPTED = "user_rewards:Scripted"
+SCRIPTED = "user_scorers:Scripted"
 
 
 def test_mix_scores_weighted_and_harmonic():
@@ -67,3 +67,64 @@ def test_early_stop_after_patience_validations_without_improvement(subject_dir, 
 def test_bad_selection_settings(overrides, message, subject_dir, tmp_path, capsys):
     assert run_cli(tiny_args(subject_dir, tmp_path / "bad", "train.max_steps=1", *overrides)) == 2
     assert message in capsys.readouterr().err
+
+
+def scorer_for(reward, setups, mix="weighted"):
+    import yaml
+
+    from rewardbooth.core.config import load_config
+    from rewardbooth.training.selection import ValidationScorer
+
+    config = load_config("default", [f"validation.reward={yaml.safe_dump(reward, default_flow_style=True).strip()}",
+                                     "validation.every=2", f"validation.mix={mix}"])
+    return ValidationScorer(config, setups, torch.device("cpu"))
+
+
+def setup_named(identifier):
+    from rewardbooth.rewards import RewardSetup
+
+    return RewardSetup(torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)), identifier,
+                       torch.device("cpu"))
+
+
+def test_validation_scores_the_images_themselves_with_the_image_scorers():
+    """score_images sees the PIL images as tensors and the prompts as they are; each part is logged."""
+    from PIL import Image
+
+    from rewardbooth.data.images import pil_to_tensor
+    from user_scorers import Recorder
+
+    images = [Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 51))]
+    prompts = ["a sks dog", "a sks dog on grass"]
+    Recorder.seen.clear()
+    values = scorer_for({"user_scorers:Recorder": 2.0, "user_scorers:make_brightness": 1.0},
+                        [setup_named("sks")]).scores(images, prompts)
+    (seen, seen_prompts), = Recorder.seen
+    assert torch.equal(seen, torch.stack([pil_to_tensor(image) for image in images])) and seen_prompts == prompts
+    brightness = [1 / 3, 0.2 / 3]  # red (1, 0, 0); dark blue (0, 0, 0.2)
+    assert values["val/user_scorers:Recorder"] == pytest.approx(sum(brightness) / 2)
+    assert values["val/score"] == pytest.approx(3 * sum(brightness) / 2)
+
+
+def test_each_validation_image_is_scored_by_its_own_concepts_scorer():
+    from PIL import Image
+
+    from user_scorers import Recorder
+
+    images = [Image.new("RGB", (8, 8), (255, 255, 255)), Image.new("RGB", (8, 8), (0, 0, 0))]
+    Recorder.seen.clear()
+    scorer_for("user_scorers:Recorder", [setup_named("<new1>"), setup_named("<new2>")]).scores(
+        images, ["a <new2> cat", "a <new1> dog"])
+    assert [(float(seen.mean()), prompts) for seen, prompts in Recorder.seen] == [
+        (0.0, ["a <new1> dog"]), (1.0, ["a <new2> cat"])]
+
+
+@pytest.mark.parametrize("reward", ["look_forward", "user_rewards:DarkImages", "user_scorers:NeverBuilt",
+                                    "user_scorers:make_latent", {"user_scorers:Recorder": 1, "look_forward": 1}])
+def test_a_latent_reward_is_refused_as_validation_reward_by_its_kind(reward):
+    """Declared (a registered reward, a class without score_images, a `kind`) before building anything; a plain
+    function's result once built."""
+    from rewardbooth.core.errors import UserError
+
+    with pytest.raises(UserError, match="validation.reward scores generated images, but .* compares latents"):
+        scorer_for(reward, [setup_named("sks")])

@@ -1,7 +1,8 @@
-"""The image-backbone rewards (dino, clip_image, clip_text, face) and their preprocessing.
+"""The image-backbone scorers (dino, clip_image, clip_text, face) and their preprocessing.
 
 Backbones are tiny random models of the real transformers classes, saved to disk and loaded through the real
-`from_pretrained` path; expected scores are computed by hand from the same weights. The face reward runs the
+`from_pretrained` path; expected scores are computed by hand from the same weights. They are scored as image
+scorers (`score_images`), as selection and the evaluator call them (the trainer's adapter is in the contract). The face reward runs the
 real dlib models on a real photo (scikit-image's bundled astronaut).
 """
 
@@ -14,7 +15,7 @@ from PIL import Image
 import rewardbooth.rewards.backbones  # noqa: F401  (registers dino, clip_image, clip_text)
 from helpers import save_tiny_clip, save_tiny_vit
 from rewardbooth.core.errors import UserError
-from rewardbooth.rewards import RewardContext, RewardSetup, face, make_reward
+from rewardbooth.rewards import RewardSetup, face, make_scorer
 from rewardbooth.rewards.preprocess import (
     CLIP_MEAN,
     CLIP_STD,
@@ -47,14 +48,8 @@ def setup_for(references, identifier="sks"):
     return RewardSetup(reference_images=references, identifier=identifier, device=CPU)
 
 
-def context_for(images, prompts=None):
-    """The decoder is stubbed: x0_hat's content is irrelevant, the reward sees ``images``."""
-    return RewardContext(x0=torch.zeros(len(images), 4, 4, 4), prompts=prompts or ["a photo of sks dog"] * len(images),
-                         decode=lambda _: images)
-
-
 def score(reward, images, prompts=None):
-    return reward(torch.zeros(len(images), 4, 4, 4), context_for(images, prompts))
+    return reward.score_images(images, prompts or ["a photo of sks dog"] * len(images))
 
 
 def by_hand_normalized(images, mean, std):
@@ -112,7 +107,7 @@ def test_dino_is_the_mean_pairwise_cosine_of_final_cls_features(vit_folder):
 
     references = rand_images(3, 37, 37, seed=1)  # 37 px: DINO's pipeline for a 32 px ViT only crops
     samples = torch.cat([references[1:2], rand_images(2, 37, 37, seed=2)])
-    output = score(make_reward("dino", setup_for(references), model=str(vit_folder)), samples)
+    output = score(make_scorer("dino", setup_for(references), model=str(vit_folder)), samples)
 
     vit = ViTModel.from_pretrained(vit_folder, add_pooling_layer=False).eval()
     with torch.no_grad():
@@ -133,7 +128,7 @@ def test_clip_image_is_the_mean_pairwise_cosine_of_clip_image_embeddings(clip_fo
 
     references = rand_images(2, 32, 32, seed=3)  # the tiny CLIP's own size: only normalisation applies
     samples = torch.cat([references[:1], rand_images(2, 32, 32, seed=4)])
-    output = score(make_reward("clip_image", setup_for(references), model=str(clip_folder)), samples)
+    output = score(make_scorer("clip_image", setup_for(references), model=str(clip_folder)), samples)
 
     clip = CLIPModel.from_pretrained(clip_folder).eval()
     tokens = torch.tensor([[clip.config.text_config.bos_token_id, clip.config.text_config.eos_token_id]])
@@ -152,7 +147,7 @@ def test_clip_text_scores_the_prompt_without_the_identifier(clip_folder):
 
     images = rand_images(3, 32, 32, seed=5)
     prompts = ["a photo of sks dog", "a sks dog on the beach", "a photo of sks dog"]
-    reward = make_reward("clip_text", setup_for(images, identifier="sks"), model=str(clip_folder))
+    reward = make_scorer("clip_text", setup_for(images, identifier="sks"), model=str(clip_folder))
     output = score(reward, images, prompts)
     assert output.scores.shape == (3,) and torch.isfinite(output.scores).all()
 
@@ -182,11 +177,11 @@ BACKBONE_REWARDS = [("dino", "vit_folder"), ("clip_image", "clip_folder"), ("cli
 def test_deterministic_split_invariant_and_differentiable_in_the_image_only(name, folder, request):
     """The gradient reaches the decoded image (direct mode, critic diagnostics), never the frozen backbone."""
     folder = request.getfixturevalue(folder)
-    reward = make_reward(name, setup_for(rand_images(2, 48, 64, seed=6)), model=str(folder))
+    reward = make_scorer(name, setup_for(rand_images(2, 48, 64, seed=6)), model=str(folder))
     images = rand_images(5, 48, 64, seed=7)
     prompts = [f"a sks dog number {index % 2}" for index in range(5)]
     pixels = images.clone().requires_grad_(True)
-    whole = reward(torch.zeros(5, 4, 4, 4), context_for(pixels, prompts))
+    whole = reward.score_images(pixels, prompts)
     assert reward.differentiable is True
     whole.scores.sum().backward()
     assert pixels.grad is not None and pixels.grad.abs().sum() > 0
@@ -203,25 +198,25 @@ def test_deterministic_split_invariant_and_differentiable_in_the_image_only(name
 def test_a_missing_model_folder_is_one_line_naming_the_folder_and_the_option(name, tmp_path):
     missing = tmp_path / "no-such-backbone"
     with pytest.raises(UserError) as error:
-        make_reward(name, setup_for(rand_images(1, 32, 32, seed=0)), model=str(missing))
+        make_scorer(name, setup_for(rand_images(1, 32, 32, seed=0)), model=str(missing))
     message = str(error.value)
     assert str(missing) in message and "objective.reward_options" in message and "\n" not in message
 
 
 def test_a_folder_of_another_architecture_is_refused(clip_folder):
     with pytest.raises(UserError, match="not a ViTModel checkpoint"):
-        make_reward("dino", setup_for(rand_images(1, 32, 32, seed=0)), model=str(clip_folder))
+        make_scorer("dino", setup_for(rand_images(1, 32, 32, seed=0)), model=str(clip_folder))
 
 
 def test_clip_text_refuses_a_folder_without_a_tokenizer(tmp_path):
     folder = save_tiny_clip(tmp_path / "clip-without-tokenizer", with_tokenizer=False)
     with pytest.raises(UserError, match="no CLIP tokenizer"):
-        make_reward("clip_text", setup_for(rand_images(1, 32, 32, seed=0)), model=str(folder))
+        make_scorer("clip_text", setup_for(rand_images(1, 32, 32, seed=0)), model=str(folder))
 
 
 def test_an_unknown_dtype_is_refused(vit_folder):
     with pytest.raises(UserError, match="float32, float16, bfloat16"):
-        make_reward("dino", setup_for(rand_images(1, 32, 32, seed=0)), model=str(vit_folder), dtype="fp8")
+        make_scorer("dino", setup_for(rand_images(1, 32, 32, seed=0)), model=str(vit_folder), dtype="fp8")
 
 
 # --- face: the real dlib models on a real photo --------------------------------------------------------------
@@ -241,7 +236,7 @@ def astronaut():
 
 @pytest.fixture(scope="module")
 def face_reward(astronaut):
-    return make_reward("face", setup_for(astronaut))
+    return make_scorer("face", setup_for(astronaut))
 
 
 @pytest.fixture(scope="module")
@@ -272,14 +267,14 @@ def test_face_mirrored_smaller_copy_is_the_same_person(face_reward, astronaut, n
 
 
 def test_face_no_face_score_is_an_option(astronaut, no_face):
-    reward = make_reward("face", setup_for(astronaut), no_face_score=-1.0)
+    reward = make_scorer("face", setup_for(astronaut), no_face_score=-1.0)
     output = score(reward, no_face)
     assert output.scores.tolist() == [-1.0] and output.diagnostics["distance"].tolist() == [2.0]
 
 
 def test_face_refuses_references_without_a_face(astronaut, no_face):
     with pytest.raises(UserError, match="no face found in any of the 2 reference photos"):
-        make_reward("face", setup_for(torch.cat([no_face, torch.full_like(no_face, 0.5)])))
+        make_scorer("face", setup_for(torch.cat([no_face, torch.full_like(no_face, 0.5)])))
 
 
 def test_face_without_its_models_package_says_how_to_install(monkeypatch):

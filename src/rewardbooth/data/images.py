@@ -144,7 +144,18 @@ def image_to_tensor(image: Image.Image, resolution: int, center_crop: bool = Tru
     resized = rgb.resize(
         (resolution, resolution), Image.Resampling.BICUBIC, box=box, reducing_gap=_REDUCING_GAP
     )
-    pixels = torch.from_numpy(np.array(resized, dtype=np.uint8))  # (H, W, 3)
+    return pil_to_tensor(resized)
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """A PIL image as it is (no resize) in the project's convention; a non-RGB image is first converted as
+    :func:`load_image` would.
+
+    Shape:
+        output: (3, H, W), float32 in [0, 1]
+    """
+    rgb = image if image.mode == "RGB" else _to_rgb(image)
+    pixels = torch.from_numpy(np.array(rgb, dtype=np.uint8))  # (H, W, 3)
     return pixels.permute(2, 0, 1).contiguous().to(torch.float32).div_(255.0)
 
 

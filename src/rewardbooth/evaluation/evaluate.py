@@ -5,8 +5,10 @@
 - CLIP-T: cosine between the image embedding and the embedding of its prompt with the identifier removed.
 - face (optional): 1 - dlib descriptor distance to the mean reference face; `toy` (optional): the toy judge.
 
-Feature extraction (`rewardbooth.rewards.backbones`, official preprocessing) is kept apart from the maths
-here. Each generated folder is one run of one subject (e.g. one method); several are compared side by side.
+Each metric is one registration in `rewardbooth.evaluation.metrics` (`rewardbooth evaluate --list-metrics`);
+feature extraction is `rewardbooth.rewards.backbones` (official preprocessing), the maths
+`rewardbooth.maths.similarity`. Here: which runs, the backbones loaded once, the loop and the report.
+Each generated folder is one run of one subject (e.g. one method); several are compared side by side.
 The prompt and seed of every image come from the `generation.json` that `rewardbooth generate` writes.
 """
 
@@ -14,48 +16,16 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from rewardbooth.core.errors import UserError
 from rewardbooth.core.progress import progress
-from rewardbooth.data.images import IMAGE_SUFFIXES, load_image, load_subject_images, remove_identifier
-
-BATCH = 32
-METRICS = ("dino", "clip_i", "clip_t", "face", "toy_fidelity", "toy_alignment")
-
-
-def mean_cosine_to_references(features: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
-    """Unit features (N, D) and (R, D) -> (N,): each image's mean cosine over the references."""
-    return (features @ references.T).mean(dim=1)
-
-
-def paired_cosine(images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
-    """Unit features (N, D) and (N, D) -> (N,): each image's cosine to its own text."""
-    return (images * texts).sum(dim=1)
-
-
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL -> (3, H, W) float32 in [0, 1]."""
-    return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1).float() / 255
-
-
-def embed(extract: Callable[[torch.Tensor], torch.Tensor], images: list[Image.Image], desc: str) -> torch.Tensor:
-    """Features of every image, batched by size (preprocessing resizes each image as it comes)."""
-    order = sorted(range(len(images)), key=lambda i: images[i].size)
-    features: dict[int, torch.Tensor] = {}
-    batches = [order[i:i + BATCH] for i in range(0, len(order), BATCH)]
-    for batch in tqdm(batches, desc=desc, leave=False, disable=None):  # None: no bar off a terminal
-        for size in {images[i].size for i in batch}:
-            members = [i for i in batch if images[i].size == size]
-            rows = extract(torch.stack([to_tensor(images[i]) for i in members]))
-            features.update({i: row.float().cpu() for i, row in zip(members, rows)})
-    return torch.stack([features[i] for i in range(len(images))])
+from rewardbooth.data.images import IMAGE_SUFFIXES, load_image, load_subject_images
+from rewardbooth.evaluation.metrics import BACKBONES, Metric, RunImages
+from rewardbooth.evaluation.metrics import metrics as registered
 
 
 def read_generated(folder: Path) -> list[dict]:
@@ -72,20 +42,27 @@ def read_generated(folder: Path) -> list[dict]:
 
 
 # The option that names each backbone, per command: an error names the one the user can change.
-EVALUATE_KEYS = {"dino": "--dino-model", "clip": "--clip-model"}
-_BACKBONE_REWARDS = {"dino": "dino", "clip": "clip_text"}  # the reward label rewards.backbones reports
+EVALUATE_KEYS = {"dino": "dino_model", "clip": "clip_model"}  # evaluate()'s parameters (the CLI: its flags)
 
 
-def backbones_for(metrics: tuple[str, ...]) -> list[str]:
-    """The backbones the metrics need, in loading order."""
-    needs = {"dino": {"dino"}, "clip": {"clip_i", "clip_t"}, "judge": {"toy_fidelity", "toy_alignment"}}
-    return [name for name, uses in needs.items() if uses & set(metrics)]
+def resolve_metrics(names: tuple[str, ...] | list[str]) -> list[Metric]:
+    """The registered metrics of these names, or a UserError naming the first unknown one."""
+    unknown = [name for name in names if name not in registered]
+    if unknown:
+        raise UserError(f"unknown metric {unknown[0]!r}: choose from {', '.join(registered.names())} "
+                        f"(`rewardbooth evaluate --list-metrics`)")
+    return [registered.get(name) for name in names]
+
+
+def backbones_for(names: tuple[str, ...] | list[str]) -> list[str]:
+    """The backbones the metrics need, once each, in the order the metrics ask for them."""
+    return list(dict.fromkeys(m.backbone for m in resolve_metrics(names) if m.backbone is not None))
 
 
 class Backbones:
     """Each backbone loaded once, on first use, and shared by every run evaluated.
 
-    `keys` name the option that sets each model in the command at hand (evaluate's --dino-model, a sweep
+    `keys` name the option that sets each model in the command at hand (evaluate's dino_model, a sweep
     file's dino_model), so that a model that does not load is reported against the right one."""
 
     def __init__(self, dino_model: str, clip_model: str, device: torch.device, judge_dir: str | None = None,
@@ -102,30 +79,20 @@ class Backbones:
                 raise UserError(self._for_this_command(name, str(error))) from None
         return self._cache[name]
 
-    def check(self, metrics: tuple[str, ...]) -> None:
+    def check(self, metric_names: tuple[str, ...]) -> None:
         """Load every backbone the metrics need, so that a bad model name fails before any slow work."""
-        for name in backbones_for(metrics):
+        for name in backbones_for(metric_names):
             self.get(name)
 
     def _load(self, name: str):
-        from rewardbooth.rewards.backbones import ClipFeatures, DinoFeatures
-
-        if name == "dino":
-            return DinoFeatures(self.dino_model, self.device)
-        if name == "clip":
-            return ClipFeatures(self.clip_model, self.device, reward="clip_text", with_text=True)
-        from rewardbooth.toyworld.assets import JUDGE_DIR, require
-        from rewardbooth.toyworld.judge import load_judge
-
-        return load_judge(Path(self.judge_dir) if self.judge_dir else
-                          require(JUDGE_DIR, "judge.json", "rewardbooth.toyworld.judge"))
+        return BACKBONES[name].load(self)
 
     def _for_this_command(self, name: str, message: str) -> str:
         """The backbone loader's message speaks of a training reward (objective.reward_options): name this
         command's option instead."""
         if name not in self.keys:
             return message
-        text = message.removeprefix(f"reward {_BACKBONE_REWARDS[name]!r}: ")
+        text = message.removeprefix(f"reward {BACKBONES[name].reward!r}: ")
         reward_advice = text.find("objective.reward_options")
         if reward_advice >= 0:
             text = text[:max(text.rfind("; ", 0, reward_advice), 0)]
@@ -143,63 +110,20 @@ def run_identifiers(folder: Path, identifier: str | None) -> list[str]:
     return list(recorded) if recorded else ["sks"]
 
 
-def score_run(folder: Path, references: list[Image.Image], metrics: tuple[str, ...], identifiers: list[str],
+def score_run(folder: Path, references: list[Image.Image], metric_names: tuple[str, ...], identifiers: list[str],
               backbones: Backbones) -> list[dict]:
     """One row per generated image: file, prompt, seed and every metric."""
     rows = read_generated(folder)
-    images = [load_image(folder / row["file"]) for row in rows]
-    prompts = [row["prompt"] for row in rows]
-    if any(p is None for p in prompts) and {"clip_t", "toy_alignment"} & set(metrics):
-        raise UserError(f"{folder} has no generation.json, so the prompts of its images are unknown: CLIP-T needs "
-                        f"them; generate with `rewardbooth generate`, or leave clip_t out of --metrics")
-    scores: dict[str, torch.Tensor] = {}
-    if "dino" in metrics:
-        dino = backbones.get("dino")
-        scores["dino"] = mean_cosine_to_references(embed(dino, images, "DINO"), embed(dino, references, "DINO"))
-    if {"clip_i", "clip_t"} & set(metrics):
-        clip = backbones.get("clip")
-        image_features = embed(clip.images, images, "CLIP")
-        if "clip_i" in metrics:
-            scores["clip_i"] = mean_cosine_to_references(image_features, embed(clip.images, references, "CLIP"))
-        if "clip_t" in metrics:
-            texts = {p: clip.text(without_identifiers(p, identifiers)).cpu() for p in set(prompts)}
-            scores["clip_t"] = paired_cosine(image_features, torch.stack([texts[p] for p in prompts]))
-    if "face" in metrics:
-        scores["face"] = _face_scores(images, references, backbones.device)
-    if {"toy_fidelity", "toy_alignment"} & set(metrics):
-        scores.update(_toy_scores(images, references, prompts, identifiers, backbones.get("judge"), metrics))
-    return [{**row, **{name: float(values[i]) for name, values in scores.items()}} for i, row in enumerate(rows)]
-
-
-def _face_scores(images: list[Image.Image], references: list[Image.Image], device: torch.device) -> torch.Tensor:
-    from rewardbooth.rewards import RewardContext, RewardSetup, make_reward
-
-    size = references[0].size
-    refs = torch.stack([to_tensor(r.resize(size)) for r in references])
-    reward = make_reward("face", RewardSetup(refs, "", device))
-    return torch.cat([reward(to_tensor(image)[None], RewardContext(torch.zeros(1), [""], lambda x: x)).scores
-                      for image in images])
-
-
-def without_identifiers(prompt: str, identifiers: list[str]) -> str:
-    for identifier in identifiers:
-        prompt = remove_identifier(prompt, identifier)
-    return prompt
-
-
-def _toy_scores(images, references, prompts, identifiers, judge, metrics) -> dict[str, torch.Tensor]:
-    from rewardbooth.toyworld.judge import caption_agreement, identity_similarity
-    from rewardbooth.toyworld.scoring import images_to_tensor
-
-    pixels, refs = images_to_tensor(images), images_to_tensor(references)
-    result = {}
+    run = RunImages([load_image(folder / row["file"]) for row in rows], [row["prompt"] for row in rows],
+                    references, identifiers, backbones.device)
+    chosen = resolve_metrics(metric_names)
+    needing = next((m.name for m in chosen if m.needs_prompts), None)
+    if needing is not None and any(prompt is None for prompt in run.prompts):
+        raise UserError(f"{folder} has no generation.json, so the prompts of its images are unknown: {needing} "
+                        f"needs them; generate with `rewardbooth generate`, or leave {needing} out of metrics")
     with torch.no_grad():
-        if "toy_fidelity" in metrics:
-            result["toy_fidelity"] = identity_similarity(judge, pixels, refs)
-        if "toy_alignment" in metrics:
-            result["toy_alignment"] = caption_agreement(judge, pixels, [without_identifiers(p, identifiers)
-                                                                         for p in prompts])
-    return result
+        scores = {m.name: m(run, None if m.backbone is None else backbones.get(m.backbone)) for m in chosen}
+    return [{**row, **{name: float(values[i]) for name, values in scores.items()}} for i, row in enumerate(rows)]
 
 
 def summarize(rows: list[dict], metrics: tuple[str, ...]) -> tuple[dict[str, float], list[dict]]:
@@ -221,9 +145,7 @@ def evaluate(generated: list[Path], subject_dir: Path, output: Path, metrics: tu
 
     `identifier` (default: each run's own, from its generation.json) is removed from prompts for CLIP-T.
     `backbones` (already loaded) replace the model names, e.g. for a sweep over many subjects."""
-    unknown = sorted(set(metrics) - set(METRICS))
-    if unknown:
-        raise UserError(f"unknown metric {unknown[0]!r}: choose from {', '.join(METRICS)}")
+    resolve_metrics(metrics)
     names = [folder.name for folder in generated]
     if len(set(names)) != len(names):
         raise UserError("two generated folders share a name: the report names runs by folder name; rename one")
@@ -232,7 +154,6 @@ def evaluate(generated: list[Path], subject_dir: Path, output: Path, metrics: tu
         backbones = Backbones(dino_model, clip_model,
                               torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")), judge_dir)
     backbones.check(metrics)
-    dino_model, clip_model = backbones.dino_model, backbones.clip_model
     runs = {}
     for folder in progress(generated, desc="evaluate"):
         identifiers = run_identifiers(folder, identifier)
@@ -242,7 +163,7 @@ def evaluate(generated: list[Path], subject_dir: Path, output: Path, metrics: tu
                              "prompts": prompt_rows, "images": rows, "generation": _generation_record(folder)}
     report = {"subject": str(subject_dir), "reference_images": len(references),
               "identifier": identifier if identifier is not None else "from each run's generation.json",
-              "protocol": protocol(metrics, dino_model, clip_model), "runs": runs}
+              "protocol": protocol(metrics, backbones), "runs": runs}
     from rewardbooth.evaluation.report import write_reports
 
     write_reports(report, metrics, output, references)
@@ -256,17 +177,19 @@ def _generation_record(folder: Path) -> dict | None:
     return {k: v for k, v in json.loads(record.read_text()).items() if k != "images"}
 
 
-def protocol(metrics: tuple[str, ...], dino_model: str, clip_model: str) -> dict:
-    entries = {"dino": {"backbone": dino_model, "feature": "final-layer CLS token, L2-normalised",
-                        "preprocessing": "resize short side 256 (bicubic), center crop 224, ImageNet mean/std",
-                        "score": "mean cosine to each reference photo"},
-               "clip_i": {"backbone": clip_model, "feature": "projected image embedding, L2-normalised",
-                          "preprocessing": "resize short side 224 (bicubic), center crop 224, CLIP mean/std",
-                          "score": "mean cosine to each reference photo"},
-               "clip_t": {"backbone": clip_model, "text": "prompt with the identifier removed",
-                          "score": "cosine of image and text embeddings (unscaled)"},
-               "face": {"backbone": "dlib face recognition ResNet v1 (face_recognition_models)",
-                        "score": "1 - L2 distance to the mean reference descriptor; no face scores 0"},
-               "toy_fidelity": {"backbone": "toy judge", "score": "mean identity cosine to each reference"},
-               "toy_alignment": {"backbone": "toy judge", "score": "mean probability of the prompt's attributes"}}
-    return {m: entries[m] for m in metrics}
+def protocol(metric_names: tuple[str, ...], backbones: Backbones) -> dict:
+    """How each metric was computed, as the report records it (the backbones by the models loaded)."""
+    return {m.name: m.describe(backbones) for m in resolve_metrics(metric_names)}
+
+
+def describe_metrics(keys: dict[str, str] | None = None) -> str:
+    """What `rewardbooth evaluate --list-metrics` prints: per metric, its backbone (with the option that sets
+    it, `keys`: evaluate()'s parameters by default) and how it scores."""
+    keys, lines = keys or EVALUATE_KEYS, []
+    for name in registered.names():
+        entry = registered.get(name)
+        backbone = entry.protocol.get("backbone") or f"{entry.backbone}" + (
+            f" ({keys[entry.backbone]})" if entry.backbone in keys else "")
+        needs = "; needs the prompts (generation.json)" if entry.needs_prompts else ""
+        lines.append(f"{name}\n    backbone: {backbone}{needs}\n    score: {entry.protocol['score']}")
+    return "\n".join(lines)

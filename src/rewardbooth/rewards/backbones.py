@@ -1,4 +1,4 @@
-"""DreamBench's metrics as rewards: `dino`, `clip_image` and `clip_text` (Ruiz et al. 2023, DreamBooth §4.1).
+"""DreamBench's metrics as image scorers: `dino`, `clip_image`, `clip_text` (Ruiz et al. 2023, DreamBooth §4.1).
 
 - DINO: mean pairwise cosine between the final-layer CLS features of a DINO ViT (default ViT-S/16, no pooler)
   of each generated image and of each real photo of the subject.
@@ -7,9 +7,11 @@
   removed, unscaled (not ×100 as CLIPScore prints it, nor ×2.5 as in Hessel et al. 2021).
 
 Feature extractors (`DinoFeatures`, `ClipFeatures`) are kept apart from the scoring so the evaluator can
-reuse them. Backbones come from the `model` option, a local folder or a hub id, loaded once with the real
-`from_pretrained` (tests save tiny random models of the same classes); each reward embeds the reference
-photos once at construction. All three are differentiable (networks on the decoded image): under
+reuse them; the cosine maths is `rewardbooth.maths.similarity`. Backbones come from the `model` option, a
+local folder or a hub id, loaded once with the real `from_pretrained` (tests save tiny random models of the
+same classes); each scorer embeds the reference photos once at construction. They score images
+(`score_images`); training scores decode(x0_hat) through `OnDecodedImages`. All three are differentiable
+(networks on the image): under
 `objective.name=dpg` their scores only train the critic (no graph is built); `direct` backpropagates
 through backbone and VAE decoder (ReFL / DRaFT style), and the critic diagnostics compare dQ/da with
 their gradient. The backbones are frozen: a gradient reaches the image, never their weights.
@@ -29,7 +31,8 @@ import torch.nn.functional as F
 
 from rewardbooth.core.errors import UserError
 from rewardbooth.data.images import remove_identifier
-from rewardbooth.rewards.base import RewardContext, RewardOutput, RewardSetup, rewards
+from rewardbooth.maths.similarity import max_cosine_to_references, mean_cosine_to_references, paired_cosine
+from rewardbooth.rewards.base import RewardOutput, RewardSetup, rewards
 from rewardbooth.rewards.preprocess import clip_preprocess, dino_preprocess
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -154,19 +157,14 @@ class ClipFeatures:
         return F.normalize(self.text_projection(pooled).float(), dim=-1)[0]
 
 
-def _decoded(x0_hat: torch.Tensor, context: RewardContext, reward: str) -> torch.Tensor:
-    if context.decode is None:
-        raise ValueError(f"the {reward!r} reward scores images: the trainer must give it context.decode")
-    return context.decode(x0_hat)
-
-
 class ReferenceSimilarityReward:
-    """Mean cosine between each sample's embedding and each reference photo's (DreamBench's pairwise average).
+    """Mean cosine between each image's embedding and each reference photo's (DreamBench's pairwise average).
 
     Diagnostics: ``max_cosine``, the similarity to the best-matching reference photo.
     """
 
     differentiable = True
+    kind = "image"
     name = "reference_similarity"
 
     def __init__(self, embed_fn: Callable[[torch.Tensor], torch.Tensor], setup: RewardSetup):
@@ -174,10 +172,10 @@ class ReferenceSimilarityReward:
         with torch.no_grad():
             self.references = embed_fn(setup.reference_images)  # (N, D) unit length, computed once
 
-    def __call__(self, x0_hat: torch.Tensor, context: RewardContext) -> RewardOutput:
-        cosines = self.embed_fn(_decoded(x0_hat, context, self.name)) @ self.references.T  # (B, N)
-        return RewardOutput(cosines.mean(dim=1).to(x0_hat.device),
-                            {"max_cosine": cosines.amax(dim=1).to(x0_hat.device)})
+    def score_images(self, images: torch.Tensor, prompts: list[str]) -> RewardOutput:
+        features = self.embed_fn(images)  # (B, D)
+        return RewardOutput(mean_cosine_to_references(features, self.references).to(images.device),
+                            {"max_cosine": max_cosine_to_references(features, self.references).to(images.device)})
 
 
 @rewards.register("dino")
@@ -210,6 +208,7 @@ class ClipTextReward:
     """
 
     differentiable = True
+    kind = "image"
 
     def __init__(self, setup: RewardSetup, model: str = DEFAULT_CLIP, dtype: str = "float32"):
         self.features = ClipFeatures(model, setup.device, dtype, reward="clip_text", with_text=True)
@@ -223,7 +222,7 @@ class ClipTextReward:
             self._text_embeddings[text] = self.features.text(text)
         return self._text_embeddings[text]
 
-    def __call__(self, x0_hat: torch.Tensor, context: RewardContext) -> RewardOutput:
-        images = self.features.images(_decoded(x0_hat, context, "clip_text"))  # (B, D)
-        texts = torch.stack([self.text_embedding(prompt) for prompt in context.prompts])  # (B, D)
-        return RewardOutput((images * texts).sum(dim=-1).to(x0_hat.device))
+    def score_images(self, images: torch.Tensor, prompts: list[str]) -> RewardOutput:
+        features = self.features.images(images)  # (B, D)
+        texts = torch.stack([self.text_embedding(prompt) for prompt in prompts])  # (B, D)
+        return RewardOutput(paired_cosine(features, texts).to(images.device))

@@ -1,4 +1,4 @@
-"""`face`: how much the face in decode(x0_hat) looks like the subject's, by dlib's face-recognition ResNet.
+"""`face`: how much the face in an image looks like the subject's, by dlib's face-recognition ResNet.
 
 dlib works fully offline: its HOG frontal-face detector is built in, and the `face_recognition_models`
 package ships the 5-point landmark model (aligns the face chip) and the ResNet that maps a face to a 128-d
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from rewardbooth.core.errors import UserError
-from rewardbooth.rewards.base import RewardContext, RewardOutput, RewardSetup, require_module, rewards
+from rewardbooth.rewards.base import RewardOutput, RewardSetup, require_module, rewards
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class FaceIdentityReward:
     """1 - Euclidean distance between dlib face descriptors of the sample and of the subject's photos."""
 
     differentiable = False
+    kind = "image"
 
     def __init__(self, setup: RewardSetup, no_face_score: float = 0.0, upsample: int = 1):
         dlib = require_module("dlib", "face", INSTALL_HINT)
@@ -105,10 +106,8 @@ class FaceIdentityReward:
         return 1.0 - distance, distance, 1.0
 
     @torch.no_grad()
-    def __call__(self, x0_hat: torch.Tensor, context: RewardContext) -> RewardOutput:
-        if context.decode is None:
-            raise ValueError("the 'face' reward scores images: the trainer must give it context.decode")
-        rows = [self._score(image) for image in to_uint8_images(context.decode(x0_hat))]
-        table = torch.tensor(rows, dtype=torch.float32, device=x0_hat.device).reshape(-1, 3)  # (B, 3)
+    def score_images(self, images: torch.Tensor, prompts: list[str]) -> RewardOutput:
+        rows = [self._score(image) for image in to_uint8_images(images)]
+        table = torch.tensor(rows, dtype=torch.float32, device=images.device).reshape(-1, 3)  # (B, 3)
         scores, distances, found = table.unbind(dim=1)
         return RewardOutput(scores, {"face_found": found, "distance": distances})

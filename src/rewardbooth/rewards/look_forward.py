@@ -13,6 +13,7 @@ class LookForwardReward:
     """r = -mean((x0_hat - x0)^2) over latent elements (Wei et al. 2024, Eq. 7)."""
 
     differentiable = True
+    kind = "latent"  # it compares x0_hat with the training latent: there is none for a generated image
 
     def __init__(self, setup: RewardSetup):
         pass  # needs nothing built: the reference latent arrives with every batch

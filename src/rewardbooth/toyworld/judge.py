@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from rewardbooth.maths.similarity import mean_cosine_to_references
 from rewardbooth.toyworld import subjects, world
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def identity_similarity(judge: Judge, images: torch.Tensor, references: torch.Te
     """Mean cosine similarity of each image's embedding to every reference's. Shape: (B, ...), (N, ...) -> (B,)"""
     embedding, _ = judge(images)
     reference_embedding, _ = judge(references)
-    return (embedding @ reference_embedding.T).mean(dim=1)
+    return mean_cosine_to_references(embedding, reference_embedding)
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -14,7 +14,9 @@ from rewardbooth.toyworld.world import RESOLUTION
 
 
 def images_to_tensor(images: list[Image.Image]) -> torch.Tensor:
-    """PIL images of any size -> (N, 3, 32, 32) float32 in [0, 1], the judge's input."""
+    """PIL images of any size -> (N, 3, 32, 32) float32 in [0, 1], the judge's input (the same strided
+    (N, H, W, 3) layout as the judge's training batches: a contiguous copy changes its outputs in the 7th
+    decimal)."""
     return to_tensor(np.stack([np.asarray(image.convert("RGB").resize((RESOLUTION, RESOLUTION), Image.BILINEAR))
                                for image in images]))
 

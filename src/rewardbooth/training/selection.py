@@ -2,8 +2,8 @@
 seeds) are scored by `validation.reward`; the best step's model is kept in `best/`, and with
 `validation.patience` the run stops after that many validations without improvement.
 
-Image rewards score the generated images directly (their `decode` is the identity); a weighted sum or a
-weighted harmonic mean combines several, e.g. subject fidelity with text alignment, so that a run which
+The validation reward is made of image scorers (`score_images` on the generated images; a latent reward is
+refused by its declared kind); a weighted sum or a weighted harmonic mean combines several, e.g. subject fidelity with text alignment, so that a run which
 copies the references at the cost of the prompt does not win.
 """
 
@@ -20,9 +20,8 @@ from accelerate import Accelerator
 from PIL import Image
 
 from rewardbooth.core.config import Config
-from rewardbooth.core.errors import UserError
-from rewardbooth.evaluation.evaluate import to_tensor
-from rewardbooth.rewards import RewardContext, RewardSetup, as_output, build_reward, reward_weights
+from rewardbooth.data.images import pil_to_tensor
+from rewardbooth.rewards import RewardSetup, as_output, build_scorer, reward_weights
 from rewardbooth.rewards.concepts import build_concept_reward
 from rewardbooth.training.monitoring import MetricsLog
 from rewardbooth.training.setup import RunSetup, reward_setups
@@ -30,7 +29,6 @@ from rewardbooth.training.setup import RunSetup, reward_setups
 logger = logging.getLogger(__name__)
 
 BEST_DIR = "best"
-LATENT_REWARDS = {"look_forward"}  # they compare x0_hat to a training latent: meaningless on samples
 
 
 def mix_scores(parts: dict[str, tuple[float, float]], mix: str) -> float:
@@ -80,19 +78,15 @@ class ValidationScorer:
         """`setups`: one per concept (its photos and identifier); each image is scored against its own."""
         validation = config.validation
         self.weights = reward_weights(validation.reward)
-        latent = sorted(LATENT_REWARDS & set(self.weights))
-        if latent:
-            raise UserError(f"validation.reward scores generated images, but {latent[0]!r} compares latents to a "
-                            f"training image: use image rewards, e.g. {{dino: 1, clip_text: 1}}")
-        self.reward = build_concept_reward(
-            lambda setup: build_reward(validation.reward, validation.reward_options, setup), setups)
+        # build_scorer refuses a latent reward (look_forward) by its declared kind, before building anything.
+        self.scorer = build_concept_reward(
+            lambda setup: build_scorer(validation.reward, validation.reward_options, setup), setups)
         self.mix, self.device = validation.mix, device
 
     @torch.no_grad()
     def scores(self, images: list[Image.Image], prompts: list[str]) -> dict[str, float]:
-        pixels = torch.stack([to_tensor(image) for image in images]).to(self.device)
-        context = RewardContext(x0=torch.zeros(len(pixels), 1), prompts=prompts, decode=lambda x: x)
-        output = as_output(self.reward(pixels, context))
+        pixels = torch.stack([pil_to_tensor(image) for image in images]).to(self.device)
+        output = as_output(self.scorer.score_images(pixels, prompts))
         if len(self.weights) == 1:
             (name, weight), = self.weights.items()
             parts = {name: (weight, float(output.scores.mean()))}
