@@ -22,12 +22,12 @@ step() {  # name, timeout in seconds, command...
   echo "   exit $? ($(tail -n 1 "$out/$name.log"))" | tee -a "$out/summary.txt"
 }
 step gpu-tests 150 .venv/bin/python -m pytest -q -m gpu tests
-step sd15-512-fp16 150 .venv/bin/rewardbooth bench --model sd15-random --mixed-precision fp16 --steps 8 \
-  --warmup 2 --output "$out/sd15-random-512px-fp16.json"
-step sd15-512-fp16-lora 60 .venv/bin/rewardbooth bench --model sd15-random --method lora --mixed-precision fp16 \
-  --variants dpg-look-forward --steps 8 --warmup 2 --output "$out/sd15-random-512px-fp16-lora.json"
-step sdxl-1024-bf16-lora 90 .venv/bin/rewardbooth bench --model sdxl-random --method lora --mixed-precision bf16 \
-  --variants dpg-look-forward --steps 5 --warmup 1 --set train.gradient_checkpointing=true \
+step sd15-512-fp16 150 .venv/bin/rewardbooth bench step --model sd15-random --mixed-precision fp16 \
+  --timed-steps 8 --warmup-steps 2 --output "$out/sd15-random-512px-fp16.json"
+step sd15-512-fp16-lora 60 .venv/bin/rewardbooth bench step --model sd15-random --method lora \
+  --mixed-precision fp16 --variants dpg-look-forward --timed-steps 8 --warmup-steps 2 --output "$out/sd15-random-512px-fp16-lora.json"
+step sdxl-1024-bf16-lora 90 .venv/bin/rewardbooth bench step --model sdxl-random --method lora \
+  --mixed-precision bf16 --variants dpg-look-forward --timed-steps 5 --warmup-steps 1 --set train.gradient_checkpointing=true \
   --output "$out/sdxl-random-1024px-bf16-lora.json"
-step evaluation 60 .venv/bin/rewardbooth bench --evaluation --images 512 --output "$out/evaluation.json"
+step evaluation 60 .venv/bin/rewardbooth bench evaluation --images 512 --output "$out/evaluation.json"
 cat "$out/summary.txt"

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 TINY_RUN = [
-    "model.pretrained=tiny", "data.resolution=64", "data.num_class_images=2", "data.class_generation_steps=2",
+    "model.pretrained=tiny", "data.resolution=64", "data.num_class_images=2", "data.class_num_inference_steps=2",
     "validation.num_inference_steps=2", "validation.num_images=1", "train.report_to=none",
     "train.checkpoint_every=0", "train.lr=1e-4",
 ]

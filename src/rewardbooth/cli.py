@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -40,15 +42,26 @@ def _add_generate(commands) -> None:
                              "(default: the run's own, from its config.yaml; else sks)")
     parser.add_argument("--num-images", type=int, default=4, help="images per prompt")
     parser.add_argument("--seed", type=int, default=0, help="image k uses seed+k")
-    parser.add_argument("--steps", type=int, default=25, help="sampler steps")
-    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    parser.add_argument("--num-inference-steps", type=int, default=25, help="sampler steps")
+    parser.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance scale")
     parser.add_argument("--resolution", type=int, default=None, help="pixels (default: the model's)")
     parser.add_argument("--output", type=Path, default=Path("generated"), help="folder for PNGs and grid.png")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files of the same names")
 
 
 def _add_bench(commands) -> None:
-    parser = commands.add_parser("bench", help="time baseline vs DPG steps (ratios of median time and memory)")
+    parser = commands.add_parser("bench", help="benchmarks: step (DPG step cost), toyworld (quality), evaluation "
+                                               "(evaluate's speed)",
+                                 description="Three benchmarks, each with its own options (`rewardbooth bench "
+                                             "KIND --help`).")
+    kinds = parser.add_subparsers(dest="bench", metavar="{step,toyworld,evaluation}")
+    _add_bench_step(kinds)
+    _add_bench_toyworld(kinds)
+    _add_bench_evaluation(kinds)
+
+
+def _add_bench_step(kinds) -> None:
+    parser = kinds.add_parser("step", help="time baseline vs DPG steps (ratios of median time and memory)")
     parser.add_argument("--model", default="tiny",
                         help="'tiny', 'tiny-sdxl', 'sd15-random', 'sdxl-random' or a diffusers folder")
     parser.add_argument("--method", default="dreambooth",
@@ -56,34 +69,41 @@ def _add_bench(commands) -> None:
     parser.add_argument("--resolution", type=int, default=None,
                         help="pixels (default: 64 on CPU and for tiny models; 512 SD-1.5, 1024 SDXL on CUDA)")
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (after warm-up)")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--timed-steps", type=int, default=10, help="timed steps per variant (after warm-up)")
+    parser.add_argument("--warmup-steps", type=int, default=2, help="untimed steps per variant first")
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
                         help="default: fp16 on CUDA, no on CPU")
     parser.add_argument("--variants", nargs="+", default=None, metavar="VARIANT",
                         help="DPG variants timed against baseline (default: all): dpg-look-forward, dpg-dino, "
                              "dpg-clip-image, dpg-clip-text, and with critic diagnostics at every step "
                              "dpg-look-forward-diagnosed, dpg-dino-diagnosed")
-    parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON here "
-                                                                  "(with --toyworld: the benchmark folder)")
-    parser.add_argument("--toyworld", action="store_true",
-                        help="instead: the toy-world quality benchmark (subjects x seeds x objectives)")
-    parser.add_argument("--subjects", type=int, default=8, help="--toyworld: number of reported subjects")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="--toyworld: seeds")
-    parser.add_argument("--train-steps", type=int, default=600, help="--toyworld: training steps per run")
-    parser.add_argument("--lr", type=float, default=1e-4, help="--toyworld: learning rate")
-    parser.add_argument("--objectives", nargs="+", default=None,
-                        help="--toyworld: objectives (default: all); NAME@section.key=value@... adds overrides "
-                             "to one objective, e.g. baseline@objective.instance_weight=2")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="a config override for every run (repeat), e.g. train.gradient_checkpointing=true; "
-                             "with --toyworld e.g. objective.gamma=0.99")
+                        help="a config override for every variant (repeat), e.g. train.gradient_checkpointing=true")
+    parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON here")
+
+
+def _add_bench_toyworld(kinds) -> None:
+    parser = kinds.add_parser("toyworld", help="the toy-world quality benchmark (subjects x seeds x objectives)")
+    parser.add_argument("--num-subjects", type=int, default=8, help="number of reported subjects")
     parser.add_argument("--first-subject", type=int, default=100,
-                        help="--toyworld: index of the first subject (100+ are reported, 0-99 are for tuning)")
-    parser.add_argument("--jobs", type=int, default=1, help="--toyworld: runs at once, one thread each")
-    parser.add_argument("--evaluation", action="store_true",
-                        help="instead: images/s of `rewardbooth evaluate` with DINO + CLIP (random real-size models)")
-    parser.add_argument("--images", type=int, default=None, help="--evaluation: images (default 3000 CUDA, 128 CPU)")
+                        help="index of the first subject (100+ are reported, 0-99 are for tuning)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--train-steps", type=int, default=600, help="training steps per run")
+    parser.add_argument("--lr", type=float, default=1e-4, help="learning rate")
+    parser.add_argument("--objectives", nargs="+", default=None,
+                        help="objectives (default: all); NAME@section.key=value@... adds overrides to one "
+                             "objective, e.g. baseline@objective.instance_weight=2")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a config override for every run (repeat), e.g. objective.gamma=0.99")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each")
+    parser.add_argument("--output", type=Path, default=Path("benchmarks/toyworld"), help="the benchmark folder")
+
+
+def _add_bench_evaluation(kinds) -> None:
+    parser = kinds.add_parser("evaluation", help="images/s of `rewardbooth evaluate` with DINO + CLIP (random "
+                                                 "real-size models)")
+    parser.add_argument("--images", type=int, default=None, help="images scored (default 3000 on CUDA, 128 on CPU)")
+    parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON here")
 
 
 def _add_demo(commands) -> None:
@@ -91,8 +111,8 @@ def _add_demo(commands) -> None:
                                               "(no download, a few minutes on a laptop)")
     parser.add_argument("--output", type=Path, default=Path("rewardbooth-demo"), help="demo folder")
     parser.add_argument("--subject", type=int, default=0, help="toy subject index")
-    parser.add_argument("--steps", type=int, default=300, help="training steps per method")
-    parser.add_argument("--images-per-prompt", type=int, default=2)
+    parser.add_argument("--train-steps", type=int, default=300, help="training steps per method")
+    parser.add_argument("--num-images", type=int, default=2, help="images per prompt")
     parser.add_argument("--num-prompts", type=int, default=25, help="first N prompts of the subject's set")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
@@ -112,7 +132,18 @@ def _add_evaluate(commands) -> None:
     parser.add_argument("--subject", type=Path, required=True, help="folder of the subject's reference photos")
     parser.add_argument("--output", type=Path, default=Path("evaluation"), help="report folder")
     parser.add_argument("--metrics", nargs="+", default=["dino", "clip_i", "clip_t"],
-                        help="from dino, clip_i, clip_t, face, toy_fidelity, toy_alignment")
+                        help="registered metrics (--list-metrics lists them; default: dino clip_i clip_t)")
+
+    class ListMetrics(argparse.Action):
+        """Like --help: prints the metric registry and exits, whatever else the command line lacks."""
+
+        def __call__(self, parser, namespace, values, option_string=None):
+            from rewardbooth.evaluation.evaluate import describe_metrics
+
+            print(describe_metrics({"dino": "--dino-model", "clip": "--clip-model"}))
+            parser.exit()
+
+    parser.add_argument("--list-metrics", nargs=0, action=ListMetrics, help="list the registered metrics and exit")
     parser.add_argument("--identifier", default=None,
                         help="removed from prompts for CLIP-T (default: each run's own, recorded in its "
                              "generation.json; else sks)")
@@ -164,39 +195,58 @@ def _run_generate(args: argparse.Namespace) -> None:
     if args.dreambench is not None:
         prompts += prompts_for(args.dreambench, (identifiers or ["sks"])[0])
         identifiers = identifiers or ["sks"]
-    paths = generate(args.model, prompts, args.output, num_images=args.num_images, seed=args.seed,
-                     num_inference_steps=args.steps, guidance_scale=args.guidance, resolution=args.resolution,
-                     overwrite=args.overwrite, lora=args.lora, identifiers=identifiers)
+    if not prompts:
+        raise UserError("no prompt given: pass --prompt 'a photo of sks dog' (repeat it for several), "
+                        "--prompts-file or --dreambench")
+    with _flags({"lora": "--lora", "num_images": "--num-images", "resolution": "--resolution",
+                 "overwrite=True": "--overwrite", "output_dir": "--output"}):
+        paths = generate(args.model, prompts, args.output, num_images=args.num_images, seed=args.seed,
+                         num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+                         resolution=args.resolution, overwrite=args.overwrite, lora=args.lora, identifiers=identifiers)
     print(f"wrote {len(paths)} images and {args.output / 'grid.png'}")
 
 
+BENCH_KINDS = "step (the cost of a DPG step), toyworld (the toy-world quality benchmark), evaluation " \
+              "(images/s of `rewardbooth evaluate`)"
+
+
 def _run_bench(args: argparse.Namespace) -> None:
-    if args.evaluation:
-        from rewardbooth.experiments.bench_evaluation import run_evaluation_bench
+    if args.bench is None:
+        raise UserError(f"rewardbooth bench needs one of: {BENCH_KINDS}; e.g. `rewardbooth bench step --help`")
+    {"step": _run_bench_step, "toyworld": _run_bench_toyworld, "evaluation": _run_bench_evaluation}[args.bench](args)
 
-        run_evaluation_bench(num_images=args.images, output=args.output)
-        return
-    if args.toyworld:
-        from rewardbooth.experiments.toyworld.benchmark import run_toyworld_benchmark
-        from rewardbooth.experiments.toyworld.experiment import OBJECTIVES, Setting, objective_overrides
 
-        for objective in args.objectives or ():
-            objective_overrides(objective)  # an unknown name fails before any run
-        output = args.output or Path("benchmarks/toyworld")
-        run_toyworld_benchmark(output, num_subjects=args.subjects, seeds=tuple(args.seeds),
-                               objectives=tuple(args.objectives or OBJECTIVES), first_subject=args.first_subject,
-                               jobs=args.jobs,
-                               setting=Setting(steps=args.train_steps, lr=args.lr, overrides=tuple(args.overrides)))
-        print((output / "results.md").read_text())
-        return
-    from rewardbooth.experiments.bench import VARIANTS, run_bench
+def _run_bench_step(args: argparse.Namespace) -> None:
+    from rewardbooth.experiments.bench import VARIANTS, format_report, run_bench
 
     unknown = sorted(set(args.variants or ()) - set(VARIANTS))
     if unknown:
         raise UserError(f"unknown bench variant {unknown[0]!r}: choose from {', '.join(VARIANTS)}")
-    run_bench(model=args.model, resolution=args.resolution, batch_size=args.batch_size, steps=args.steps,
-              warmup=args.warmup, mixed_precision=args.mixed_precision, output=args.output,
-              variants=tuple(args.variants or VARIANTS), method=args.method, extra_overrides=tuple(args.overrides))
+    report = run_bench(model=args.model, resolution=args.resolution, batch_size=args.batch_size,
+                       timed_steps=args.timed_steps, warmup_steps=args.warmup_steps,
+                       mixed_precision=args.mixed_precision, output=args.output,
+                       variants=tuple(args.variants or VARIANTS), method=args.method,
+                       extra_overrides=tuple(args.overrides))
+    print(format_report(report))
+
+
+def _run_bench_toyworld(args: argparse.Namespace) -> None:
+    from rewardbooth.experiments.toyworld.benchmark import run_toyworld_benchmark
+    from rewardbooth.experiments.toyworld.experiment import OBJECTIVES, Setting, objective_overrides
+
+    for objective in args.objectives or ():
+        objective_overrides(objective)  # an unknown name fails before any run
+    run_toyworld_benchmark(args.output, num_subjects=args.num_subjects, seeds=tuple(args.seeds),
+                           objectives=tuple(args.objectives or OBJECTIVES), first_subject=args.first_subject,
+                           jobs=args.jobs,
+                           setting=Setting(steps=args.train_steps, lr=args.lr, overrides=tuple(args.overrides)))
+    print((args.output / "results.md").read_text())
+
+
+def _run_bench_evaluation(args: argparse.Namespace) -> None:
+    from rewardbooth.experiments.bench_evaluation import format_evaluation_report, run_evaluation_bench
+
+    print(format_evaluation_report(run_evaluation_bench(num_images=args.images, output=args.output)))
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
@@ -206,8 +256,9 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     if (args.output / "evaluation.json").exists() and not args.overwrite:
         raise UserError(f"{args.output} already holds an evaluation; pass --overwrite or choose another --output")
     check_writable(args.output, "--output")
-    evaluate(args.generated, args.subject, args.output, metrics=tuple(args.metrics), identifier=args.identifier,
-             dino_model=args.dino_model, clip_model=args.clip_model)
+    with _flags({"dino_model": "--dino-model", "clip_model": "--clip-model", "metrics": "--metrics"}):
+        evaluate(args.generated, args.subject, args.output, metrics=tuple(args.metrics), identifier=args.identifier,
+                 dino_model=args.dino_model, clip_model=args.clip_model)
     print((args.output / "report.md").read_text())
     print(f"report: {args.output / 'report.html'}")
 
@@ -226,7 +277,9 @@ def _run_sweep(args: argparse.Namespace) -> None:
         return
     if args.sweep is None:
         raise UserError("no sweep file given: `rewardbooth sweep SWEEP.yaml` (see examples/sweep-toy.yaml)")
-    sweep, shard = load_sweep(args.sweep, args.overrides), parse_shard(args.shard)
+    sweep = load_sweep(args.sweep, args.overrides)
+    with _flags({"shard": "--shard"}):
+        shard = parse_shard(args.shard)
     if args.devices:
         import torch
 
@@ -251,10 +304,28 @@ def _run_rewards(args: argparse.Namespace) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> None:
-    from rewardbooth.experiments.demo import run_demo
+    from rewardbooth.experiments.demo import format_table, run_demo
 
-    run_demo(args.output, subject_index=args.subject, steps=args.steps, images_per_prompt=args.images_per_prompt,
-             num_prompts=args.num_prompts, overwrite=args.overwrite, seed=args.seed)
+    with _flags({"overwrite=True": "--overwrite"}):
+        results = run_demo(args.output, subject_index=args.subject, train_steps=args.train_steps,
+                           num_images=args.num_images, num_prompts=args.num_prompts, overwrite=args.overwrite,
+                           seed=args.seed)
+    print(format_table(results))
+    print(f"\nreport: {args.output / 'report.html'}")
+
+
+@contextlib.contextmanager
+def _flags(flags: dict[str, str]):
+    """The library names its own parameters in its errors (`num_images`, `overwrite=True`); say the command's
+    flags instead (`--num-images`, `--overwrite`). A name inside a longer one (`train.output_dir`,
+    `method.name=lora`) is left alone."""
+    try:
+        yield
+    except UserError as error:
+        message = str(error)
+        for name, flag in flags.items():
+            message = re.sub(rf"(?<![\w.=-]){re.escape(name)}(?![\w-])", flag, message)
+        raise UserError(message) from None
 
 
 COMMANDS = {"train": _run_train, "generate": _run_generate, "bench": _run_bench, "evaluate": _run_evaluate,

@@ -39,21 +39,21 @@ def test_result_reloads_with_stock_diffusers_and_changes_the_images(method, obje
     base = StableDiffusionPipeline.from_pretrained(tiny_folder)
     assert np.abs(trained - draw(base, prompt.replace("<new1>", "sks"))).max() > 1e-3
     # `rewardbooth generate OUTPUT` applies the result the same way.
-    assert run_cli(["generate", str(out), "--prompt", prompt, "--num-images", "1", "--steps", "2", "--output",
+    assert run_cli(["generate", str(out), "--prompt", prompt, "--num-images", "1", "--num-inference-steps", "2", "--output",
                     str(tmp_path / "images")]) == 0
 
 
 def test_lora_saves_only_adapters_and_generate_finds_the_base_model(tiny_folder, subject_dir, tmp_path, capsys):
     out = tmp_path / "lora"
     assert run_cli(tiny_args(subject_dir, out, f"model.pretrained={tiny_folder}", "method.name=lora",
-                             "method.train_text_encoder=true", "method.lora_rank=2", *TRAIN)) == 0
+                             "method.train_text_encoder=true", "method.lora.rank=2", *TRAIN)) == 0
     saved = load_file(out / "pytorch_lora_weights.safetensors")
     assert saved and all(".lora" in key for key in saved)
     assert {key.split(".")[0] for key in saved} == {"unet", "text_encoder"}
     assert all(min(tensor.shape) <= 2 for tensor in saved.values())  # rank 2
     assert not (out / "unet").exists()  # adapters only, no copy of the base weights
     # `rewardbooth generate OUTPUT` reads the base model from config.yaml and applies the adapters.
-    assert run_cli(["generate", str(out), "--prompt", "a photo of sks dog", "--num-images", "1", "--steps", "2",
+    assert run_cli(["generate", str(out), "--prompt", "a photo of sks dog", "--num-images", "1", "--num-inference-steps", "2",
                     "--output", str(tmp_path / "images")]) == 0
     stock = load_lora(tiny_folder, out)
     stock.set_progress_bar_config(disable=True)
@@ -76,10 +76,23 @@ def test_lora_leaves_the_base_weights_untouched(subject_dir, tmp_path):
     assert {id(p) for p in run.policy_parameters} == {id(p) for p in run.parts.unet.parameters() if p.requires_grad}
 
 
+@pytest.mark.parametrize("unet_modules", [None, ["to_q"]], ids=["family-default", "from-config"])
+def test_lora_targets_are_the_model_familys_unless_the_config_names_them(unet_modules, subject_dir, tmp_path):
+    from rewardbooth.core.config import load_config
+    from rewardbooth.training.setup import build_run
+
+    chosen = [] if unet_modules is None else [f"method.lora.unet_modules={unet_modules}"]
+    config = load_config("default", tiny_args(subject_dir, tmp_path / "x", "method.name=lora", *chosen)[2:])
+    run = build_run(config)
+    layers = {name.split(".lora_")[0] for name, p in run.parts.unet.named_parameters() if p.requires_grad}
+    targets = tuple(unet_modules or run.parts.family.lora_targets["unet"])
+    assert {next(t for t in targets if layer.endswith("." + t)) for layer in layers} == set(targets)
+
+
 # What each method writes as its result (besides critic.safetensors): the resume test compares these bitwise.
 def test_bad_lora_rank_is_a_user_error(subject_dir, tmp_path, capsys):
-    assert run_cli(tiny_args(subject_dir, tmp_path / "bad", "method.name=lora", "method.lora_rank=0")) == 2
-    assert "method.lora_rank" in capsys.readouterr().err
+    assert run_cli(tiny_args(subject_dir, tmp_path / "bad", "method.name=lora", "method.lora.rank=0")) == 2
+    assert "bad value 0 for method.lora.rank" in capsys.readouterr().err
 
 
 def test_custom_diffusion_trains_only_cross_attention_kv_and_the_new_token(tiny_folder, subject_dir, tmp_path):

@@ -7,7 +7,7 @@ import torch
 
 from rewardbooth.core.config import ModelConfig
 from rewardbooth.core.errors import UserError
-from rewardbooth.models import StableDiffusionParts, load_model, loaders
+from rewardbooth.models import ModelParts, load_model, loaders
 
 FROM_DISK = {"diffusers", "toy"}  # loaders that read weights from a folder
 
@@ -22,7 +22,7 @@ def test_loader_contract(name, tiny_folder):
     # weights, and sd15-random would otherwise allocate 4 GB.
     with torch.device("cpu") if name in FROM_DISK else torch.device("meta"):
         parts = load_by_name(name, tiny_folder)
-    assert isinstance(parts, StableDiffusionParts)
+    assert isinstance(parts, ModelParts)
     assert parts.unet.config.in_channels == parts.vae.config.latent_channels
     assert parts.unet.config.cross_attention_dim == parts.text_embedding_dim
     for tokenizer, encoder in zip(parts.tokenizers, parts.text_encoders, strict=True):

@@ -28,7 +28,8 @@ def test_mixed_precision_dpg_on_cuda(precision, subject_dir, tmp_path):
 @pytest.mark.gpu
 def test_sd15_scale_bench_on_cuda(tmp_path):
     output = tmp_path / "bench.json"
-    assert run_cli(["bench", "--model", "sd15-random", "--steps", "3", "--warmup", "1", "--output", str(output)]) == 0
+    assert run_cli(["bench", "step", "--model", "sd15-random", "--timed-steps", "3", "--warmup-steps", "1",
+                    "--output", str(output)]) == 0
     report = json.loads(output.read_text())
     assert report["resolution"] == 512 and report["mixed_precision"] == "fp16"
     assert report["memory_measure"] == "peak CUDA allocation per step"

@@ -102,6 +102,7 @@ def test_prompt_without_identifier(subject_dir, tmp_path, capsys):
     ("objective.reward=dino9", "unknown reward 'dino9'"),
     ("method.name=hypernet", "unknown base method 'hypernet'"),
     ("train.batch_size=0", "train.batch_size"),
+    ("method.lora_rank=2", "method.lora_rank was renamed method.lora.rank (0.1.0)"),
 ])
 def test_bad_config_values(override, expected, subject_dir, tmp_path, capsys):
     out = tmp_path / "out"
@@ -136,6 +137,16 @@ def test_non_empty_run_folder_names_resume_and_overwrite(subject_dir, tmp_path, 
     capsys.readouterr()
     fails_cleanly(args, capsys, "is not empty", "train.resume=latest", "train.overwrite=true")
     fails_cleanly([*args, "train.resume=latest"], capsys, "holds no checkpoint", "train.overwrite=true")
+
+
+def test_resuming_with_another_nested_setting_names_it(subject_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = tiny_args(subject_dir, out, "train.max_steps=2", "train.checkpoint_every=1", "validation.every=0",
+                     "method.name=lora")
+    assert run_cli(args) == 0
+    capsys.readouterr()
+    fails_cleanly([*args, "train.resume=latest", "method.lora.rank=8"], capsys,
+                  "cannot resume: method.lora.rank was 4 in this run and is 8 now")
 
 
 def test_overwrite_replaces_a_previous_run(subject_dir, tmp_path):

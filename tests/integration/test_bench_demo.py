@@ -12,7 +12,7 @@ from helpers import run_cli
 @pytest.mark.slow
 def test_bench_reports_ratios(tmp_path, capsys):
     output = tmp_path / "bench.json"
-    assert run_cli(["bench", "--steps", "2", "--warmup", "1", "--output", str(output)]) == 0
+    assert run_cli(["bench", "step", "--timed-steps", "2", "--warmup-steps", "1", "--output", str(output)]) == 0
     report = json.loads(output.read_text())
     assert set(report["variants"]) == {"baseline", "dpg-look-forward", "dpg-dino", "dpg-clip-image", "dpg-clip-text",
                                        "dpg-look-forward-diagnosed", "dpg-dino-diagnosed"}
@@ -21,6 +21,7 @@ def test_bench_reports_ratios(tmp_path, capsys):
     for name, target in (("dpg-look-forward", 1.03), ("dpg-dino", 1.25)):
         ratio = report["variants"][name]["median_step_s"] / report["variants"]["baseline"]["median_step_s"]
         assert report["ratios"][name]["time"] == pytest.approx(ratio) and report["ratios"][name]["target"] == target
+    assert (report["timed_steps"], report["warmup_steps"]) == (2, 1)
     printed = capsys.readouterr().out
     assert "dpg-look-forward / baseline: time" in printed and "dpg-dino / baseline: time" in printed
 
@@ -29,8 +30,9 @@ def test_bench_reports_ratios(tmp_path, capsys):
 def test_bench_times_each_method_and_sdxl(method, tmp_path):
     model = "tiny" if method == "custom_diffusion" else "tiny-sdxl"  # Custom Diffusion is SD-only
     output = tmp_path / "bench.json"
-    assert run_cli(["bench", "--model", model, "--method", method, "--variants", "dpg-look-forward", "--steps", "1",
-                    "--warmup", "1", "--set", "train.gradient_checkpointing=true", "--output", str(output)]) == 0
+    assert run_cli(["bench", "step", "--model", model, "--method", method, "--variants", "dpg-look-forward",
+                    "--timed-steps", "1", "--warmup-steps", "1", "--set", "train.gradient_checkpointing=true",
+                    "--output", str(output)]) == 0
     report = json.loads(output.read_text())
     assert (report["model"], report["method"]) == (model, method)
     assert report["overrides"] == ["train.gradient_checkpointing=true"]
@@ -45,13 +47,33 @@ def test_bench_default_resolution_is_the_models_own(tiny_folder):
 
 
 def test_bench_rejects_an_unknown_variant(capsys):
-    assert run_cli(["bench", "--variants", "dpg-clip"]) == 2
+    assert run_cli(["bench", "step", "--variants", "dpg-clip"]) == 2
     assert "unknown bench variant 'dpg-clip'" in capsys.readouterr().err
+
+
+def test_bench_toyworld_checks_its_objectives_before_any_run(tmp_path, capsys):
+    assert run_cli(["bench", "toyworld", "--objectives", "dpg-nope", "--output", str(tmp_path / "toy")]) == 2
+    assert "unknown toy-world objective 'dpg-nope'" in capsys.readouterr().err and not (tmp_path / "toy").exists()
+
+
+def test_bench_without_a_kind_names_the_three(capsys):
+    assert run_cli(["bench"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert all(f"{kind} (" in error for kind in ("step", "toyworld", "evaluation")) and "\n" not in error
+
+
+@pytest.mark.parametrize("argv", [["bench", "toyworld", "--variants", "dpg-dino"], ["bench", "step", "--jobs", "2"],
+                                  ["bench", "evaluation", "--model", "tiny"], ["generate", "tiny", "--steps", "2"],
+                                  ["demo", "--steps", "2"]])
+def test_each_command_takes_only_its_own_flags(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(argv)
+    assert exit_.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
 
 
 def test_evaluation_bench_times_the_whole_evaluate_path(tmp_path, capsys):
     from helpers import save_tiny_clip, save_tiny_vit
-    from rewardbooth.experiments.bench_evaluation import run_evaluation_bench
+    from rewardbooth.experiments.bench_evaluation import format_evaluation_report, run_evaluation_bench
 
     output = tmp_path / "evaluation.json"
     report = run_evaluation_bench(num_images=6, image_size=64, dino_model=str(save_tiny_vit(tmp_path / "vit")),
@@ -59,7 +81,8 @@ def test_evaluation_bench_times_the_whole_evaluate_path(tmp_path, capsys):
     assert json.loads(output.read_text()) == report
     assert report["images"] == 6 and report["images_per_s"] == pytest.approx(6 / report["seconds"])
     assert report["seconds_for_3000"] == pytest.approx(3000 / report["images_per_s"])
-    assert "3,000 images would take" in capsys.readouterr().out
+    assert "3,000 images would take" in format_evaluation_report(report)
+    assert capsys.readouterr().out == ""  # the library returns its report; the command prints it
 
 
 class _Page(HTMLParser):
@@ -82,7 +105,7 @@ class _Page(HTMLParser):
 def test_demo_end_to_end(tmp_path, capsys):
     """The README's main job on a reduced setting: both methods trained, generated, scored, reported."""
     output = tmp_path / "demo"
-    argv = ["demo", "--output", str(output), "--steps", "2", "--images-per-prompt", "2", "--num-prompts", "3"]
+    argv = ["demo", "--output", str(output), "--train-steps", "2", "--num-images", "2", "--num-prompts", "3"]
     assert run_cli(argv) == 0
     results = json.loads((output / "results.json").read_text())["results"]
     assert set(results) == {"baseline", "dpg-look-forward", "base-model"}
@@ -107,7 +130,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert Image.open(output / "scores.png").size[0] > 0
     assert (output / "dpg-look-forward" / "model" / "critic.safetensors").is_file()
     assert run_cli(argv) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    assert "is not empty; pass --overwrite or choose another folder" in capsys.readouterr().err
     (output / "results.json").unlink()  # as if interrupted: --overwrite still recognises the folder
     assert run_cli([*argv, "--overwrite"]) == 0
     stranger = tmp_path / "stranger"

@@ -75,7 +75,7 @@ def test_sdxl_trains_and_reloads_with_stock_diffusers(method, load, objective, t
         critic = load_file(out / "critic.safetensors")
         assert critic and all(torch.isfinite(v).all() for v in critic.values())
     # `rewardbooth generate OUTPUT` applies the result to its SDXL base the same way.
-    assert run_cli(["generate", str(out), "--prompt", "a photo of sks dog", "--num-images", "1", "--steps", "2",
+    assert run_cli(["generate", str(out), "--prompt", "a photo of sks dog", "--num-images", "1", "--num-inference-steps", "2",
                     "--output", str(tmp_path / "generated")]) == 0
     assert (tmp_path / "generated" / "grid.png").is_file()
 

@@ -66,6 +66,9 @@ def test_run_config_layers_shared_then_objective_then_subject(tmp_path, toy_data
     ({"dataset": "DATA", "subjects": ["subject_999"]}, "'subject_999' is not a folder"),
     ({"dataset": "DATA", "objectives": {"x": {"train.max_step": 3}}}, "unknown config key 'train.max_step'"),
     ({"dataset": "DATA", "overrides": {"model.pretrained": "toy", "train.lr": -1}}, "train.lr"),
+    ({"dataset": "DATA", "sampler_steps": 5}, "sampler_steps was renamed num_inference_steps (0.1.0)"),
+    ({"dataset": "DATA", "images_per_prompt": 5}, "images_per_prompt was renamed num_images (0.1.0)"),
+    ({"dataset": "DATA", "overrides": {"method.lora_rank": 2}}, "method.lora_rank was renamed method.lora.rank"),
 ])
 def test_bad_sweep_fails_at_once_with_one_line(keys, message, tmp_path, toy_dataset, capsys):
     keys = {k: str(toy_dataset) if v == "DATA" else v for k, v in keys.items()}
@@ -98,8 +101,8 @@ def test_two_toy_subjects_sharded_interrupted_and_resumed(toy_dataset, tmp_path,
                    "train.max_steps": 2, "train.lr": 1e-4, "train.report_to": "none", "train.checkpoint_every": 0,
                    "validation.every": 0},
         objectives={"dreambooth": {"objective.name": "baseline"}, "dpg": {"objective.name": "dpg"}},
-        instance_prompt="a {identifier} {class_noun}", class_prompt="a {class_noun}", images_per_prompt=1,
-        sampler_steps=2, guidance_scale=4.0, metrics=["toy_fidelity", "toy_alignment", "dino"], dino_model=str(vit))
+        instance_prompt="a {identifier} {class_noun}", class_prompt="a {class_noun}", num_images=1,
+        num_inference_steps=2, guidance_scale=4.0, metrics=["toy_fidelity", "toy_alignment", "dino"], dino_model=str(vit))
     trained = []
     real = sweep.train_and_generate
 
@@ -130,7 +133,7 @@ def test_two_toy_subjects_sharded_interrupted_and_resumed(toy_dataset, tmp_path,
     interrupt = False
     assert run_cli(["sweep", str(path)]) == 0
     assert trained[4:] == [("subject_101", "dpg")]
-    assert "3 of 4 runs already done" in capsys.readouterr().out
+    assert "3 of 4 runs already done" in capsys.readouterr().err  # a progress line, like the runs' own
     assert (out / "runs" / "subject_100" / "dpg" / sweep.DONE).stat().st_mtime_ns == first_done
     assert not (out / "runs" / "subject_101" / "dpg" / "model" / "half-written").exists()
     assert not list((out / "runs").rglob("*.safetensors"))  # keep_models is off: weights dropped, samples kept
@@ -158,7 +161,7 @@ def test_a_run_interrupted_after_a_checkpoint_resumes_from_it(toy_dataset, tmp_p
         overrides={"model.pretrained": "toy", "data.resolution": 32, "data.prior_preservation": False,
                    "train.max_steps": 2, "train.report_to": "none", "train.checkpoint_every": 1,
                    "validation.every": 0},
-        objectives={"dpg": {"objective.name": "dpg"}}, images_per_prompt=1, sampler_steps=1,
+        objectives={"dpg": {"objective.name": "dpg"}}, num_images=1, num_inference_steps=1,
         metrics=["toy_fidelity"])
     steps, real_step, real_generate = [], rewardbooth.training.loop.accumulate_gradients, rewardbooth.inference.generate.generate
 
@@ -197,8 +200,8 @@ def toy_sweep(tmp_path, toy_dataset, **keys):
     settings = dict(dataset=str(toy_dataset), output=str(tmp_path / "sweep"), subjects=["subject_100"],
                     overrides={"model.pretrained": "toy", "data.resolution": 32, "train.max_steps": 2,
                                "train.report_to": "none", "train.checkpoint_every": 0, "validation.every": 0},
-                    objectives={"dreambooth": {"objective.name": "baseline"}}, images_per_prompt=1,
-                    sampler_steps=1, metrics=["toy_fidelity"])
+                    objectives={"dreambooth": {"objective.name": "baseline"}}, num_images=1,
+                    num_inference_steps=1, metrics=["toy_fidelity"])
     return write_sweep(tmp_path / "s.yaml", **{**settings, **keys})
 
 
@@ -235,7 +238,8 @@ def finish_by_hand(spec, subject, objective, config):
 
 @pytest.mark.parametrize("change, expected", [
     ("overrides.train.max_steps=3", "train.max_steps was 2 and is 3 now"),
-    ("sampler_steps=5", "sampler_steps was 1 and is 5 now"),
+    ("num_inference_steps=5", "num_inference_steps was 1 and is 5 now"),
+    ("overrides.method.lora.rank=8", "method.lora.rank was 4 and is 8 now"),  # a nested key, named in full
 ])
 def test_a_finished_run_made_with_other_settings_is_not_reused(change, expected, tmp_path, toy_dataset, monkeypatch,
                                                               capsys):

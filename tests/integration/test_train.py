@@ -109,7 +109,7 @@ def test_tensorboard_logs(subject_dir, tmp_path):
 def test_generate_writes_images_and_grid(subject_dir, tmp_path, capsys):
     out = tmp_path / "gen"
     argv = ["generate", "tiny", "--prompt", "a sks dog", "--prompt", "a sks dog on the beach",
-            "--num-images", "2", "--seed", "5", "--steps", "2", "--resolution", "64", "--output", str(out)]
+            "--num-images", "2", "--seed", "5", "--num-inference-steps", "2", "--resolution", "64", "--output", str(out)]
     assert run_cli(argv) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["000_a-sks-dog_00005.png", "000_a-sks-dog_00006.png", "001_a-sks-dog-on-the-beach_00005.png",
@@ -121,7 +121,10 @@ def test_generate_writes_images_and_grid(subject_dir, tmp_path, capsys):
     first = (out / "000_a-sks-dog_00005.png").read_bytes()
     # grid.png: a row per prompt, its text at the left, a column per seed; 64 px images enlarged 2x.
     assert Image.open(out / "grid.png").size == (260 + 2 * 128, 18 + 2 * 128)
-    assert run_cli(argv) == 2 and "already exists" in capsys.readouterr().err
+    assert run_cli(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the first run's progress lines
+    # The library says overwrite=True and output_dir; the command says its flags.
+    assert error.startswith("error: ") and "already exists; pass --overwrite or choose another --output" in error
     assert run_cli([*argv, "--overwrite"]) == 0
     assert (out / "000_a-sks-dog_00005.png").read_bytes() == first  # same seeds, same images
 
@@ -130,7 +133,7 @@ def test_generate_keeps_prompts_apart_whose_names_agree(tmp_path, capsys):
     long = "a photo of sks dog sitting on a wooden bench in a park on a sunny afternoon"  # > 60 characters
     prompts = ["a sks dog", "A sks dog!", f"{long}, watercolour", f"{long}, oil painting"]
     out = tmp_path / "gen"
-    argv = ["generate", "tiny", "--num-images", "2", "--steps", "1", "--resolution", "64", "--output", str(out)]
+    argv = ["generate", "tiny", "--num-images", "2", "--num-inference-steps", "1", "--resolution", "64", "--output", str(out)]
     assert run_cli([*argv, *(arg for prompt in prompts for arg in ("--prompt", prompt))]) == 0
     assert "wrote 8 images" in capsys.readouterr().out
     record = json.loads((out / "generation.json").read_text())
@@ -146,14 +149,16 @@ def test_generate_checks_the_resolution_before_it_writes(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert "--resolution=60 is not a multiple of 8" in error and "use 56 or 64" in error and "\n" not in error
     assert run_cli(["generate", "tiny", "--prompt", "a sks dog", "--resolution", "0", "--output", str(out)]) == 2
-    assert "at least 8" in capsys.readouterr().err
+    assert "--resolution must be at least 8" in capsys.readouterr().err
+    assert run_cli(["generate", "tiny", "--prompt", "a sks dog", "--num-images", "0", "--output", str(out)]) == 2
+    assert "--num-images must be at least 1" in capsys.readouterr().err  # the flag, not generate's num_images
     assert not out.exists()
 
 
 def test_generate_renders_a_dreambench_prompt_set(tmp_path):
     out = tmp_path / "bench"
     assert run_cli(["generate", "tiny", "--dreambench", "dog3", "--identifier", "zwx", "--num-images", "1",
-                    "--steps", "1", "--resolution", "64", "--output", str(out)]) == 0
+                    "--num-inference-steps", "1", "--resolution", "64", "--output", str(out)]) == 0
     record = json.loads((out / "generation.json").read_text())
     prompts = [image["prompt"] for image in record["images"]]
     assert len(prompts) == 25 and prompts[10] == "a zwx dog wearing a red hat"

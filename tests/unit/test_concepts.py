@@ -85,6 +85,36 @@ def test_per_concept_reward_scores_each_sample_with_its_concepts_reward_and_keep
     assert reward.differentiable
 
 
+class ConstantScorer:
+    """An image scorer: `value` * mean brightness, with one diagnostic."""
+
+    differentiable = True
+
+    def __init__(self, value):
+        self.value = value
+
+    def score_images(self, images, prompts):
+        scores = self.value * images.mean(dim=(1, 2, 3))
+        return RewardOutput(scores, {"seen": torch.full_like(scores, float(len(scores)))})
+
+
+def test_per_concept_image_scorers_route_images_and_prompts_alike():
+    from rewardbooth.rewards import RewardSetup, kind_of
+    from rewardbooth.rewards.concepts import PerConceptImages, build_concept_reward
+
+    setups = [RewardSetup(torch.zeros(1, 3, 2, 2), identifier, torch.device("cpu")) for identifier in ("<new1>", "<new2>")]
+    values = iter([1.0, -2.0])
+    scorer = build_concept_reward(lambda setup: ConstantScorer(next(values)), setups)
+    assert isinstance(scorer, PerConceptImages) and kind_of(scorer) == "image" and scorer.differentiable
+    images = torch.ones(3, 3, 2, 2, requires_grad=True)
+    output = scorer.score_images(images, ["a <new2> cat", "a <new1> dog", "a <new2> cat on grass"])
+    assert output.scores.tolist() == [-2.0, 1.0, -2.0] and output.diagnostics["seen"].tolist() == [2.0, 1.0, 2.0]
+    output.scores.sum().backward()
+    assert torch.allclose(images.grad.mean(dim=(1, 2, 3)), torch.tensor([-2.0, 1.0, -2.0]) / 12)
+    latent = build_concept_reward(lambda setup: ConstantReward(1.0), setups)
+    assert isinstance(latent, PerConcept) and kind_of(latent) == "latent"
+
+
 def test_batches_draw_every_concepts_photos_with_their_own_prompts(subject_dir, second_subject, tmp_path):
     from rewardbooth.training.setup import build_run
 
@@ -138,3 +168,4 @@ def test_the_shipped_multi_concept_example_is_a_valid_config():
     check_concepts(config.data)
     assert [c.identifier for c in concepts_of(config.data)] == ["<new1>", "<new2>"]
     assert config.method.name == "custom_diffusion" and config.validation.mix == "harmonic"
+    assert config.method.custom_diffusion.params == "kv"  # the nested method options (0.1.0)

@@ -112,11 +112,56 @@ def test_missing_and_malformed_files(tmp_path):
         load_config(bad)
 
 
+def leaf_keys(cls, prefix=""):
+    for field in dataclasses.fields(cls):
+        if field.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(field.default_factory):
+            yield from leaf_keys(field.default_factory, f"{prefix}{field.name}.")
+        else:
+            yield f"{prefix}{field.name}", field.metadata["help"]
+
+
 def test_describe_lists_every_key_with_help():
     text = describe()
-    for section in dataclasses.fields(Config):
-        for field in dataclasses.fields(section.default_factory()):
-            assert f"{section.name}.{field.name} = " in text
+    keys = dict(leaf_keys(Config))
+    assert {"method.lora.rank", "method.lora.unet_modules", "method.custom_diffusion.params"} <= set(keys)
+    for key, help in keys.items():
+        assert f"  {key} = " in text and help and f"# {help}" in text
+
+
+def test_method_options_are_nested_and_lora_targets_default_to_the_family():
+    config = load_config(None, ["method.lora.rank=8", "method.lora.unet_modules=[to_q, to_v]",
+                                "method.custom_diffusion.params=crossattn"])
+    assert config.method.lora.rank == 8 and config.method.lora.unet_modules == ("to_q", "to_v")
+    assert config.method.custom_diffusion.params == "crossattn"
+    assert Config().method.lora.unet_modules is None and Config().method.lora.text_encoder_modules is None
+    with pytest.raises(UserError, match="bad value 'qkv' for method.custom_diffusion.params"):
+        load_config(None, ["method.custom_diffusion.params=qkv"])
+    with pytest.raises(UserError, match="unknown config key 'method.lora.ranks'"):
+        load_config(None, ["method.lora.ranks=2"])
+
+
+# The 0.1.0 renames (CHANGELOG.md): an old key fails with one line naming the new one, in a file or an override.
+RENAMES = {
+    "method.lora_rank": "method.lora.rank", "method.lora_alpha": "method.lora.alpha",
+    "method.lora_unet_modules": "method.lora.unet_modules",
+    "method.lora_text_encoder_modules": "method.lora.text_encoder_modules",
+    "method.custom_diffusion_params": "method.custom_diffusion.params",
+    "method.initializer_token": "method.custom_diffusion.initializer_token",
+    "data.class_generation_steps": "data.class_num_inference_steps",
+}
+
+
+@pytest.mark.parametrize("old,new", sorted(RENAMES.items()))
+def test_a_renamed_key_names_its_new_name(old, new, tmp_path):
+    with pytest.raises(UserError) as error:
+        load_config(None, [f"{old}=2"])
+    assert str(error.value) == f"{old} was renamed {new} (0.1.0)"
+    section, key = old.split(".")
+    path = tmp_path / "old.yaml"
+    path.write_text(f"{section}:\n  {key}: 2\n")
+    with pytest.raises(UserError) as error:
+        load_config(path)
+    assert str(error.value) == f"{old} was renamed {new} (0.1.0)"
 
 
 def test_round_trip_through_dict(tmp_path):

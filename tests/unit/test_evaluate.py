@@ -7,14 +7,6 @@ import pytest
 import torch
 
 from helpers import run_cli, save_tiny_clip, save_tiny_vit
-from rewardbooth.evaluation.evaluate import mean_cosine_to_references, paired_cosine
-
-
-def test_metric_maths_by_hand():
-    features = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
-    references = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    torch.testing.assert_close(mean_cosine_to_references(features, references), torch.tensor([0.5, 0.7]))
-    torch.testing.assert_close(paired_cosine(features, references), torch.tensor([1.0, 0.8]))
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +19,14 @@ def generated(tmp_path_factory):
     root = tmp_path_factory.mktemp("generated")
     for name, seed in (("method_a", 0), ("method_b", 7)):
         assert run_cli(["generate", "tiny", "--prompt", "a photo of sks dog", "--prompt", "a sks dog on the beach",
-                        "--num-images", "2", "--steps", "1", "--seed", str(seed), "--resolution", "64",
+                        "--num-images", "2", "--num-inference-steps", "1", "--seed", str(seed), "--resolution", "64",
                         "--output", str(root / name)]) == 0
     return root
 
 
 def test_evaluate_two_runs_end_to_end(generated, backbones, subject_dir, tmp_path, capsys):
     from rewardbooth.data.images import load_image, load_subject_images
-    from rewardbooth.evaluation.evaluate import embed
+    from rewardbooth.evaluation.metrics import embed
     from rewardbooth.rewards.backbones import ClipFeatures, DinoFeatures
 
     vit, clip = backbones
@@ -80,7 +72,50 @@ def test_clip_t_needs_the_prompts(generated, backbones, subject_dir, tmp_path, c
     assert "no generation.json" in capsys.readouterr().err
     assert run_cli([*base, "--output", str(tmp_path / "r2"), "--metrics", "dino", "clip_i"]) == 0
     assert run_cli([*base, "--output", str(tmp_path / "r3"), "--metrics", "fid"]) == 2
-    assert "unknown metric 'fid'" in capsys.readouterr().err
+    assert "unknown metric 'fid': choose from clip_i, clip_t, dino, face" in capsys.readouterr().err
+
+
+def test_list_metrics_lists_the_registry(capsys):
+    from rewardbooth.evaluation.metrics import metrics
+
+    with pytest.raises(SystemExit) as done:
+        run_cli(["evaluate", "--list-metrics"])  # like --help: no folders needed
+    listing = capsys.readouterr().out
+    assert done.value.code == 0 and all(f"{name}\n    backbone: " in listing for name in metrics.names())
+    assert "dino\n    backbone: dino (--dino-model)" in listing and "needs the prompts" in listing
+
+
+def test_a_registered_metric_is_scored_and_described_by_evaluate(generated, subject_dir, tmp_path):
+    """A new metric is one registration: evaluate scores, summarises and records it with no other change."""
+    from rewardbooth.data.images import load_image
+    from rewardbooth.evaluation.metrics import metric, metrics
+
+    @metric("mean_red", backbone=None, needs_prompts=True, protocol={"score": "mean red minus the photos' mean red"})
+    def mean_red(run, _):
+        def red(images):
+            return torch.tensor([float(torch.tensor(list(image.getdata()))[:, 0].float().mean()) / 255
+                                 for image in images], dtype=torch.float64)
+
+        assert all(text.count("sks") == 0 for text in run.texts)  # identifiers removed
+        return red(run.images) - red(run.references).mean()
+
+    try:
+        out = tmp_path / "report"
+        assert run_cli(["evaluate", str(generated / "method_a"), "--subject", str(subject_dir), "--output", str(out),
+                        "--metrics", "toy_fidelity", "mean_red"]) == 0
+    finally:
+        metrics._factories.pop("mean_red")
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["protocol"]["mean_red"] == {"score": "mean red minus the photos' mean red"}
+    assert report["protocol"]["toy_fidelity"]["backbone"] == "toy judge"
+    run = report["runs"]["method_a"]
+    first = load_image(generated / "method_a" / run["images"][0]["file"])
+    reference_red = [float(torch.tensor(list(load_image(path).getdata()))[:, 0].float().mean()) / 255
+                     for path in sorted(subject_dir.glob("*.png"))]
+    expected = float(torch.tensor(list(first.getdata()))[:, 0].float().mean()) / 255 - sum(reference_red) / 4
+    assert run["images"][0]["mean_red"] == pytest.approx(expected)
+    assert run["summary"]["mean_red"] == pytest.approx(sum(row["mean_red"] for row in run["images"]) / 4)
+    assert "mean_red" in (out / "report.md").read_text()
 
 
 def test_toy_judge_metrics(generated, subject_dir, tmp_path):
@@ -129,13 +164,13 @@ def test_unloadable_backbone_names_the_option_to_change(option, generated, backb
 
 def test_clip_t_removes_the_identifier_the_run_recorded(backbones, subject_dir, tmp_path):
     from rewardbooth.data.images import load_image
-    from rewardbooth.evaluation.evaluate import embed
+    from rewardbooth.evaluation.metrics import embed
     from rewardbooth.rewards.backbones import ClipFeatures
 
     vit, clip = backbones
     generated = tmp_path / "custom"
     assert run_cli(["generate", "tiny", "--prompt", "a photo of <new1> dog", "--identifier", "<new1>",
-                    "--num-images", "1", "--steps", "1", "--resolution", "64", "--output", str(generated)]) == 0
+                    "--num-images", "1", "--num-inference-steps", "1", "--resolution", "64", "--output", str(generated)]) == 0
     assert json.loads((generated / "generation.json").read_text())["identifiers"] == ["<new1>"]
     out = tmp_path / "report"
     assert run_cli(["evaluate", str(generated), "--subject", str(subject_dir), "--output", str(out),

@@ -7,7 +7,7 @@ from others (effective batch size, steps per epoch) are computed and logged by t
 from __future__ import annotations
 
 import dataclasses
-import types
+import functools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,15 +15,12 @@ from typing import Any, Literal
 
 import yaml
 
+from rewardbooth.core import config_parsing
+from rewardbooth.core.config_parsing import build_dataclass, leaf_values, lookup, parse_override, set_key
+from rewardbooth.core.config_parsing import config_field as _field
 from rewardbooth.core.errors import UserError
 
 PRESET_DIR = Path(__file__).parents[1] / "presets"
-
-
-def _field(default: Any, help: str) -> Any:
-    if isinstance(default, (list, dict)):
-        raise TypeError("use tuples for sequence defaults so configs stay immutable")
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
@@ -54,7 +51,7 @@ class DataConfig:
     prior_preservation: bool = _field(False, "add a class-image batch with the prior loss (DreamBooth)")
     num_class_images: int = _field(100, "class images generated once with the base model and cached")
     class_dir: str | None = _field(None, "class-image cache folder (default: under ~/.cache/rewardbooth)")
-    class_generation_steps: int = _field(25, "sampler steps used to generate class images")
+    class_num_inference_steps: int = _field(25, "sampler steps used to generate class images")
     resolution: int = _field(512, "training resolution in pixels; a multiple of the VAE factor")
     center_crop: bool = _field(True, "center crop after resizing the short side (else resize the whole image)")
     random_flip: bool = _field(True, "random horizontal flips")
@@ -64,21 +61,31 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class LoRAConfig:
+    rank: int = _field(4, "rank r of every adapter")
+    alpha: float | None = _field(None, "scale alpha (the update is alpha / r * B A); default r")
+    unet_modules: tuple[str, ...] | None = _field(
+        None, "UNet layers that get adapters (default: the model family's, the attention projections)")
+    text_encoder_modules: tuple[str, ...] | None = _field(
+        None, "text-encoder layers that get adapters (default: the model family's)")
+
+
+@dataclass(frozen=True)
+class CustomDiffusionConfig:
+    params: Literal["kv", "crossattn"] = _field(
+        "kv", "'kv' = cross-attention key/value projections (the paper's default); 'crossattn' = all "
+              "cross-attention projections")
+    initializer_token: str = _field("ktn", "words whose mean embedding starts the new token (data.identifier, "
+                                           "e.g. '<new1>')")
+
+
+@dataclass(frozen=True)
 class MethodConfig:
     name: str = _field("dreambooth", "base method: 'dreambooth' (all UNet weights), 'lora' (adapters) or "
                                         "'custom_diffusion' (cross-attention K/V + new tokens)")
     train_text_encoder: bool = _field(False, "also fine-tune the text encoder (lora: adapters on it too)")
-    lora_rank: int = _field(4, "lora: rank r of every adapter")
-    lora_alpha: float | None = _field(None, "lora: scale alpha (the update is alpha / r * B A); default r")
-    lora_unet_modules: tuple[str, ...] = _field(("to_k", "to_q", "to_v", "to_out.0"),
-                                                "lora: UNet layers that get adapters (attention projections)")
-    lora_text_encoder_modules: tuple[str, ...] = _field(("q_proj", "k_proj", "v_proj", "out_proj"),
-                                                        "lora: text-encoder layers that get adapters")
-    custom_diffusion_params: Literal["kv", "crossattn"] = _field(
-        "kv", "custom_diffusion: 'kv' = cross-attention key/value projections (the paper's default); "
-              "'crossattn' = all cross-attention projections")
-    initializer_token: str = _field("ktn", "custom_diffusion: words whose mean embedding starts the new token "
-                                           "(data.identifier, e.g. '<new1>')")
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    custom_diffusion: CustomDiffusionConfig = field(default_factory=CustomDiffusionConfig)
 
 
 @dataclass(frozen=True)
@@ -185,33 +192,52 @@ class Config:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
+# Keys renamed in 0.1.0: old full key -> new one (an old key fails with one line naming the new).
+RENAMED = {
+    "method.lora_rank": "method.lora.rank",
+    "method.lora_alpha": "method.lora.alpha",
+    "method.lora_unet_modules": "method.lora.unet_modules",
+    "method.lora_text_encoder_modules": "method.lora.text_encoder_modules",
+    "method.custom_diffusion_params": "method.custom_diffusion.params",
+    "method.initializer_token": "method.custom_diffusion.initializer_token",
+    "data.class_generation_steps": "data.class_num_inference_steps",
+}
+
+
 def preset_names() -> list[str]:
     return sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))
 
 
 def load_config(source: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Build a Config from a file or preset name, then apply ``section.key=value`` overrides."""
+    """Build a Config from a file or preset name, then apply ``section.key=value`` overrides (nested keys
+    too: ``method.lora.rank=8``)."""
     tree = read_source(source) if source is not None else {}
     for override in overrides:
-        key, value = _parse_override(override)
-        section, _, name = key.partition(".")
-        tree.setdefault(section, {})
-        if not isinstance(tree[section], dict) or not name:
+        key, value = parse_override(override)
+        if "." not in key.strip("."):
             raise UserError(f"override {override!r}: keys look like 'section.key=value', e.g. 'train.max_steps=100'")
-        tree[section][name] = value
+        set_key(tree, key, value, override)
     return from_dict(tree)
 
 
 def from_dict(tree: dict[str, Any]) -> Config:
-    return build_dataclass(Config, tree)
+    return build_dataclass(Config, tree, renamed=RENAMED)
 
 
 def to_dict(config: Config) -> dict[str, Any]:
+    """The config as plain YAML types: sections of keys (nested for method.lora, ...), lists for tuples."""
     def plain(value: Any) -> Any:
-        return list(value) if isinstance(value, tuple) else value
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
-    return {f.name: {k: plain(v) for k, v in dataclasses.asdict(getattr(config, f.name)).items()}
-            for f in dataclasses.fields(config)}
+    return plain(dataclasses.asdict(config))
+
+
+def flat_dict(config: Config) -> dict[str, Any]:
+    """Every key with its plain value, e.g. {'train.max_steps': 400, 'method.lora.rank': 4, ...}."""
+    tree = to_dict(config)
+    return {key: lookup(tree, key) for key in leaf_values(config)}
 
 
 def save_config(config: Config, path: Path) -> None:
@@ -221,122 +247,41 @@ def save_config(config: Config, path: Path) -> None:
 def describe(config: Config | None = None) -> str:
     """Every key with its value in `config` (a preset's, say; default: the defaults) and help: ``--help-config``."""
     config, lines = config or Config(), []
+    helps = _helps(Config)
     for section in dataclasses.fields(config):
-        values = getattr(config, section.name)
-        lines += [f"{section.name}:"] + [f"  {section.name}.{f.name} = {getattr(values, f.name)!r}  # "
-                                         f"{f.metadata.get('help', '')}" for f in dataclasses.fields(values)]
+        values = leaf_values(getattr(config, section.name), f"{section.name}.")
+        lines += [f"{section.name}:"] + [f"  {key} = {value!r}  # {helps[key]}" for key, value in values.items()]
     return "\n".join(lines)
 
 
+def _helps(cls: type, prefix: str = "") -> dict[str, str]:
+    hints, helps = typing.get_type_hints(cls), {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            helps.update(_helps(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            helps[f"{prefix}{f.name}"] = f.metadata.get("help", "")
+    return helps
+
+
 def read_source(source: str | Path) -> dict[str, Any]:
-    path = Path(source)
-    if not path.exists() and str(source) in preset_names():
-        path = PRESET_DIR / f"{source}.yaml"
-    if not path.is_file():
-        raise UserError(f"config {str(source)!r} not found: give a YAML/TOML file or a preset ({', '.join(preset_names())})")
-    text = path.read_text()
-    try:
-        if path.suffix == ".toml":
-            import tomllib
-
-            tree = tomllib.loads(text)
-        else:
-            tree = yaml.safe_load(text) or {}
-    except Exception as error:  # noqa: BLE001 - any parse error is the user's file
-        raise UserError(f"config {str(path)!r} is not valid {path.suffix.lstrip('.') or 'YAML'}: {error}".replace("\n", " ")) from None
-    if not isinstance(tree, dict):
-        raise UserError(f"config {str(path)!r} must be a mapping of sections (model:, data:, train:, ...)")
-    return tree
-
-
-def _parse_override(override: str) -> tuple[str, Any]:
-    key, sep, raw = override.partition("=")
-    if not sep:
-        raise UserError(f"override {override!r} has no '=': write it as section.key=value")
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    return key.strip(), value
-
-
-def build_dataclass(cls: type, tree: Any, prefix: str = "") -> Any:
-    """A frozen dataclass from a mapping, every value coerced to its field's type (UserError naming the key)."""
-    if not isinstance(tree, dict):
-        raise UserError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {tree!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(tree) - set(fields))
-    if unknown:
-        raise UserError(f"unknown config key '{prefix}{unknown[0]}': known keys are {', '.join(prefix + k for k in fields)}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name, value in tree.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            values[name] = build_dataclass(hint, value, prefix=f"{prefix}{name}.")
-        else:
-            values[name] = _coerce(value, hint, f"{prefix}{name}")
-    return cls(**values)
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    if hint is Any:  # passed through as YAML gave it (e.g. a sweep's override values)
-        return value
-    if dataclasses.is_dataclass(hint):
-        return build_dataclass(hint, value, prefix=f"{key}.")
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return _coerce_union(value, args, key)
-    if origin is dict:
-        return _coerce_mapping(value, args[1], key)
-    if origin is Literal:
-        if isinstance(value, bool) and all(isinstance(a, str) for a in args):
-            value = "yes" if value else "no"  # YAML 1.1 reads a bare no/yes as a boolean
-        if value not in args:
-            raise UserError(f"bad value {value!r} for {key}: allowed values are {', '.join(map(repr, args))}")
-        return value
-    if origin is tuple:
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            raise UserError(f"bad value {value!r} for {key}: expected a list")
-        return tuple(_coerce(item, args[0], key) for item in items)
-    if hint in _SCALARS:
-        return _coerce_scalar(value, hint, key)
-    raise TypeError(f"config field {key} has an unsupported type {hint}")
-
-
-def _coerce_union(value: Any, args: tuple, key: str) -> Any:
-    if value is None and type(None) in args:
-        return None
-    inner = [a for a in args if a is not type(None)]
-    mappings = [a for a in inner if typing.get_origin(a) is dict]
-    if isinstance(value, dict) and mappings:
-        return _coerce(value, mappings[0], key)
-    return _coerce(value, next((a for a in inner if a not in mappings), inner[0]), key)
-
-
-def _coerce_mapping(value: Any, value_hint: Any, key: str) -> dict[str, Any]:
-    """{name: value}; a `dict` value hint means keyword arguments, passed through as they are."""
-    if not isinstance(value, dict):
-        raise UserError(f"bad value {value!r} for {key}: expected a mapping, e.g. {{name: value}}")
-    if value_hint is dict:
-        bad = [k for k, v in value.items() if not isinstance(v, dict)]
-        if bad:
-            raise UserError(f"bad value for {key}.{bad[0]}: expected a mapping of keyword arguments")
-        return {str(k): dict(v) for k, v in value.items()}
-    return {str(k): _coerce(v, value_hint, f"{key}.{k}") for k, v in value.items()}
+    """The mapping in a YAML/TOML file or a shipped preset."""
+    return config_parsing.read_source(source, {name: PRESET_DIR / f"{name}.yaml" for name in preset_names()})
 
 
 # (key, test, what the key must be): checked before a run touches anything.
 _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("data.resolution", lambda v: v >= 8, "at least 8"),
     ("data.num_class_images", lambda v: v >= 1, "at least 1"),
-    ("data.class_generation_steps", lambda v: v >= 1, "at least 1"),
+    ("data.class_num_inference_steps", lambda v: v >= 1, "at least 1"),
     ("objective.gamma", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("objective.instance_weight", lambda v: v >= 0, "non-negative"),
     ("objective.prior_weight", lambda v: v >= 0, "non-negative"),
     ("objective.critic_weight", lambda v: v >= 0, "non-negative"),
     ("objective.reward_every", lambda v: v >= 1, "at least 1"),
     ("objective.reward_resolution", lambda v: v is None or v >= 8, "at least 8 (or unset)"),
-    ("method.lora_rank", lambda v: v >= 1, "at least 1"),
-    ("method.lora_alpha", lambda v: v is None or v > 0, "positive (or unset: the rank)"),
+    ("method.lora.rank", lambda v: v >= 1, "at least 1"),
+    ("method.lora.alpha", lambda v: v is None or v > 0, "positive (or unset: the rank)"),
     ("critic.hidden_channels", lambda v: v >= 1, "at least 1"),
     ("critic.num_layers", lambda v: v >= 0, "non-negative"),
     ("critic.lr", lambda v: v > 0, "positive"),
@@ -360,8 +305,7 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
 def check_values(config: Config) -> None:
     """Range checks a type cannot express; raises UserError naming the key and the allowed values."""
     for key, test, requirement in _RANGES:
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
+        value = functools.reduce(getattr, key.split("."), config)
         if not test(value):
             raise UserError(f"bad value {value!r} for {key}: it must be {requirement}")
     if not config.model.pretrained:
@@ -373,28 +317,3 @@ def check_values(config: Config) -> None:
         raise UserError("validation.patience needs validation.reward: early stopping follows the validation score")
     if not config.data.instance_dir:
         raise UserError("data.instance_dir is not set: pass data.instance_dir=PATH to a folder of 3-6 subject photos")
-
-
-def _to_float(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    try:
-        return float(value)  # YAML 1.1 reads "1e-6" as a string
-    except (TypeError, ValueError):
-        return None
-
-
-# type -> (accepts value?, convert, what to say when it does not)
-_SCALARS: dict[type, tuple[typing.Callable[[Any], bool], typing.Callable[[Any], Any], str]] = {
-    bool: (lambda v: isinstance(v, bool), bool, "allowed values are true, false"),
-    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), int, "expected an integer"),
-    float: (lambda v: not isinstance(v, bool) and _to_float(v) is not None, _to_float, "expected a number"),
-    str: (lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool), str, "expected a string"),
-}
-
-
-def _coerce_scalar(value: Any, hint: type, key: str) -> Any:
-    accepts, convert, expected = _SCALARS[hint]
-    if not accepts(value):
-        raise UserError(f"bad value {value!r} for {key}: {expected}")
-    return convert(value)

@@ -1,4 +1,4 @@
-"""`rewardbooth bench`: the cost of DPG steps relative to the plain DreamBooth step.
+"""`rewardbooth bench step`: the cost of DPG steps relative to the plain DreamBooth step.
 
 Variants: `dpg-look-forward` (the latent reward: target <= 1.03 x baseline) and the image rewards `dpg-dino`,
 `dpg-clip-image`, `dpg-clip-text` (decode x0_hat at 256 px or less; DINO ViT-S/16 and CLIP ViT-B/32 with random
@@ -141,11 +141,11 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def time_interleaved(steps: dict, num_steps: int, warmup: int) -> dict[str, dict[str, float]]:
+def time_interleaved(steps: dict, timed_steps: int, warmup_steps: int) -> dict[str, dict[str, float]]:
     names = list(steps)
     seconds: dict[str, list[float]] = {name: [] for name in names}
     peaks: dict[str, list[int]] = {name: [] for name in names}
-    for index in range(warmup + num_steps):
+    for index in range(warmup_steps + timed_steps):
         order = names if index % 2 == 0 else names[::-1]
         for name in order:
             if torch.cuda.is_available():
@@ -154,7 +154,7 @@ def time_interleaved(steps: dict, num_steps: int, warmup: int) -> dict[str, dict
             start = time.perf_counter()
             steps[name](index)
             synchronize()
-            if index >= warmup:
+            if index >= warmup_steps:
                 seconds[name].append(time.perf_counter() - start)
                 if torch.cuda.is_available():
                     peaks[name].append(torch.cuda.max_memory_allocated())
@@ -164,26 +164,29 @@ def time_interleaved(steps: dict, num_steps: int, warmup: int) -> dict[str, dict
 
 def child_peak_rss(options: dict) -> float:
     """Peak resident memory (MiB) of a fresh process running warm-up + 2 steps of one variant."""
-    code = "import json, sys; from rewardbooth.experiments.bench import memory_child; memory_child(json.loads(sys.argv[1]))"
+    code = ("import json, sys; from rewardbooth.experiments.bench import memory_child; "
+            "print(memory_child(json.loads(sys.argv[1])))")
     result = subprocess.run([sys.executable, "-c", code, json.dumps(options)], capture_output=True, text=True,
                             check=True)
     return float(result.stdout.strip().splitlines()[-1])
 
 
-def memory_child(options: dict) -> None:
+def memory_child(options: dict) -> float:
+    """Peak resident memory (MiB) of this process after warm-up + 2 steps of one variant."""
     config = bench_config(options["model"], options["resolution"], options["batch_size"],
                           options["mixed_precision"], Path(options["workdir"]), options["overrides"])
     step = make_step(build_run(config), config)
     for index in range(3):
         step(index)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux reports KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def run_bench(model: str = "tiny", resolution: int | None = None, batch_size: int = 1, steps: int = 10,
-              warmup: int = 2, mixed_precision: str | None = None, output: Path | None = None,
+def run_bench(model: str = "tiny", resolution: int | None = None, batch_size: int = 1, timed_steps: int = 10,
+              warmup_steps: int = 2, mixed_precision: str | None = None, output: Path | None = None,
               variants: tuple[str, ...] = tuple(VARIANTS), method: str = "dreambooth",
               extra_overrides: tuple[str, ...] = ()) -> dict:
-    """`extra_overrides` (`section.key=value`) apply to every variant, e.g. train.gradient_checkpointing=true."""
+    """The report (`format_report` makes it text; also written to `output` as JSON). `extra_overrides`
+    (`section.key=value`) apply to every variant, e.g. train.gradient_checkpointing=true."""
     cuda = torch.cuda.is_available()
     resolution = resolution or (64 if model.startswith("tiny") or not cuda else native_resolution(model))
     mixed_precision = mixed_precision or ("fp16" if cuda else "no")
@@ -198,7 +201,7 @@ def run_bench(model: str = "tiny", resolution: int | None = None, batch_size: in
         run = build_run(configs[variants[-1]])
         steps_by_variant = {name: make_step(run if name == variants[-1] else with_objective(run, config), config)
                             for name, config in configs.items()}
-        results = time_interleaved(steps_by_variant, steps, warmup)
+        results = time_interleaved(steps_by_variant, timed_steps, warmup_steps)
         del run, steps_by_variant
         if not cuda:
             for name in variants:
@@ -208,7 +211,7 @@ def run_bench(model: str = "tiny", resolution: int | None = None, batch_size: in
     report = {
         "model": model, "method": method, "overrides": list(extra_overrides), "resolution": resolution,
         "batch_size": batch_size, "mixed_precision": mixed_precision,
-        "timed_steps": steps, "warmup_steps": warmup,
+        "timed_steps": timed_steps, "warmup_steps": warmup_steps,
         "device": torch.cuda.get_device_name() if cuda else f"cpu ({platform.processor() or platform.machine()}, "
                                                              f"{torch.get_num_threads()} threads)",
         "memory_measure": "peak CUDA allocation per step" if cuda else "peak RSS of a process per variant",
@@ -217,7 +220,6 @@ def run_bench(model: str = "tiny", resolution: int | None = None, batch_size: in
                           "memory": results[name]["peak_memory_mib"] / results["baseline"]["peak_memory_mib"],
                           "target": VARIANTS[name][1]} for name in variants[1:]},
     }
-    print(format_report(report))
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(report, indent=2) + "\n")

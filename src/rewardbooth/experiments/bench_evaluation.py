@@ -1,4 +1,4 @@
-"""`rewardbooth bench --evaluation`: how fast `rewardbooth evaluate` scores generated images with DINO + CLIP
+"""`rewardbooth bench evaluation`: how fast `rewardbooth evaluate` scores generated images with DINO + CLIP
 (DINO, CLIP-I and CLIP-T). Target: 3,000 images in 60 s on one H100, i.e. >= 50 images/s.
 
 The backbones are DINO ViT-S/16 and CLIP ViT-B/32 with random weights by default (same architecture, same
@@ -43,6 +43,7 @@ def write_images(folder: Path, count: int, size: int, seed: int = 0) -> None:
 
 def run_evaluation_bench(num_images: int | None = None, image_size: int = 512, dino_model: str | None = None,
                          clip_model: str | None = None, output: Path | None = None) -> dict:
+    """The report (`format_evaluation_report` makes it text; also written to `output` as JSON)."""
     from rewardbooth.evaluation.evaluate import Backbones, evaluate
 
     cuda = torch.cuda.is_available()
@@ -67,10 +68,13 @@ def run_evaluation_bench(num_images: int | None = None, image_size: int = 512, d
               "seconds": seconds, "images_per_s": rate,
               "target_images_per_s": TARGET_IMAGES / TARGET_SECONDS,
               "seconds_for_3000": TARGET_IMAGES / rate}
-    print(f"evaluate (DINO + CLIP-I + CLIP-T), {num_images} images of {image_size} px on {report['device']}: "
-          f"{seconds:.1f} s, {rate:.1f} images/s; 3,000 images would take {report['seconds_for_3000']:.0f} s "
-          f"(target: {TARGET_SECONDS:.0f} s on one H100)")
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def format_evaluation_report(report: dict) -> str:
+    return (f"evaluate (DINO + CLIP-I + CLIP-T), {report['images']} images of {report['image_size']} px on "
+            f"{report['device']}: {report['seconds']:.1f} s, {report['images_per_s']:.1f} images/s; 3,000 images "
+            f"would take {report['seconds_for_3000']:.0f} s (target: {TARGET_SECONDS:.0f} s on one H100)")

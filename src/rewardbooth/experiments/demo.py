@@ -4,29 +4,31 @@ It personalizes the shipped toy-world base model to one toy subject twice — pl
 and DPG with the look-forward reward (`default` preset) — with the same steps and seed, generates the
 subject's 25-prompt set with each (and with the base model, prompts without the identifier: the floor),
 scores every image with the held-out toy judge (subject fidelity, the DINO analogue; text alignment, the
-CLIP-T analogue; never a reward), prints one line per phase and the table last, and writes `report.html`:
-the two methods prompt by prompt (rewardbooth.experiments.demo_report).
+CLIP-T analogue; never a reward), logs one line per phase, and writes `report.html`: the two methods prompt
+by prompt (rewardbooth.experiments.demo_report). It returns the scores; `format_table` makes them the table
+the command prints.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 from PIL import Image
 
 from rewardbooth.core.errors import UserError
+from rewardbooth.core.progress import write_line
 
 DEMO_OBJECTIVES = ("baseline", "dpg-look-forward")
 LABELS = {"baseline": "DreamBooth", "dpg-look-forward": "DPG look-forward", "base-model": "base model (floor)"}
-MARKER = ".rewardbooth-demo"  # lets --overwrite replace an interrupted demo, and nothing else
+MARKER = ".rewardbooth-demo"  # lets `overwrite` replace an interrupted demo, and nothing else
 
 
-def run_demo(output: Path, subject_index: int = 0, steps: int = 300, images_per_prompt: int = 2,
+def run_demo(output: Path, subject_index: int = 0, train_steps: int = 300, num_images: int = 2,
              num_prompts: int = 25, overwrite: bool = False, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Scores per method (and the base model's floor); the report lands in output/report.html."""
     from rewardbooth.experiments.toyworld.experiment import (
         BASE_MODEL,
         Setting,
@@ -39,36 +41,29 @@ def run_demo(output: Path, subject_index: int = 0, steps: int = 300, images_per_
     started = time.perf_counter()
     judges = load_judges()
     subject = subjects.make_subject(subject_index)
-    setting = Setting(steps=steps, images_per_prompt=images_per_prompt, num_prompts=num_prompts)
+    setting = Setting(steps=train_steps, images_per_prompt=num_images, num_prompts=num_prompts)
     results = {}
     phases = [*DEMO_OBJECTIVES, BASE_MODEL]
     for index, objective in enumerate(phases, 1):
         action = "drawing the prompts without the identifier" if objective == BASE_MODEL else \
-            f"training {steps} steps, then drawing {num_prompts} prompts x {images_per_prompt}"
-        _phase(f"[{index}/{len(phases)}] {LABELS[objective]}: {action}")
+            f"training {train_steps} steps, then drawing {num_prompts} prompts x {num_images}"
+        write_line(f"[{index}/{len(phases)}] {LABELS[objective]}: {action}")
         results[objective] = personalize_and_score(subject, objective, seed, output / objective,
                                                    output / "class_images", judges, setting)
-    _phase(f"[done] {time.perf_counter() - started:.0f} s; writing the report")
-    report = _write_outputs(output, subject, judges["heldout"], results, setting)
-    print(format_table(results))
-    print(f"\nreport: {report}")
+    write_line(f"[done] {time.perf_counter() - started:.0f} s; writing the report")
+    _write_outputs(output, subject, judges["heldout"], results, setting)
     return results
-
-
-def _phase(line: str) -> None:
-    """One line per phase: readable in a log file, where progress bars are off (they show only on a TTY)."""
-    print(line, file=sys.stderr, flush=True)
 
 
 def _prepare_folder(output: Path, overwrite: bool) -> None:
     if output.exists() and any(output.iterdir()):
         if not overwrite:
-            raise UserError(f"demo folder {str(output)!r} is not empty; pass --overwrite or choose another --output")
+            raise UserError(f"demo folder {str(output)!r} is not empty; pass overwrite=True or choose another folder")
         if not (output / MARKER).is_file():
             raise UserError(f"refusing to overwrite {str(output)!r}: it is not a RewardBooth demo folder")
         shutil.rmtree(output)
     output.mkdir(parents=True, exist_ok=True)
-    (output / MARKER).write_text("written by `rewardbooth demo`; --overwrite may replace this folder\n")
+    (output / MARKER).write_text("written by `rewardbooth demo`; its overwrite option may replace this folder\n")
 
 
 def _write_outputs(output: Path, subject, judge, results: dict, setting) -> Path:

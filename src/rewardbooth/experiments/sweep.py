@@ -24,13 +24,15 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from rewardbooth.core.config import Config, build_dataclass, check_values, load_config, read_source
+from rewardbooth.core.config import Config, check_values, flat_dict, load_config, read_source
+from rewardbooth.core.config_parsing import build_dataclass, lookup, parse_override
+from rewardbooth.core.config_parsing import config_field as _field
 from rewardbooth.core.errors import UserError
 from rewardbooth.core.progress import progress, write_line
 from rewardbooth.data import dreambench
@@ -41,10 +43,7 @@ SWEEP_KEYS = {"dino": "dino_model", "clip": "clip_model"}  # the sweep file's ke
 # dataset may move; the subject is the folder of the same name).
 UNCHANGING_KEYS = {"train.resume", "train.overwrite", "train.output_dir", "train.checkpoint_every",
                    "train.checkpoints_total_limit", "train.log_every", "train.report_to", "data.instance_dir"}
-
-
-def _field(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+RENAMED = {"sampler_steps": "num_inference_steps", "images_per_prompt": "num_images"}  # in 0.1.0
 
 
 @dataclass(frozen=True)
@@ -59,9 +58,9 @@ class SweepConfig:
     identifier: str = _field("sks", "the subject's identifier in every prompt")
     instance_prompt: str = _field("a photo of {identifier} {class_noun}", "training prompt template")
     class_prompt: str = _field("a photo of {class_noun}", "prior-preservation prompt template")
-    images_per_prompt: int = _field(4, "generated images per evaluation prompt (image k uses seed + k)")
+    num_images: int = _field(4, "generated images per evaluation prompt (image k uses seed + k)")
     seed: int = _field(0, "training and generation seed of every run")
-    sampler_steps: int = _field(25, "sampler steps when generating")
+    num_inference_steps: int = _field(25, "sampler steps when generating")
     guidance_scale: float = _field(7.5, "classifier-free guidance when generating")
     resolution: int | None = _field(None, "generated pixels (default: the training resolution)")
     metrics: tuple[str, ...] = _field(("dino", "clip_i", "clip_t"), "evaluation metrics (`rewardbooth evaluate`)")
@@ -81,11 +80,9 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> SweepConfig:
                         "(see docs/sweep.md)")
     tree = read_source(path)
     for override in overrides:
-        key, sep, value = override.partition("=")
-        if not sep:
-            raise UserError(f"override {override!r} has no '=': write it as key=value, e.g. output=sweeps/b")
-        tree[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-    sweep = build_dataclass(SweepConfig, tree)
+        key, value = parse_override(override)
+        tree[key] = value
+    sweep = build_dataclass(SweepConfig, tree, renamed=RENAMED)
     if not sweep.dataset:
         raise UserError(f"{path} sets no dataset: add 'dataset: FOLDER' (one sub-folder of photos per subject)")
     return sweep
@@ -176,8 +173,8 @@ def train_and_generate(sweep: SweepConfig, subject: Path, objective: str, config
     if (model / BEST_DIR).is_dir():  # keep-best: the best validation step is the result
         model = model / BEST_DIR
     settings = generation_settings(sweep, subject, config)
-    generate(str(model), settings["prompts"], images, num_images=sweep.images_per_prompt, seed=sweep.seed,
-             num_inference_steps=sweep.sampler_steps, guidance_scale=sweep.guidance_scale,
+    generate(str(model), settings["prompts"], images, num_images=sweep.num_images, seed=sweep.seed,
+             num_inference_steps=sweep.num_inference_steps, guidance_scale=sweep.guidance_scale,
              resolution=settings["resolution"], identifiers=[sweep.identifier])
     if not sweep.keep_models:
         drop_weights(folder / "model")
@@ -188,23 +185,21 @@ def train_and_generate(sweep: SweepConfig, subject: Path, objective: str, config
 def generation_settings(sweep: SweepConfig, subject: Path, config: Config) -> dict[str, Any]:
     """What a run's images depend on besides its training config (recorded in done.json)."""
     return {"prompts": subject_prompts(subject, subject_class(subject), sweep.identifier),
-            "images_per_prompt": sweep.images_per_prompt, "seed": sweep.seed, "sampler_steps": sweep.sampler_steps,
+            "num_images": sweep.num_images, "seed": sweep.seed, "num_inference_steps": sweep.num_inference_steps,
             "guidance_scale": sweep.guidance_scale, "resolution": sweep.resolution or config.data.resolution}
 
 
 def stale_setting(sweep: SweepConfig, subject: Path, objective: str, config: Config) -> str | None:
     """How a finished run differs from what the sweep asks for now ('key was X, is Y now'), or None."""
-    from rewardbooth.core.config import to_dict
-
     folder = run_dir(sweep, subject.name, objective)
     saved_config = folder / "model" / "config.yaml"
     saved = yaml.safe_load(saved_config.read_text()) if saved_config.is_file() else {}
-    for section, values in to_dict(config).items():
-        for key, value in values.items():
-            # Keys the saved config lacks are newer than the run; they cannot have been changed.
-            if f"{section}.{key}" not in UNCHANGING_KEYS and key in saved.get(section, {}) \
-                    and saved[section][key] != value:
-                return f"{section}.{key} was {saved[section][key]!r} and is {value!r} now"
+    missing = object()
+    for key, value in flat_dict(config).items():
+        # Keys the saved config lacks are newer than the run; they cannot have been changed.
+        old = lookup(saved, key, missing)
+        if key not in UNCHANGING_KEYS and old is not missing and old != value:
+            return f"{key} was {old!r} and is {value!r} now"
     recorded = json.loads((folder / DONE).read_text()).get("generation") or {}
     for key, value in generation_settings(sweep, subject, config).items():
         if key in recorded and recorded[key] != value:
@@ -275,7 +270,7 @@ def run_sweep(sweep: SweepConfig, shard: tuple[int, int] = (0, 1), device: str |
     if pending or not all(evaluated(sweep, s.name, objectives) for s in mine):
         check_models(sweep, {(s.name, n): configs[s.name, n] for s, n in pending}, mine)
     if len(pending) < len(configs):
-        print(f"sweep: {len(configs) - len(pending)} of {len(configs)} runs already done, skipped")
+        write_line(f"sweep: {len(configs) - len(pending)} of {len(configs)} runs already done, skipped")
     for subject, name in progress(pending, desc="sweep", dynamic_ncols=True):
         write_line(f"sweep: {subject.name} / {name}")
         train_and_generate(sweep, subject, name, configs[subject.name, name])
@@ -316,7 +311,7 @@ def evaluated(sweep: SweepConfig, subject: str, objectives: dict[str, dict]) -> 
 def parse_shard(text: str) -> tuple[int, int]:
     index, sep, count = text.partition("/")
     if not (sep and index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
-        raise UserError(f"--shard {text!r}: write it as INDEX/COUNT with 0 <= INDEX < COUNT, e.g. 0/4")
+        raise UserError(f"shard {text!r}: write it as INDEX/COUNT with 0 <= INDEX < COUNT, e.g. 0/4")
     return int(index), int(count)
 
 

@@ -10,11 +10,11 @@ import torch
 
 from rewardbooth.core.config import ModelConfig
 from rewardbooth.core.errors import UserError
-from rewardbooth.core.progress import progress
 from rewardbooth.core.storage import check_writable
 from rewardbooth.evaluation.plots import prompt_grid
 from rewardbooth.models import load_model
 from rewardbooth.models.parts import check_resolution
+from rewardbooth.models.sampling import sample_images
 
 
 def slug(prompt: str, max_length: int = 60) -> str:
@@ -56,7 +56,7 @@ def resolve_result(model: str, lora: str | None) -> tuple[str, str | None, str |
         from rewardbooth.methods.lora import WEIGHT_NAME
 
         if not (Path(lora).expanduser() / WEIGHT_NAME).is_file():
-            raise UserError(f"--lora {lora!r} has no {WEIGHT_NAME}: pass a folder written by a method.name=lora run")
+            raise UserError(f"lora={lora!r} has no {WEIGHT_NAME}: pass a folder written by a method.name=lora run")
         return model, "lora", lora
     if folder.is_dir() and not (folder / "model_index.json").is_file() and (folder / "config.yaml").is_file():
         recorded = recorded_config(folder)
@@ -75,22 +75,22 @@ def generate(model: str, prompts: list[str], output_dir: Path, num_images: int =
     `identifiers` (default: the run's own, from its config.yaml) go into generation.json, so that an
     evaluation removes the right words for CLIP-T."""
     if not prompts:
-        raise UserError("no prompt given: pass --prompt 'a photo of sks dog' (repeat it for several)")
+        raise UserError("no prompt given: pass prompts, e.g. ['a photo of sks dog']")
     if num_images < 1:
-        raise UserError(f"--num-images must be at least 1, got {num_images}")
+        raise UserError(f"num_images must be at least 1, got {num_images}")
     if resolution is not None and resolution < 8:
-        raise UserError(f"--resolution must be at least 8 pixels, got {resolution}")
+        raise UserError(f"resolution must be at least 8 pixels, got {resolution}")
     jobs = [(index, prompt, seed + k) for index, prompt in enumerate(prompts) for k in range(num_images)]
     planned = [output_dir / image_name(*job) for job in jobs]
     clashes = [p for p in [*planned, output_dir / "grid.png", output_dir / "generation.json"] if p.exists()]
     if clashes and not overwrite:
-        raise UserError(f"{clashes[0]} already exists; pass --overwrite or choose another --output folder")
-    check_writable(output_dir, "--output")
+        raise UserError(f"{clashes[0]} already exists; pass overwrite=True or choose another output_dir")
+    check_writable(output_dir, "output_dir")
     identifiers = run_identifiers(model, lora) if identifiers is None else identifiers
     model, method, result = resolve_result(model, lora)
     parts = load_model(ModelConfig(pretrained=model))
     if resolution is not None:
-        check_resolution(resolution, parts, key="--resolution")
+        check_resolution(resolution, parts, key="resolution")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipeline = parts.pipeline()
     if method is not None:
@@ -98,15 +98,10 @@ def generate(model: str, prompts: list[str], output_dir: Path, num_images: int =
 
         pipeline = methods.get(method).load_result(pipeline, Path(result).expanduser())
     pipeline = pipeline.to(device)
-    pipeline.set_progress_bar_config(disable=True)
-    resolution = resolution or parts.unet.config.sample_size * parts.vae_scale_factor
+    resolution = resolution or parts.family.native_resolution(parts)
     output_dir.mkdir(parents=True, exist_ok=True)
-    images = []
-    for prompt in progress(prompts, desc="generate"):
-        generators = [torch.Generator().manual_seed(seed + k) for k in range(num_images)]
-        images += pipeline([prompt] * num_images, height=resolution, width=resolution,
-                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                           generator=generators).images
+    images = sample_images(pipeline, [(prompt, seed + k) for prompt in prompts for k in range(num_images)], resolution,
+                           num_inference_steps, guidance_scale, batch_size=num_images, desc="generate")
     for path, image in zip(planned, images):
         image.save(path)
     prompt_grid(images, prompts, [seed + k for k in range(num_images)]).save(output_dir / "grid.png")

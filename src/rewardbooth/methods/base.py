@@ -10,7 +10,7 @@ from torch import nn
 
 from rewardbooth.core.config import Config
 from rewardbooth.core.registry import Registry
-from rewardbooth.models import StableDiffusionParts
+from rewardbooth.models import ModelParts
 
 methods = Registry("base method")
 
@@ -19,7 +19,7 @@ class Method(Protocol):
     trainable: dict[str, nn.Module]
     """Component name ("unet", "text_encoder") -> module whose parameters the policy optimizer updates."""
 
-    def save(self, parts: StableDiffusionParts, output_dir: Path) -> None:
+    def save(self, parts: ModelParts, output_dir: Path) -> None:
         """Write the trained result into output_dir in a format stock diffusers loads."""
 
     @staticmethod
@@ -27,7 +27,7 @@ class Method(Protocol):
         """Apply a saved result to a pipeline of the base model, with stock diffusers calls."""
 
 
-def make_method(parts: StableDiffusionParts, config: Config) -> Method:
+def make_method(parts: ModelParts, config: Config) -> Method:
     """Methods see the whole config: Custom Diffusion's new token is the data's identifier."""
     return methods.get(config.method.name)(parts, config)
 

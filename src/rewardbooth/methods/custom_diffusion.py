@@ -70,13 +70,14 @@ class CustomDiffusion:
         parts.text_encoder.resize_token_embeddings(len(parts.tokenizer))
         embeddings = parts.text_encoder.get_input_embeddings().weight
         with torch.no_grad():
-            ids = parts.tokenizer(config.method.initializer_token, add_special_tokens=False).input_ids
+            ids = parts.tokenizer(config.method.custom_diffusion.initializer_token, add_special_tokens=False).input_ids
             embeddings[self.token_ids] = embeddings[ids].mean(dim=0)
         self.original_embeddings = embeddings.detach().clone()
 
         for module in (parts.vae, parts.unet, parts.text_encoder):
             module.requires_grad_(False)
-        parts.unet.set_attn_processor(custom_processors(parts.unet, config.method.custom_diffusion_params == "crossattn"))
+        train_q_out = config.method.custom_diffusion.params == "crossattn"
+        parts.unet.set_attn_processor(custom_processors(parts.unet, train_q_out))
         for processor in parts.unet.attn_processors.values():
             processor.requires_grad_(True)
         embeddings.requires_grad_(True)

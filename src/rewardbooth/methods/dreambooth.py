@@ -9,7 +9,7 @@ from torch import nn
 
 from rewardbooth.core.config import Config
 from rewardbooth.methods.base import methods
-from rewardbooth.models import StableDiffusionParts
+from rewardbooth.models import ModelParts
 
 
 @methods.register("dreambooth")
@@ -17,7 +17,7 @@ class DreamBooth:
     """The whole UNet (and optionally the text encoder, both of SDXL's) trains; the result is a full pipeline
     folder of the base model's pipeline class."""
 
-    def __init__(self, parts: StableDiffusionParts, full_config: Config):
+    def __init__(self, parts: ModelParts, full_config: Config):
         config = full_config.method
         parts.vae.requires_grad_(False)
         parts.unet.requires_grad_(True)
@@ -27,7 +27,7 @@ class DreamBooth:
             if config.train_text_encoder:
                 self.trainable[name] = encoder
 
-    def save(self, parts: StableDiffusionParts, output_dir: Path) -> None:
+    def save(self, parts: ModelParts, output_dir: Path) -> None:
         """A stock pipeline folder: ``StableDiffusion[XL]Pipeline.from_pretrained(output_dir)`` loads it."""
         parts.pipeline().save_pretrained(output_dir)
 

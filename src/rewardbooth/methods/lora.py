@@ -1,6 +1,8 @@
 """LoRA (Hu et al. 2022) through peft: low-rank adapters on the UNet's attention projections (optionally on
-the text encoder's, both of SDXL's), everything else frozen. Saved as `pytorch_lora_weights.safetensors`, the
-file stock diffusers loads with `pipeline.load_lora_weights(folder)` (SD and SDXL pipelines alike).
+the text encoder's, both of SDXL's), everything else frozen. Which layers get adapters is the model family's
+choice (`family.lora_targets`) unless `method.lora.unet_modules` / `text_encoder_modules` name them. Saved as
+`pytorch_lora_weights.safetensors`, the file stock diffusers loads with `pipeline.load_lora_weights(folder)`
+(SD and SDXL pipelines alike).
 """
 
 from __future__ import annotations
@@ -11,19 +13,25 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers
 from torch import nn
 
-from rewardbooth.core.config import Config, MethodConfig
+from rewardbooth.core.config import Config, LoRAConfig
 from rewardbooth.methods.base import methods
-from rewardbooth.models import StableDiffusionParts
+from rewardbooth.models import ModelParts
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
-def lora_config(config: MethodConfig, target_modules: tuple[str, ...]):
+def lora_config(config: LoRAConfig, target_modules: tuple[str, ...]):
     from peft import LoraConfig
 
     # "gaussian" draws A from N(0, 1/r) and sets B = 0: training starts exactly at the base model.
-    return LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
+    return LoraConfig(r=config.rank, lora_alpha=config.alpha or config.rank,
                       init_lora_weights="gaussian", target_modules=list(target_modules))
+
+
+def target_modules(parts: ModelParts, config: LoRAConfig, component: str) -> tuple[str, ...]:
+    """The layers of `component` ("unet", "text_encoder") that get adapters: the config's, else the family's."""
+    chosen = config.unet_modules if component == "unet" else config.text_encoder_modules
+    return tuple(chosen) if chosen is not None else tuple(parts.family.lora_targets[component])
 
 
 @methods.register("lora")
@@ -32,24 +40,24 @@ class LoRA:
 
     adapters_only = True
 
-    def __init__(self, parts: StableDiffusionParts, full_config: Config):
+    def __init__(self, parts: ModelParts, full_config: Config):
         from peft import inject_adapter_in_model
 
         config = full_config.method
         for module in (parts.vae, parts.unet, *parts.text_encoders):
             module.requires_grad_(False)
-        self.unet_config = lora_config(config, config.lora_unet_modules)
+        self.unet_config = lora_config(config.lora, target_modules(parts, config.lora, "unet"))
         parts.unet.add_adapter(self.unet_config)  # diffusers' peft integration
         self.trainable: dict[str, nn.Module] = {"unet": parts.unet}
         self.text_encoder_config = None
         if config.train_text_encoder:
             # peft directly: transformers' own add_adapter demands a newer peft than this stack resolves.
-            self.text_encoder_config = lora_config(config, config.lora_text_encoder_modules)
+            self.text_encoder_config = lora_config(config.lora, target_modules(parts, config.lora, "text_encoder"))
             for name, encoder in parts.named_text_encoders.items():
                 inject_adapter_in_model(self.text_encoder_config, encoder)
                 self.trainable[name] = encoder
 
-    def save(self, parts: StableDiffusionParts, output_dir: Path) -> None:
+    def save(self, parts: ModelParts, output_dir: Path) -> None:
         """`pytorch_lora_weights.safetensors` with the adapter configs (rank, alpha) in its metadata, so that
         `load_lora_weights` rebuilds the very same scaling."""
         from peft.utils import get_peft_model_state_dict

@@ -10,6 +10,7 @@ every loader. ``model.pretrained`` picks a loader: a built-in name (``tiny``, ``
 from rewardbooth.models import stable_diffusion  # noqa: F401, I001  (registers the families, before the loaders)
 from rewardbooth.models import builtin  # noqa: F401  (importing registers the built-in architectures)
 from rewardbooth.models.loaders import load_model, loaders
-from rewardbooth.models.parts import StableDiffusionParts
+from rewardbooth.models.parts import ModelParts
+from rewardbooth.models.stable_diffusion import StableDiffusionParts
 
-__all__ = ["StableDiffusionParts", "load_model", "loaders"]
+__all__ = ["ModelParts", "StableDiffusionParts", "load_model", "loaders"]

@@ -1,7 +1,7 @@
 """Architectures built in code with random weights: `tiny` and `tiny-sdxl` for tests and smoke runs,
 `sd15-random` and `sdxl-random` for timing.
 
-Random weights of the SD-1.5 architecture time exactly like the real ones, so `bench --model sd15-random`
+Random weights of the SD-1.5 architecture time exactly like the real ones, so `bench step --model sd15-random`
 gives real-scale step costs on a machine with no access to the weights.
 """
 
@@ -15,8 +15,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from rewardbooth.core.config import ModelConfig
 from rewardbooth.models.loaders import loaders
-from rewardbooth.models.parts import StableDiffusionParts
-from rewardbooth.models.stable_diffusion import StableDiffusion, StableDiffusionXL
+from rewardbooth.models.stable_diffusion import StableDiffusion, StableDiffusionParts, StableDiffusionXL
 from rewardbooth.models.tokenizers import make_character_tokenizer
 
 # SD-1.x noise schedule ("scaled_linear", Rombach et al. 2022, configs/stable-diffusion/v1-inference.yaml).

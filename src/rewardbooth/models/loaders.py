@@ -1,5 +1,5 @@
 """The model-loader registry: a diffusers folder or hub id (the `diffusers` loader), a built-in, or a user's
-`package.module:factory`; each returns StableDiffusionParts (rewardbooth.models.parts)."""
+`package.module:factory`; each returns its family's parts record (rewardbooth.models.parts.ModelParts)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from rewardbooth.core.config import ModelConfig
 from rewardbooth.core.errors import UserError
 from rewardbooth.core.registry import Registry
 from rewardbooth.models.families import family_for_pipeline
-from rewardbooth.models.parts import StableDiffusionParts
+from rewardbooth.models.parts import ModelParts
 
 loaders = Registry("model loader")
 
 
 
-def load_model(config: ModelConfig) -> StableDiffusionParts:
+def load_model(config: ModelConfig) -> ModelParts:
     name = config.pretrained
     if Path(name).expanduser().exists() or (name not in loaders and ":" not in name):
         return loaders.get("diffusers")(config)
@@ -27,7 +27,7 @@ def load_model(config: ModelConfig) -> StableDiffusionParts:
 
 
 @loaders.register("diffusers")
-def load_diffusers(config: ModelConfig) -> StableDiffusionParts:
+def load_diffusers(config: ModelConfig) -> ModelParts:
     """Load the components of a diffusers Stable Diffusion or SDXL folder or hub id (the path users pass)."""
     source = str(Path(config.pretrained).expanduser()) if Path(config.pretrained).expanduser().exists() \
         else config.pretrained

@@ -1,38 +1,22 @@
 """The parts every loader returns: a model's components, named as its diffusers pipeline names them, and the
-registered family they make up (set by the loader, never guessed from which components exist)."""
+registered family they make up (set by the loader, never guessed from which components exist). Each family
+defines its record (rewardbooth.models.stable_diffusion.StableDiffusionParts) over the shared `ModelParts`."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
-
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from diffusers.schedulers import SchedulerMixin
-from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from dataclasses import replace
 
 from rewardbooth.core.errors import UserError
 from rewardbooth.models.families import families, prediction_type_of
 
-TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")  # the pipelines' component names, in this order
-
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class StableDiffusionParts:
-    """The components of a Stable-Diffusion-family model, plus where they came from and their family's name.
-    SDXL models also have a second text encoder (with projection: its pooled output conditions the UNet) and
-    tokenizer."""
-
-    unet: UNet2DConditionModel
-    vae: AutoencoderKL
-    text_encoder: CLIPTextModel
-    tokenizer: CLIPTokenizer
-    scheduler: SchedulerMixin  # the sampler the model ships with (used for generation)
-    source: str
-    family_name: str  # a registered family (rewardbooth.models.families)
-    text_encoder_2: CLIPTextModelWithProjection | None = None
-    tokenizer_2: CLIPTokenizer | None = None
+class ModelParts:
+    """What every family's parts record provides (a dataclass of the pipeline's components, in each family's
+    module), beside the components themselves: `family_name`, `source`, `vae`, `scheduler`, and
+    `denoiser`, `named_text_encoders` and `tokenizers`, which the record defines. The rest follows."""
 
     @property
     def family(self):
@@ -40,26 +24,12 @@ class StableDiffusionParts:
         return families.get(self.family_name)
 
     @property
-    def denoiser(self):
-        """The network whose output is the policy's action (the UNet here; a transformer in SD3 and FLUX)."""
-        return self.unet
-
-    @property
     def text_encoders(self) -> list:
         return list(self.named_text_encoders.values())
 
     @property
-    def named_text_encoders(self) -> dict:
-        """Pipeline component name -> text encoder: `text_encoder` (and SDXL's `text_encoder_2`)."""
-        return {name: getattr(self, name) for name in TEXT_ENCODER_NAMES if getattr(self, name) is not None}
-
-    @property
-    def tokenizers(self) -> list[CLIPTokenizer]:
-        return [t for t in (self.tokenizer, self.tokenizer_2) if t is not None]
-
-    @property
     def text_embedding_dim(self) -> int:
-        """Width of the UNet's text context: SDXL concatenates its two encoders' hidden states."""
+        """Width of the denoiser's text context: SDXL concatenates its two encoders' hidden states."""
         return sum(encoder.config.hidden_size for encoder in self.text_encoders)
 
     @property
@@ -89,7 +59,7 @@ class StableDiffusionParts:
         return parts.family.pipeline(parts)
 
 
-def check_resolution(resolution: int, parts: StableDiffusionParts, key: str = "data.resolution") -> None:
+def check_resolution(resolution: int, parts: ModelParts, key: str = "data.resolution") -> None:
     """Refuse a size the denoiser cannot take; warn about one far above the size the model was trained at."""
     factor = parts.family.resolution_multiple(parts)
     if resolution % factor:

@@ -12,13 +12,49 @@ encoders are frozen, or `token_ids` (B, E, L), one row per tokenizer, when they 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers.schedulers import SchedulerMixin
 from torch import nn
-from transformers import CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from rewardbooth.models.families import DiffusionProcess, LatentSpace, families
-from rewardbooth.models.parts import StableDiffusionParts
+from rewardbooth.models.parts import ModelParts
+
+TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")  # the pipelines' component names, in this order
+
+
+@dataclass
+class StableDiffusionParts(ModelParts):
+    """The components of a Stable-Diffusion-family model, plus where they came from and their family's name.
+    SDXL models also have a second text encoder (with projection: its pooled output conditions the UNet) and
+    tokenizer."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: SchedulerMixin  # the sampler the model ships with (used for generation)
+    source: str
+    family_name: str  # a registered family (rewardbooth.models.families)
+    text_encoder_2: CLIPTextModelWithProjection | None = None
+    tokenizer_2: CLIPTokenizer | None = None
+
+    @property
+    def denoiser(self):
+        """The network whose output is the policy's action (the UNet here; a transformer in SD3 and FLUX)."""
+        return self.unet
+
+    @property
+    def named_text_encoders(self) -> dict:
+        """Pipeline component name -> text encoder: `text_encoder` (and SDXL's `text_encoder_2`)."""
+        return {name: getattr(self, name) for name in TEXT_ENCODER_NAMES if getattr(self, name) is not None}
+
+    @property
+    def tokenizers(self) -> list[CLIPTokenizer]:
+        return [t for t in (self.tokenizer, self.tokenizer_2) if t is not None]
 
 
 def tokenize(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:

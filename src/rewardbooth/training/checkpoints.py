@@ -29,7 +29,8 @@ import torch
 import yaml
 from accelerate import Accelerator
 
-from rewardbooth.core.config import Config, to_dict
+from rewardbooth.core.config import Config, flat_dict
+from rewardbooth.core.config_parsing import lookup
 from rewardbooth.core.errors import UserError
 from rewardbooth.core.storage import check_writable, describe_write_error, disk_errors, is_disk_error, publish
 
@@ -93,16 +94,14 @@ def _check_same_run(config: Config, output_dir: Path) -> None:
     saved_file = output_dir / "config.yaml"
     if not saved_file.is_file():
         return
-    saved, current = yaml.safe_load(saved_file.read_text()), to_dict(config)
-    for section, values in current.items():
-        if section == "validation":
+    saved = yaml.safe_load(saved_file.read_text())
+    for name, value in flat_dict(config).items():
+        if name.startswith("validation.") or name in RESUMABLE_CHANGES:
             continue
-        for key, value in values.items():
-            name = f"{section}.{key}"
-            old = saved.get(section, {}).get(key)
-            if name not in RESUMABLE_CHANGES and old != value:
-                raise UserError(f"cannot resume: {name} was {old!r} in this run and is {value!r} now; "
-                                f"resume with the same setting or start a new train.output_dir")
+        old = lookup(saved, name)
+        if old != value:
+            raise UserError(f"cannot resume: {name} was {old!r} in this run and is {value!r} now; "
+                            f"resume with the same setting or start a new train.output_dir")
 
 
 def prepare_output_dir(config: Config, resuming: bool) -> Path:

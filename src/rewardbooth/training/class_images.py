@@ -15,7 +15,8 @@ import torch
 
 from rewardbooth.core.config import DataConfig
 from rewardbooth.core.progress import progress
-from rewardbooth.models import StableDiffusionParts
+from rewardbooth.models import ModelParts
+from rewardbooth.models.sampling import sample_images
 
 GENERATION_BATCH = 4
 
@@ -27,7 +28,7 @@ def cache_root() -> Path:
 def class_image_dir(config: DataConfig, model_source: str) -> Path:
     if config.class_dir:
         return Path(config.class_dir)
-    key = json.dumps([model_source, config.class_prompt, config.resolution, config.class_generation_steps])
+    key = json.dumps([model_source, config.class_prompt, config.resolution, config.class_num_inference_steps])
     return cache_root() / "class_images" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -35,7 +36,7 @@ def cached_class_images(folder: Path) -> list[Path]:
     return sorted(folder.glob("class_*.png")) if folder.is_dir() else []
 
 
-def generate_class_images(parts: StableDiffusionParts, config: DataConfig, folder: Path, device: torch.device,
+def generate_class_images(parts: ModelParts, config: DataConfig, folder: Path, device: torch.device,
                           show_progress: bool = True) -> list[Path]:
     """Top the folder up to ``config.num_class_images`` images; existing images are kept, never overwritten.
 
@@ -47,14 +48,10 @@ def generate_class_images(parts: StableDiffusionParts, config: DataConfig, folde
         return existing[: config.num_class_images]
     folder.mkdir(parents=True, exist_ok=True)
     pipeline = parts.pipeline().to(device)
-    pipeline.set_progress_bar_config(disable=True)
     for start in progress(range(0, len(missing), GENERATION_BATCH), desc="class images", disable=not show_progress):
         indices = missing[start:start + GENERATION_BATCH]
-        images = pipeline(
-            [config.class_prompt] * len(indices), height=config.resolution, width=config.resolution,
-            num_inference_steps=config.class_generation_steps,
-            generator=[torch.Generator().manual_seed(index) for index in indices],
-        ).images
+        images = sample_images(pipeline, [(config.class_prompt, index) for index in indices], config.resolution,
+                               config.class_num_inference_steps, batch_size=GENERATION_BATCH)
         for index, image in zip(indices, images):
             # Atomic: a crash leaves no half image. The temporary name is the writer's own, since runs that
             # share the cache (parallel benchmark jobs) may fill it at once; same seed, same image.

@@ -1,7 +1,7 @@
 """The training loop: DreamBooth-style fine-tuning with an optional deterministic-policy-gradient critic.
 
 One optimizer step, read top to bottom (``compute_losses`` then ``train``):
-  batch -> x_t -> action a = UNet(x_t, t, c) -> x0_hat (look forward) -> reward r(x0_hat)
+  batch -> x_t -> action a = denoiser(x_t, t, c) (the family calls it) -> x0_hat (look forward) -> r(x0_hat)
   -> actor loss  w_inst*mse_inst + w_prior*mse_prior - lambda*gamma^t*Q(s, a)   (Q's weights frozen)
   -> critic loss (Q(s, a.detach()) - r)^2                                        (policy untouched)
   -> clip, step both optimizers -> log / validate / checkpoint.

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from rewardbooth.core.config import ValidationConfig
-from rewardbooth.models import StableDiffusionParts
+from rewardbooth.models import ModelParts
+from rewardbooth.models.sampling import sample_images
 
 
 def validation_prompts(config: ValidationConfig, instance_prompts: list[str]) -> list[str]:
@@ -19,20 +20,15 @@ def validation_prompts(config: ValidationConfig, instance_prompts: list[str]) ->
 
 
 @torch.no_grad()
-def render_samples(parts: StableDiffusionParts, prompts: list[str], config: ValidationConfig, resolution: int,
+def render_samples(parts: ModelParts, prompts: list[str], config: ValidationConfig, resolution: int,
                    device: torch.device, autocast_dtype: torch.dtype | None = None) -> list[Image.Image]:
     """`num_images` per prompt, prompt by prompt; seeds are fixed so that samples of different steps compare
     like for like."""
     pipeline = parts.pipeline().to(device)
-    pipeline.set_progress_bar_config(disable=True)
-    images = []
+    jobs = [(prompt, config.seed + k) for prompt in prompts for k in range(config.num_images)]
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        for prompt in prompts:
-            generators = [torch.Generator().manual_seed(config.seed + k) for k in range(config.num_images)]
-            images += pipeline([prompt] * config.num_images, height=resolution, width=resolution,
-                               num_inference_steps=config.num_inference_steps,
-                               guidance_scale=config.guidance_scale, generator=generators).images
-    return images
+        return sample_images(pipeline, jobs, resolution, config.num_inference_steps, config.guidance_scale,
+                             batch_size=config.num_images)
 
 
 class MetricsLog:

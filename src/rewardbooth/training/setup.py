@@ -19,13 +19,13 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
 from torch import nn
 
-from rewardbooth.core.config import Config, DataConfig, check_values, to_dict
+from rewardbooth.core.config import Config, DataConfig, check_values, flat_dict
 from rewardbooth.core.errors import UserError
 from rewardbooth.data import images as subject_data
 from rewardbooth.data.concepts import check_concepts, concept_data, concepts_of
 from rewardbooth.maths.dpg import critic_input_channels
 from rewardbooth.methods import Method, make_method, methods
-from rewardbooth.models import StableDiffusionParts, load_model
+from rewardbooth.models import ModelParts, load_model
 from rewardbooth.models.families import DiffusionProcess
 from rewardbooth.models.parts import check_resolution
 from rewardbooth.rewards import Reward, RewardSetup, build_reward, reward_weights, rewards
@@ -42,7 +42,7 @@ AUTOCAST_DTYPES = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 @dataclass
 class RunSetup:
     accelerator: Accelerator
-    parts: StableDiffusionParts  # unwrapped modules; the UNet / text encoder here are the ones being trained
+    parts: ModelParts  # unwrapped modules; the UNet / text encoder here are the ones being trained
     method: Method
     data: TrainingData
     process: DiffusionProcess  # the family's forward process, on the accelerator's device
@@ -72,8 +72,8 @@ class RunSetup:
         return [m for m in (self.denoiser, *(self.text_encoders or []), self.critic) if m is not None]
 
     def start_trackers(self, config: Config) -> None:
-        flat = {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
-                for section, values in to_dict(config).items() for key, value in values.items()}
+        flat = {key: value if isinstance(value, (int, float, str, bool)) else str(value)
+                for key, value in flat_dict(config).items()}
         self.accelerator.init_trackers("rewardbooth", config=flat)
 
 
@@ -181,7 +181,7 @@ def build_run(config: Config) -> RunSetup:
     )
 
 
-def place_models(parts: StableDiffusionParts, method: Method, device: torch.device,
+def place_models(parts: ModelParts, method: Method, device: torch.device,
                  autocast_dtype: torch.dtype | None, train_text_encoder: bool) -> None:
     """Frozen parts only run forward: keep them in the autocast dtype to save memory (trainable stay fp32)."""
     frozen_dtype = autocast_dtype or torch.float32
@@ -199,7 +199,7 @@ def place_models(parts: StableDiffusionParts, method: Method, device: torch.devi
     parts.unet.to(device)
 
 
-def build_objective(config: Config, parts: StableDiffusionParts, concept_images: list[torch.Tensor],
+def build_objective(config: Config, parts: ModelParts, concept_images: list[torch.Tensor],
                     device: torch.device) -> tuple[Reward | None, nn.Module | None, torch.optim.Optimizer | None]:
     """The reward (dpg, direct; one per concept) and the critic with its optimizer (dpg), on `device`."""
     reward, critic, critic_optimizer = None, None, None
@@ -227,7 +227,7 @@ def reward_setups(config: Config, concept_images: list[torch.Tensor], device: to
             for concept, images in zip(concepts_of(config.data), concept_images, strict=True)]
 
 
-def build_training_data(config: Config, parts: StableDiffusionParts, concept_images: list[torch.Tensor],
+def build_training_data(config: Config, parts: ModelParts, concept_images: list[torch.Tensor],
                         train_text_encoder: bool, accelerator: Accelerator) -> TrainingData:
     data_config, flip = config.data, config.data.random_flip
     concepts = concepts_of(data_config)
@@ -257,7 +257,7 @@ def prompted_set(image_groups: list[torch.Tensor], prompts: list[str], flip: boo
     return ImageSet(torch.cat(groups), labels, vae, cache=cache)
 
 
-def load_class_images(parts: StableDiffusionParts, data_config: DataConfig, accelerator: Accelerator) -> torch.Tensor:
+def load_class_images(parts: ModelParts, data_config: DataConfig, accelerator: Accelerator) -> torch.Tensor:
     """One concept's class images, generated once by the main process and cached. Shape: -> (M, 3, R, R)"""
     folder = class_image_dir(data_config, parts.source)
     if accelerator.is_main_process:

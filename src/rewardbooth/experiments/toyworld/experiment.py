@@ -19,7 +19,7 @@ from rewardbooth.toyworld.judge import Judge
 from rewardbooth.toyworld.scoring import score
 from rewardbooth.training.loop import train
 
-GUIDANCE, SAMPLER_STEPS = 4.0, 25
+GUIDANCE_SCALE, NUM_INFERENCE_STEPS = 4.0, 25
 
 # Objectives compared by the demo and the benchmark: everything but the objective is shared. `base-model`
 # trains nothing: the shipped model draws the prompts with the identifier removed ("a ball on the beach"),
@@ -130,7 +130,7 @@ def training_overrides(subject: subjects.Subject, objective: str, seed: int, fol
         f"train.lr={setting.lr}", f"train.max_steps={setting.steps}", f"train.seed={seed}", "train.checkpoint_every=0",
         "train.report_to=none", f"train.output_dir={folder / 'model'}", f"validation.every={max(1, setting.steps // 2)}",
         f"validation.prompts={[subjects.instance_prompt(subject), prompts[0]]}", "validation.num_images=4",
-        f"validation.guidance_scale={GUIDANCE}", f"validation.num_inference_steps={SAMPLER_STEPS}",
+        f"validation.guidance_scale={GUIDANCE_SCALE}", f"validation.num_inference_steps={NUM_INFERENCE_STEPS}",
         *objective_overrides(objective), *setting.overrides,
     ]
 
@@ -139,7 +139,7 @@ def _generate_and_score(model: str, prompts: list[str], folder: Path, seed: int,
                         setting: Setting, train_s: float) -> dict[str, float]:
     started = time.perf_counter()
     generate(model, prompts, folder / "generated", num_images=setting.images_per_prompt, seed=seed,
-             num_inference_steps=SAMPLER_STEPS, guidance_scale=GUIDANCE, resolution=32)
+             num_inference_steps=NUM_INFERENCE_STEPS, guidance_scale=GUIDANCE_SCALE, resolution=32)
     generate_s = time.perf_counter() - started
     return {**score_generated(folder, judges), "train_s": train_s, "generate_s": generate_s}
 

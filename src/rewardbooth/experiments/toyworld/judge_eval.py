@@ -24,16 +24,12 @@ def evaluate_base_model(model_dir: Path, judge: Judge, count: int = 200, steps: 
     """Generate one image per held-out full caption; the judge checks each attribute the caption names."""
     from rewardbooth.core.config import ModelConfig
     from rewardbooth.models import load_model
+    from rewardbooth.models.sampling import sample_images
 
     _, captions, scenes = world.make_dataset(HELD_OUT_SEED + 1, count, drop=0.0)
     pipeline = load_model(ModelConfig(str(model_dir))).pipeline()
-    pipeline.set_progress_bar_config(disable=True)
-    images = []
-    for start in range(0, count, 50):
-        batch = captions[start:start + 50]
-        generators = [torch.Generator().manual_seed(start + k) for k in range(len(batch))]
-        images += pipeline(batch, num_inference_steps=steps, guidance_scale=guidance_scale,
-                           height=world.RESOLUTION, width=world.RESOLUTION, generator=generators).images
+    images = sample_images(pipeline, [(caption, index) for index, caption in enumerate(captions)], world.RESOLUTION,
+                           steps, guidance_scale, batch_size=50)
     _, logits = judge(to_tensor(np.stack([np.asarray(image) for image in images])))
     labels = attribute_labels(scenes)
     return {name: float((logits[name].argmax(1) == labels[name]).float().mean()) for name in ATTRIBUTES}

@@ -33,6 +33,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from rewardbooth.evaluation.plots import make_grid
 from rewardbooth.models.builtin import SD_SCHEDULE
+from rewardbooth.models.families import DiffusionProcess, LatentSpace
 from rewardbooth.models.stable_diffusion import tokenize
 from rewardbooth.models.tokenizers import MAX_LENGTH, make_world_tokenizer
 from rewardbooth.toyworld import world
@@ -122,7 +123,7 @@ def train_unet(vae, text_encoder, unet, tokenizer, latents, token_ids, args, out
     """Denoising (epsilon) loss on the SD-1 schedule; text encoder trained jointly; EMA weights are saved."""
     generator = torch.Generator().manual_seed(args.seed + 1)
     scheduler = DDPMScheduler(**{k: v for k, v in SD_SCHEDULE.items() if k not in ("set_alpha_to_one", "steps_offset")})
-    alphas_cumprod = scheduler.alphas_cumprod
+    process, latent_space = DiffusionProcess.from_scheduler_config(scheduler.config), LatentSpace.of(vae)
     parameters = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=1e-2, fused=True)
     warmup = 500
@@ -131,16 +132,15 @@ def train_unet(vae, text_encoder, unet, tokenizer, latents, token_ids, args, out
     ema = EMAModel(unet.parameters(), decay=0.999)
     empty = tokenize(tokenizer, [""])[0]
     mean, std = latents
-    scale = vae.config.scaling_factor
     for step in range(args.unet_steps):
         index = torch.randint(len(mean), (args.batch_size,), generator=generator)
-        x0 = (mean[index].float() + std[index].float() * torch.randn(mean[index].shape, generator=generator)) * scale
+        x0 = latent_space.from_vae(mean[index].float() + std[index].float() * torch.randn(mean[index].shape,
+                                                                                          generator=generator))
         ids = token_ids[index].clone()
         ids[torch.rand(args.batch_size, generator=generator) < 0.1] = empty  # for classifier-free guidance
         noise = torch.randn(x0.shape, generator=generator)
-        t = torch.randint(1000, (args.batch_size,), generator=generator)
-        abar = alphas_cumprod[t].view(-1, 1, 1, 1)
-        x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+        t = process.sample_timesteps(args.batch_size, generator)
+        x_t = process.diffuse(x0, noise, t)
         prediction = unet(x_t, t, text_encoder(ids)[0]).sample
         loss = F.mse_loss(prediction, noise)
         optimizer.zero_grad(set_to_none=True)
