@@ -99,7 +99,7 @@ def test_latent_space_and_timesteps(family_parts):
 
 def test_lora_targets_name_layers_of_the_model(family_parts):
     family, parts = family_parts
-    components = {"unet": parts.unet, "text_encoder": parts.text_encoders[0]}
+    components = {"denoiser": parts.denoiser, "text_encoder": parts.text_encoders[0]}
     for component, targets in family.lora_targets.items():
         names = [name for name, _ in components[component].named_modules()]
         for target in targets:

@@ -76,16 +76,16 @@ def test_lora_leaves_the_base_weights_untouched(subject_dir, tmp_path):
     assert {id(p) for p in run.policy_parameters} == {id(p) for p in run.parts.unet.parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("unet_modules", [None, ["to_q"]], ids=["family-default", "from-config"])
-def test_lora_targets_are_the_model_familys_unless_the_config_names_them(unet_modules, subject_dir, tmp_path):
+@pytest.mark.parametrize("denoiser_modules", [None, ["to_q"]], ids=["family-default", "from-config"])
+def test_lora_targets_are_the_model_familys_unless_the_config_names_them(denoiser_modules, subject_dir, tmp_path):
     from rewardbooth.core.config import load_config
     from rewardbooth.training.setup import build_run
 
-    chosen = [] if unet_modules is None else [f"method.lora.unet_modules={unet_modules}"]
+    chosen = [] if denoiser_modules is None else [f"method.lora.denoiser_modules={denoiser_modules}"]
     config = load_config("default", tiny_args(subject_dir, tmp_path / "x", "method.name=lora", *chosen)[2:])
     run = build_run(config)
     layers = {name.split(".lora_")[0] for name, p in run.parts.unet.named_parameters() if p.requires_grad}
-    targets = tuple(unet_modules or run.parts.family.lora_targets["unet"])
+    targets = tuple(denoiser_modules or run.parts.family.lora_targets["denoiser"])
     assert {next(t for t in targets if layer.endswith("." + t)) for layer in layers} == set(targets)
 
 

@@ -123,17 +123,17 @@ def leaf_keys(cls, prefix=""):
 def test_describe_lists_every_key_with_help():
     text = describe()
     keys = dict(leaf_keys(Config))
-    assert {"method.lora.rank", "method.lora.unet_modules", "method.custom_diffusion.params"} <= set(keys)
+    assert {"method.lora.rank", "method.lora.denoiser_modules", "method.custom_diffusion.params"} <= set(keys)
     for key, help in keys.items():
         assert f"  {key} = " in text and help and f"# {help}" in text
 
 
 def test_method_options_are_nested_and_lora_targets_default_to_the_family():
-    config = load_config(None, ["method.lora.rank=8", "method.lora.unet_modules=[to_q, to_v]",
+    config = load_config(None, ["method.lora.rank=8", "method.lora.denoiser_modules=[to_q, to_v]",
                                 "method.custom_diffusion.params=crossattn"])
-    assert config.method.lora.rank == 8 and config.method.lora.unet_modules == ("to_q", "to_v")
+    assert config.method.lora.rank == 8 and config.method.lora.denoiser_modules == ("to_q", "to_v")
     assert config.method.custom_diffusion.params == "crossattn"
-    assert Config().method.lora.unet_modules is None and Config().method.lora.text_encoder_modules is None
+    assert Config().method.lora.denoiser_modules is None and Config().method.lora.text_encoder_modules is None
     with pytest.raises(UserError, match="bad value 'qkv' for method.custom_diffusion.params"):
         load_config(None, ["method.custom_diffusion.params=qkv"])
     with pytest.raises(UserError, match="unknown config key 'method.lora.ranks'"):
@@ -143,7 +143,7 @@ def test_method_options_are_nested_and_lora_targets_default_to_the_family():
 # The 0.1.0 renames (CHANGELOG.md): an old key fails with one line naming the new one, in a file or an override.
 RENAMES = {
     "method.lora_rank": "method.lora.rank", "method.lora_alpha": "method.lora.alpha",
-    "method.lora_unet_modules": "method.lora.unet_modules",
+    "method.lora_unet_modules": "method.lora.denoiser_modules",
     "method.lora_text_encoder_modules": "method.lora.text_encoder_modules",
     "method.custom_diffusion_params": "method.custom_diffusion.params",
     "method.initializer_token": "method.custom_diffusion.initializer_token",

@@ -64,8 +64,8 @@ class DataConfig:
 class LoRAConfig:
     rank: int = _field(4, "rank r of every adapter")
     alpha: float | None = _field(None, "scale alpha (the update is alpha / r * B A); default r")
-    unet_modules: tuple[str, ...] | None = _field(
-        None, "UNet layers that get adapters (default: the model family's, the attention projections)")
+    denoiser_modules: tuple[str, ...] | None = _field(
+        None, "denoiser (UNet) layers that get adapters (default: the model family's, the attention projections)")
     text_encoder_modules: tuple[str, ...] | None = _field(
         None, "text-encoder layers that get adapters (default: the model family's)")
 
@@ -196,7 +196,7 @@ class Config:
 RENAMED = {
     "method.lora_rank": "method.lora.rank",
     "method.lora_alpha": "method.lora.alpha",
-    "method.lora_unet_modules": "method.lora.unet_modules",
+    "method.lora_unet_modules": "method.lora.denoiser_modules",
     "method.lora_text_encoder_modules": "method.lora.text_encoder_modules",
     "method.custom_diffusion_params": "method.custom_diffusion.params",
     "method.initializer_token": "method.custom_diffusion.initializer_token",

@@ -1,10 +1,15 @@
-"""Sample grids: images tiled, or laid out with their prompts (rows) and seeds (columns)."""
+"""Sample grids (images tiled, or laid out with their prompts as rows and seeds as columns) and the palette
+every plot shares."""
 
 from __future__ import annotations
 
 import math
 
 from PIL import Image
+
+# matplotlib's tab10: every plot of the project draws its series in this order.
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
 def make_grid(images: list[Image.Image], columns: int | None = None) -> Image.Image:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
-from rewardbooth.evaluation.plots import make_grid
+from rewardbooth.evaluation.plots import PALETTE, make_grid
 
-COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+COLOURS = PALETTE[:6]
 
 
 def write_reports(report: dict, metrics: tuple[str, ...], output: Path, references: list[Image.Image]) -> None:

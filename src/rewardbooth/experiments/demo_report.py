@@ -18,8 +18,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from rewardbooth.evaluation.plots import PALETTE
+
 METRICS = ("fidelity", "alignment")
-COLOURS = {"baseline": (31, 119, 180), "dpg-look-forward": (214, 39, 40), "base-model": (127, 127, 127)}
+COLOURS = {"baseline": PALETTE[0], "dpg-look-forward": PALETTE[3], "base-model": PALETTE[7]}
 BENCHMARK_TABLE = Path(__file__).resolve().parents[3] / "benchmarks" / "toyworld" / "results.md"  # in a checkout
 HIGHLIGHTED = 5  # rows where the methods differ most
 

@@ -20,8 +20,8 @@ class DreamBooth:
     def __init__(self, parts: ModelParts, full_config: Config):
         config = full_config.method
         parts.vae.requires_grad_(False)
-        parts.unet.requires_grad_(True)
-        self.trainable: dict[str, nn.Module] = {"unet": parts.unet}
+        parts.denoiser.requires_grad_(True)
+        self.trainable: dict[str, nn.Module] = {parts.denoiser_name: parts.denoiser}
         for name, encoder in parts.named_text_encoders.items():
             encoder.requires_grad_(config.train_text_encoder)
             if config.train_text_encoder:

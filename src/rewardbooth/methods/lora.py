@@ -1,6 +1,6 @@
 """LoRA (Hu et al. 2022) through peft: low-rank adapters on the UNet's attention projections (optionally on
 the text encoder's, both of SDXL's), everything else frozen. Which layers get adapters is the model family's
-choice (`family.lora_targets`) unless `method.lora.unet_modules` / `text_encoder_modules` name them. Saved as
+choice (`family.lora_targets`) unless `method.lora.denoiser_modules` / `text_encoder_modules` name them. Saved as
 `pytorch_lora_weights.safetensors`, the file stock diffusers loads with `pipeline.load_lora_weights(folder)`
 (SD and SDXL pipelines alike).
 """
@@ -29,8 +29,8 @@ def lora_config(config: LoRAConfig, target_modules: tuple[str, ...]):
 
 
 def target_modules(parts: ModelParts, config: LoRAConfig, component: str) -> tuple[str, ...]:
-    """The layers of `component` ("unet", "text_encoder") that get adapters: the config's, else the family's."""
-    chosen = config.unet_modules if component == "unet" else config.text_encoder_modules
+    """The layers of `component` ("denoiser", "text_encoder") that get adapters: the config's, else the family's."""
+    chosen = config.denoiser_modules if component == "denoiser" else config.text_encoder_modules
     return tuple(chosen) if chosen is not None else tuple(parts.family.lora_targets[component])
 
 
@@ -44,11 +44,11 @@ class LoRA:
         from peft import inject_adapter_in_model
 
         config = full_config.method
-        for module in (parts.vae, parts.unet, *parts.text_encoders):
+        for module in (parts.vae, parts.denoiser, *parts.text_encoders):
             module.requires_grad_(False)
-        self.unet_config = lora_config(config.lora, target_modules(parts, config.lora, "unet"))
-        parts.unet.add_adapter(self.unet_config)  # diffusers' peft integration
-        self.trainable: dict[str, nn.Module] = {"unet": parts.unet}
+        self.denoiser_config = lora_config(config.lora, target_modules(parts, config.lora, "denoiser"))
+        parts.denoiser.add_adapter(self.denoiser_config)  # diffusers' peft integration
+        self.trainable: dict[str, nn.Module] = {parts.denoiser_name: parts.denoiser}
         self.text_encoder_config = None
         if config.train_text_encoder:
             # peft directly: transformers' own add_adapter demands a newer peft than this stack resolves.
@@ -62,8 +62,9 @@ class LoRA:
         `load_lora_weights` rebuilds the very same scaling."""
         from peft.utils import get_peft_model_state_dict
 
-        layers = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(parts.unet)),
-                  "unet_lora_adapter_metadata": self.unet_config.to_dict()}
+        name = parts.denoiser_name  # save_lora_weights takes unet_lora_layers, transformer_lora_layers, ...
+        layers = {f"{name}_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(parts.denoiser)),
+                  f"{name}_lora_adapter_metadata": self.denoiser_config.to_dict()}
         if self.text_encoder_config is not None:
             for name, encoder in parts.named_text_encoders.items():
                 layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(encoder))

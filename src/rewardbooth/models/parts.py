@@ -15,8 +15,14 @@ logger = logging.getLogger(__name__)
 
 class ModelParts:
     """What every family's parts record provides (a dataclass of the pipeline's components, in each family's
-    module), beside the components themselves: `family_name`, `source`, `vae`, `scheduler`, and
-    `denoiser`, `named_text_encoders` and `tokenizers`, which the record defines. The rest follows."""
+    module), beside the components themselves: `family_name`, `source`, `vae`, `scheduler`, `denoiser_name`
+    (the pipeline's name for the denoiser: "unet", "transformer"), `named_text_encoders` and `tokenizers`,
+    which the record defines. The rest follows."""
+
+    @property
+    def denoiser(self):
+        """The network whose output is the policy's action."""
+        return getattr(self, self.denoiser_name)
 
     @property
     def family(self):

@@ -13,6 +13,7 @@ encoders are frozen, or `token_ids` (B, E, L), one row per tokenizer, when they 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
@@ -42,10 +43,7 @@ class StableDiffusionParts(ModelParts):
     text_encoder_2: CLIPTextModelWithProjection | None = None
     tokenizer_2: CLIPTokenizer | None = None
 
-    @property
-    def denoiser(self):
-        """The network whose output is the policy's action (the UNet here; a transformer in SD3 and FLUX)."""
-        return self.unet
+    denoiser_name: ClassVar[str] = "unet"  # the pipeline's name for the denoiser ("transformer" in SD3 and FLUX)
 
     @property
     def named_text_encoders(self) -> dict:
@@ -70,8 +68,8 @@ class StableDiffusion:
     pipeline_class = StableDiffusionPipeline
     load_options = {"safety_checker": None, "requires_safety_checker": False}  # for from_pretrained
     # LoRA's default targets per component: the attention projections (diffusers' train_dreambooth_lora.py).
-    lora_targets = {"unet": ("to_k", "to_q", "to_v", "to_out.0"), "text_encoder": ("q_proj", "k_proj", "v_proj",
-                                                                                   "out_proj")}
+    lora_targets = {"denoiser": ("to_k", "to_q", "to_v", "to_out.0"),
+                    "text_encoder": ("q_proj", "k_proj", "v_proj", "out_proj")}
 
     def matches(self, pipeline_class_name: str) -> bool:
         """Whether a diffusers folder's model_index.json `_class_name` is this family's."""

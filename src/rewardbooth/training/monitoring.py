@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from rewardbooth.core.config import ValidationConfig
+from rewardbooth.evaluation.plots import PALETTE
 from rewardbooth.models import ModelParts
 from rewardbooth.models.sampling import sample_images
 
@@ -100,11 +101,11 @@ def _draw_panel(draw, box: tuple[int, int, int, int], title: str, points: list[t
         draw.line(xy, fill=(174, 199, 232), width=1)
         window = max(2, len(values) // 20)
         running = [sum(values[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
-        draw.line(to_xy(zip(steps, running)), fill=(31, 119, 180), width=2)
+        draw.line(to_xy(zip(steps, running)), fill=PALETTE[0], width=2)
     elif len(xy) > 1:
-        draw.line(xy, fill=(31, 119, 180), width=2)
+        draw.line(xy, fill=PALETTE[0], width=2)
     else:
-        draw.point(xy, fill=(31, 119, 180))
+        draw.point(xy, fill=PALETTE[0])
     draw.text((2 + x0 - 45, y0), f"{high:.3g}", fill="black")
     draw.text((2 + x0 - 45, y1 - 10), f"{low:.3g}", fill="black")
     draw.text((x0, y1 + 4), f"step {steps[0]}", fill="black")

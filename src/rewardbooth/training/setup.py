@@ -152,7 +152,7 @@ def build_run(config: Config) -> RunSetup:
     if config.objective.decoder_checkpointing:
         parts.vae.enable_gradient_checkpointing()
     if config.train.gradient_checkpointing:
-        parts.unet.enable_gradient_checkpointing()
+        parts.denoiser.enable_gradient_checkpointing()
         if train_text_encoder:
             for encoder in parts.text_encoders:
                 encoder.gradient_checkpointing_enable()
@@ -173,7 +173,7 @@ def build_run(config: Config) -> RunSetup:
     num_processes = accelerator.num_processes
     return RunSetup(
         accelerator=accelerator, parts=parts, method=method, data=data,
-        process=parts.process.to(accelerator.device), denoiser=named["unet"], text_encoders=text_encoders or None,
+        process=parts.process.to(accelerator.device), denoiser=named[parts.denoiser_name], text_encoders=text_encoders or None,
         critic=named.get("critic"), reward=reward, optimizer=optimizer, critic_optimizer=critic_optimizer,
         lr_scheduler=lr_scheduler, policy_parameters=policy_parameters, autocast_dtype=autocast_dtype,
         effective_batch_size=config.train.batch_size * num_processes * config.train.gradient_accumulation_steps,
@@ -190,13 +190,13 @@ def place_models(parts: ModelParts, method: Method, device: torch.device,
     parts.vae.to(device, torch.float32 if upcast else frozen_dtype)
     if getattr(method, "adapters_only", False):
         # Adapter methods: the base weights are frozen too; only the adapters are kept in fp32.
-        for module in (parts.unet, *parts.text_encoders):
+        for module in (parts.denoiser, *parts.text_encoders):
             module.to(device, frozen_dtype)
-        cast_training_params([parts.unet, *parts.text_encoders], dtype=torch.float32)
+        cast_training_params([parts.denoiser, *parts.text_encoders], dtype=torch.float32)
         return
     for encoder in parts.text_encoders:
         encoder.to(device, torch.float32 if train_text_encoder else frozen_dtype)
-    parts.unet.to(device)
+    parts.denoiser.to(device)
 
 
 def build_objective(config: Config, parts: ModelParts, concept_images: list[torch.Tensor],
@@ -212,7 +212,7 @@ def build_objective(config: Config, parts: ModelParts, concept_images: list[torc
                             f"not differentiable (says the built reward): use objective.name=dpg")
     if config.objective.name == "dpg":
         side = config.data.resolution // parts.vae_scale_factor
-        spec = CriticSpec(critic_input_channels(config.critic.input, parts.unet.config.in_channels), (side, side),
+        spec = CriticSpec(critic_input_channels(config.critic.input, parts.denoiser.config.in_channels), (side, side),
                           parts.text_embedding_dim)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.train.seed)  # the critic's initial weights are part of the run's seed

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from rewardbooth.core.progress import progress
+from rewardbooth.evaluation.plots import PALETTE
 from rewardbooth.experiments.toyworld.experiment import (
     BASE_MODEL,
     CONTROLS,
@@ -211,8 +212,7 @@ def frontier_plot(report: dict, path: Path) -> Path:
     for value in (y_low, y_high):
         x, y = to_px(x_low, value)
         draw.text((x - 40, y - 6), f"{value:.2f}", fill="black")
-    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-               (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+    colours = PALETTE
     for index, (objective, row) in enumerate(summary.items()):
         colour = colours[index % len(colours)]
         x, y = to_px(row["heldout_alignment"], row["heldout_fidelity"])
