@@ -74,7 +74,7 @@ class Backbones:
     def get(self, name: str):
         if name not in self._cache:
             try:
-                self._cache[name] = self._load(name)
+                self._cache[name] = BACKBONES[name].load(self)
             except UserError as error:
                 raise UserError(self._for_this_command(name, str(error))) from None
         return self._cache[name]
@@ -83,9 +83,6 @@ class Backbones:
         """Load every backbone the metrics need, so that a bad model name fails before any slow work."""
         for name in backbones_for(metric_names):
             self.get(name)
-
-    def _load(self, name: str):
-        return BACKBONES[name].load(self)
 
     def _for_this_command(self, name: str, message: str) -> str:
         """The backbone loader's message speaks of a training reward (objective.reward_options): name this

@@ -3,8 +3,8 @@ seeds) are scored by `validation.reward`; the best step's model is kept in `best
 `validation.patience` the run stops after that many validations without improvement.
 
 The validation reward is made of image scorers (`score_images` on the generated images; a latent reward is
-refused by its declared kind); a weighted sum or a weighted harmonic mean combines several, e.g. subject fidelity with text alignment, so that a run which
-copies the references at the cost of the prompt does not win.
+refused by its declared kind); a weighted sum or a weighted harmonic mean combines several, e.g. subject
+fidelity with text alignment, so that a run which copies the references at the cost of the prompt does not win.
 """
 
 from __future__ import annotations
