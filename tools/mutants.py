@@ -19,24 +19,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN, DATA = "src/rewardbooth/training/loop.py", "src/rewardbooth/training/batches.py"
 FAMILIES = "src/rewardbooth/models/families.py"
+OBJECTIVES = "src/rewardbooth/training/objectives"
+BASELINE, DIRECT, DPG = (f"{OBJECTIVES}/{name}.py" for name in ("baseline", "direct", "dpg"))
 
 MUTANTS = {  # name: (file, original text, mutated text)
-    "detach-policy": (TRAIN, "terms = dpg.actor_loss(mse[:n], prior_mse, q_policy, timesteps, **weights)",
-                      "terms = dpg.actor_loss(mse[:n], prior_mse, q_policy.detach(), timesteps, **weights)"),
+    "detach-policy": (DPG, "terms = dpg.actor_loss(step.mse[:n], step.prior_mse, q_policy, timesteps,",
+                      "terms = dpg.actor_loss(step.mse[:n], step.prior_mse, q_policy.detach(), timesteps,"),
     "abar-t-minus-1": (FAMILIES, "return self.alphas_cumprod[timesteps]",
                        "return self.alphas_cumprod[(timesteps - 1).clamp(min=0)]"),
-    "direct-detached": (TRAIN, "output = as_output(reward_fn(x0_hat.float(), context))",
-                        "output = as_output(reward_fn(x0_hat.detach().float(), context))"),
-    "prior-leak": (TRAIN, "return Losses(dpg.actor_loss(mse[:n], prior_mse, None, batch.timesteps[:n], **weights))",
-                   "return Losses(dpg.actor_loss(mse, prior_mse, None, batch.timesteps[:n], **weights))"),
+    "direct-detached": (DIRECT, "output = as_output(reward(x0_hat.float(), reward_context(policy, batch, config)))",
+                        "output = as_output(reward(x0_hat.detach().float(), reward_context(policy, batch, config)))"),
+    "prior-leak": (BASELINE, "return Losses(dpg.actor_loss(step.mse[:n], step.prior_mse, None,",
+                   "return Losses(dpg.actor_loss(step.mse, step.prior_mse, None,"),
     "decode-no-grad": (DATA, "def decode_latents(vae: AutoencoderKL",
                        "@torch.no_grad()\ndef decode_latents(vae: AutoencoderKL"),
     "no-accumulation-divide": (TRAIN, 'accelerator.backward(losses.terms["loss"] / accumulation)',
                                'accelerator.backward(losses.terms["loss"])'),
-    "critic-fit-moves-policy": (TRAIN, "q_taken = policy.critic(features.detach(), timesteps, critic_text)",
+    "critic-fit-moves-policy": (DPG, "q_taken = policy.critic(features.detach(), timesteps, critic_text)",
                                 "q_taken = policy.critic(features, timesteps, critic_text)"),
-    "critic-not-frozen": (TRAIN, "with frozen(policy.critic_module) as critic:\n        q_policy",
-                          "with contextlib.nullcontext(policy.critic_module) as critic:\n        q_policy"),
+    "critic-not-frozen": (DPG, "with frozen(policy.critic_module) as critic:\n            q_policy",
+                          "with __import__(\"contextlib\").nullcontext(policy.critic_module) as critic:\n            q_policy"),
 }
 
 
