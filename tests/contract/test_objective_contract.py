@@ -18,7 +18,7 @@ from rewardbooth.core.config import load_config
 from rewardbooth.core.errors import UserError
 from rewardbooth.training.loop import make_policy, train_step
 from rewardbooth.training.objectives import needs_of, objectives
-from rewardbooth.training.setup import build_run
+from rewardbooth.training.setup import build_run, check_component_names
 
 PROBE, BLACK = "objective_probes:Probe", "objective_probes:BlackProbe"
 USER = "objective_probes:ScaledBaseline"
@@ -102,3 +102,12 @@ def test_a_black_box_trains_unless_the_gradient_is_declared(name, subject_dir, t
         logged, _ = train_step(run, make_policy(run), config, 0)
         assert logged["skipped"] == 0.0 and torch.isfinite(torch.as_tensor(logged["loss"]))
         assert CALLS and not any(call["requires_grad"] for call in CALLS)  # scored, never differentiated
+
+
+def test_an_unknown_objective_fails_in_one_line_naming_the_registered_ones():
+    """Checked against the registry before any slow work (the config holds any string, as for methods)."""
+    config = load_config("default", ["objective.name=ppo"])
+    with pytest.raises(UserError) as error:
+        check_component_names(config)
+    assert str(error.value) == (f"unknown objective 'ppo': choose one of {', '.join(objectives.names())} or give "
+                                f"your own as 'package.module:factory'")
