@@ -1,6 +1,6 @@
 """Break one line of the training loop, run the tests that guard it, put the line back.
 
-    python tools/mutants.py                 # every mutant against tests/unit/test_wiring.py
+    python tools/mutants.py                 # every mutant against its tests (default tests/unit/test_wiring.py)
     python tools/mutants.py detach-policy   # one mutant
     python tools/mutants.py --tests tests/unit/test_wiring.py tests/integration/test_resume.py
 
@@ -19,30 +19,44 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN, DATA = "src/rewardbooth/training/loop.py", "src/rewardbooth/training/batches.py"
 FAMILIES = "src/rewardbooth/models/families.py"
+OBJECTIVES = "src/rewardbooth/training/objectives"
+BASELINE, DIRECT, DPG = (f"{OBJECTIVES}/{name}.py" for name in ("baseline", "direct", "dpg"))
+SETUP = "src/rewardbooth/training/setup.py"
+CONTRACT = ["tests/contract/test_objective_contract.py"]  # what an objective declares is what it gets
 
-MUTANTS = {  # name: (file, original text, mutated text)
-    "detach-policy": (TRAIN, "terms = dpg.actor_loss(mse[:n], prior_mse, q_policy, timesteps, **weights)",
-                      "terms = dpg.actor_loss(mse[:n], prior_mse, q_policy.detach(), timesteps, **weights)"),
+MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard it, when not the default])
+    "detach-policy": (DPG, "terms = dpg.actor_loss(step.mse[:n], step.prior_mse, q_policy, timesteps,",
+                      "terms = dpg.actor_loss(step.mse[:n], step.prior_mse, q_policy.detach(), timesteps,"),
     "abar-t-minus-1": (FAMILIES, "return self.alphas_cumprod[timesteps]",
                        "return self.alphas_cumprod[(timesteps - 1).clamp(min=0)]"),
-    "direct-detached": (TRAIN, "output = as_output(reward_fn(x0_hat.float(), context))",
-                        "output = as_output(reward_fn(x0_hat.detach().float(), context))"),
-    "prior-leak": (TRAIN, "return Losses(dpg.actor_loss(mse[:n], prior_mse, None, batch.timesteps[:n], **weights))",
-                   "return Losses(dpg.actor_loss(mse, prior_mse, None, batch.timesteps[:n], **weights))"),
+    "direct-detached": (DIRECT, "output = as_output(reward(x0_hat.float(), reward_context(policy, batch, config)))",
+                        "output = as_output(reward(x0_hat.detach().float(), reward_context(policy, batch, config)))"),
+    "prior-leak": (BASELINE, "return Losses(dpg.actor_loss(step.mse[:n], step.prior_mse, None,",
+                   "return Losses(dpg.actor_loss(step.mse, step.prior_mse, None,"),
     "decode-no-grad": (DATA, "def decode_latents(vae: AutoencoderKL",
                        "@torch.no_grad()\ndef decode_latents(vae: AutoencoderKL"),
     "no-accumulation-divide": (TRAIN, 'accelerator.backward(losses.terms["loss"] / accumulation)',
                                'accelerator.backward(losses.terms["loss"])'),
-    "critic-fit-moves-policy": (TRAIN, "q_taken = policy.critic(features.detach(), timesteps, critic_text)",
+    "critic-fit-moves-policy": (DPG, "q_taken = policy.critic(features.detach(), timesteps, critic_text)",
                                 "q_taken = policy.critic(features, timesteps, critic_text)"),
-    "critic-not-frozen": (TRAIN, "with frozen(policy.critic_module) as critic:\n        q_policy",
-                          "with contextlib.nullcontext(policy.critic_module) as critic:\n        q_policy"),
+    "critic-not-frozen": (DPG, "with frozen(policy.critic_module) as critic:\n            q_policy",
+                          "with __import__(\"contextlib\").nullcontext(policy.critic_module) as critic:\n            q_policy"),
+    "reward-always-built": (SETUP, "    if needs.reward:\n        reward = build_concept_reward",
+                            "    if True:\n        reward = build_concept_reward", CONTRACT),
+    "critic-always-built": (SETUP, "    if needs.critic:\n        side =", "    if True:\n        side =", CONTRACT),
+    "dpg-differentiates-the-reward": (DPG, "with torch.no_grad():\n            output = as_output(reward(x0_hat.detach()",
+                                      "with torch.enable_grad():\n            output = as_output(reward(x0_hat", CONTRACT),
+    "no-twin-diagnostics": (SETUP, "diagnostic = reward if reward.differentiable else build_twin(",
+                            "diagnostic = reward if reward.differentiable else None and build_twin(",
+                            ["tests/integration/test_objectives.py", "-k", "blackbox_toy_identity_and_diagnoses"]),
+    "critic-never-stepped": (TRAIN, "run.critic_optimizer.step()", "run.critic_optimizer.zero_grad()", CONTRACT),
 }
 
 
-def run(name: str, tests: list[str]) -> bool:
+def run(name: str, tests: list[str] | None) -> bool:
     """True if the tests fail with the mutant in place (the mutant is killed)."""
-    relative, original_text, mutated_text = MUTANTS[name]
+    relative, original_text, mutated_text, *guards = MUTANTS[name]
+    tests = tests or (guards[0] if guards else ["tests/unit/test_wiring.py"])
     path = ROOT / relative
     original = path.read_text()
     if original.count(original_text) != 1:
@@ -61,7 +75,8 @@ def run(name: str, tests: list[str]) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*", help=f"mutants to run (default: all): {', '.join(MUTANTS)}")
-    parser.add_argument("--tests", nargs="+", default=["tests/unit/test_wiring.py"])
+    parser.add_argument("--tests", nargs="+", help="run these tests against every mutant (default: each mutant's "
+                                                   "own, else tests/unit/test_wiring.py)")
     args = parser.parse_args()
     unknown = sorted(set(args.names) - set(MUTANTS))
     if unknown:

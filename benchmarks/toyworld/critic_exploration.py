@@ -8,6 +8,9 @@
 States are x0_hat of the shipped toy base model on toy subject 1 (a tuning subject) at random t; the reward
 is `toy_identity`. A critic on x0_hat (`critic.input=prediction`) trains for 600 steps of batch 1, as in a
 run; printed: cos(dQ/dx0_hat, dr/dx0_hat) and the norm ratio over 48 held-out states (docs/critic.md).
+The model is seen only through its family and process (diffuse, look_forward, denoise), as the loop sees it.
+
+    python benchmarks/toyworld/critic_exploration.py values 2 0.1 conv 1e-3 --steps 3 --held-out 2  # smoke run
 """
 
 import argparse
@@ -19,6 +22,7 @@ import torch
 from rewardbooth.core.config import CriticConfig, ModelConfig
 from rewardbooth.maths import dpg
 from rewardbooth.models import load_model
+from rewardbooth.models.families import LatentSpace
 from rewardbooth.rewards import RewardContext, RewardSetup, make_reward
 from rewardbooth.toyworld import subjects
 from rewardbooth.training.batches import decode_latents, encode_posteriors
@@ -32,18 +36,21 @@ def main() -> None:
     parser.add_argument("sigma", type=float, help="perturbation scale in latent units")
     parser.add_argument("critic", choices=["conv", "pooled", "released"])
     parser.add_argument("lr", type=float)
+    parser.add_argument("--steps", type=int, default=600, help="critic training steps (batch 1)")
+    parser.add_argument("--held-out", type=int, default=48, help="held-out states scored at the end")
     args = parser.parse_args()
     torch.set_num_threads(1)
     parts = load_model(ModelConfig("toy"))
-    alphas = parts.noise_scheduler.alphas_cumprod.float()
+    process, latent_space = parts.process, LatentSpace.of(parts.vae)
     subject = subjects.make_subject(1)
-    photos = torch.stack([torch.from_numpy(np.asarray(image)).permute(2, 0, 1).float() / 255
+    photos = torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
                           for image in subjects.reference_images(subject)])
     reward = make_reward("toy_identity", RewardSetup(photos, subjects.IDENTIFIER, torch.device("cpu")))
     mean, std = encode_posteriors(parts.vae, photos)
     with torch.no_grad():
         token_ids = parts.family.tokenize(parts.tokenizers, [subjects.instance_prompt(subject)])
-        text = parts.family.encode_text(parts.text_encoders, token_ids)["embeds"]
+        conditioning = parts.family.encode_text(parts.text_encoders, token_ids)
+    micro = parts.family.micro_conditioning(photos.shape[-1])
 
     def score(x0_hat, x0):
         return reward(x0_hat, RewardContext(x0=x0, prompts=["-"] * len(x0),
@@ -51,26 +58,25 @@ def main() -> None:
 
     def state(generator):
         index = torch.randint(len(mean), (1,), generator=generator)
-        x0 = (mean[index] + std[index] * torch.randn(mean[index].shape, generator=generator)) \
-            * parts.vae.config.scaling_factor
-        noise, t = torch.randn(x0.shape, generator=generator), torch.randint(1000, (1,), generator=generator)
-        x_t = dpg.expand_to(alphas[t].sqrt(), x0) * x0 + dpg.expand_to((1 - alphas[t]).sqrt(), x0) * noise
+        x0 = latent_space.from_vae(mean[index] + std[index] * torch.randn(mean[index].shape, generator=generator))
+        noise, t = torch.randn(x0.shape, generator=generator), process.sample_timesteps(1, generator)
+        x_t = process.diffuse(x0, noise, t)
         with torch.no_grad():
-            action = parts.unet(x_t, t, text).sample
-        return x0, dpg.predict_x0(x_t, action, alphas[t], "epsilon"), t
+            action, _ = parts.family.denoise(parts.denoiser, x_t, t, conditioning, None, micro)
+        return x0, process.look_forward(x_t, action, t), t
 
-    held_out = [state(torch.Generator().manual_seed(5)) for _ in range(48)]
+    held_out = [state(torch.Generator().manual_seed(5)) for _ in range(args.held_out)]
     torch.manual_seed(0)
     config = CriticConfig(name=args.critic, input="prediction", lr=args.lr)
     critic = make_critic(CriticSpec(4, (16, 16)), config)
     optimizer = make_critic_optimizer(critic, config)
     generator, bucket_mean, bucket_count = torch.Generator().manual_seed(1), torch.zeros(10), torch.zeros(10)
-    for _ in range(600):
+    for _ in range(args.steps):
         x0, x0_hat, t = state(generator)
         with torch.no_grad():
             r = score(x0_hat, x0)
         if args.loss == "tnorm":  # regress the deviation from a running mean per tenth of the t range
-            bucket = (t // 100).clamp(max=9)
+            bucket = (t.long() // 100).clamp(max=9)
             baseline = bucket_mean[bucket].clone()
             bucket_count[bucket] += 1
             bucket_mean[bucket] += (r - bucket_mean[bucket]) / bucket_count[bucket]

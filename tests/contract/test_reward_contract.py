@@ -49,7 +49,8 @@ def backbone_dirs(tmp_path_factory):
 
 def options_for(name, judge_dir, backbone_dirs):
     """Every reward's backbone, as a user would point at it: tiny models of the real classes on disk."""
-    return {"toy_identity": {"judge_dir": str(judge_dir)}, "dino": {"model": str(backbone_dirs["vit"])},
+    return {"toy_identity": {"judge_dir": str(judge_dir)}, "toy_identity_blackbox": {"judge_dir": str(judge_dir)},
+            "dino": {"model": str(backbone_dirs["vit"])},
             "clip_image": {"model": str(backbone_dirs["clip"])},
             "clip_text": {"model": str(backbone_dirs["clip"])}}.get(name, {})
 
@@ -150,6 +151,25 @@ def test_toy_identity_is_the_cosine_to_the_reference_centroid(judge_dir, vae):
     embedding, _ = judge(references)
     expected = embedding @ torch.nn.functional.normalize(embedding.mean(0), dim=0)
     torch.testing.assert_close(scores, expected)
+
+
+def test_toy_identity_blackbox_is_the_quantised_cosine_without_a_gradient(judge_dir):
+    """Outside autograd (no graph even for inputs that ask for one) and rounded to steps of 0.05, so the
+    critic's regression target is all it can give; toy_identity, its declared twin, is the cosine itself."""
+    from rewardbooth.rewards import differentiable_twin
+
+    references = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    setup = RewardSetup(references, "sks", torch.device("cpu"))
+    blackbox = make_scorer("toy_identity_blackbox", setup, judge_dir=str(judge_dir))
+    twin = make_scorer("toy_identity", setup, judge_dir=str(judge_dir))
+    images = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(4)).requires_grad_(True)
+    scores = blackbox.score_images(images, ["a sks ball"] * 5).scores
+    assert not scores.requires_grad and not blackbox.differentiable
+    torch.testing.assert_close(scores, torch.round(twin.score_images(images, ["a sks ball"] * 5).scores / 0.05) * 0.05)
+    assert torch.allclose(scores / 0.05, torch.round(scores / 0.05), atol=1e-4)
+    assert differentiable_twin("toy_identity_blackbox", {"toy_identity_blackbox": {"judge_dir": "j", "step": 0.1}}) \
+        == ({"toy_identity": 1.0}, {"toy_identity": {"judge_dir": "j"}})
+    assert differentiable_twin({"user_rewards:DarkImages": 1.0, "look_forward": 1.0}, None) is None  # no twin
 
 
 # --- the two kinds -------------------------------------------------------------------------------------------

@@ -96,7 +96,7 @@ def test_prompt_without_identifier(subject_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("override,expected", [
     ("train.max_step=5", "unknown config key 'train.max_step'"),
-    ("objective.name=ppo", "allowed values are 'baseline', 'dpg'"),
+    ("objective.name=ppo", "unknown objective 'ppo': choose one of baseline, direct, dpg"),
     ("train.mixed_precision=fp8", "allowed values are 'no', 'fp16', 'bf16'"),
     ("critic.name=transformer", "unknown critic 'transformer': choose one of conv, pooled"),
     ("objective.reward=dino9", "unknown reward 'dino9'"),

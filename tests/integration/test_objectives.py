@@ -148,3 +148,30 @@ def test_no_gradient_diagnostics_for_a_reward_without_a_gradient(subject_dir, tm
     rows = read_metrics(out)
     assert not any("critic/grad_cosine" in row for row in rows)
     assert "critic/r2" in rows[-1]  # the fit is measured for every reward
+
+
+BLACKBOX = ["objective.reward=toy_identity_blackbox", "objective.reward_resolution=32"]
+
+
+def test_direct_refuses_the_blackbox_toy_identity_in_one_line(subject_dir, tmp_path, capsys):
+    out = tmp_path / "refused"
+    assert run_cli(tiny_args(subject_dir, out, "objective.name=direct", *BLACKBOX)) == 2
+    error = capsys.readouterr().err.strip()
+    assert "'toy_identity_blackbox' is not differentiable" in error and "dpg" in error and len(error.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_dpg_trains_on_the_blackbox_toy_identity_and_diagnoses_it_by_its_twin(subject_dir, tmp_path):
+    """The reward reaches the policy only through the critic; cos(dQ/da, dr/da) is measured against the
+    gradient of its differentiable twin, toy_identity (a black box without a twin logs none)."""
+    out = tmp_path / "blackbox"
+    assert run_cli(tiny_args(subject_dir, out, "train.max_steps=3", "validation.every=0", "critic.input=prediction",
+                             "critic.diagnostics_every=1", *BLACKBOX)) == 0
+    rows = read_metrics(out)
+    assert all(row["skipped"] == 0 and "critic_loss" in row and "policy_term" in row for row in rows)
+    assert all(abs(row["reward"] / 0.05 - round(row["reward"] / 0.05)) < 1e-3 for row in rows)  # quantised
+    # Q starts at 0 (ratio 0); once it moves, |dQ/da| / |d r_twin/da| is finite and positive: the twin's
+    # gradient is read (the black box's own would be none at all).
+    assert all(-1 <= row["critic/grad_cosine"] <= 1 and 0 <= row["critic/grad_ratio"] < float("inf") for row in rows)
+    assert rows[-1]["critic/grad_ratio"] > 0
+    assert (out / "critic.safetensors").exists()

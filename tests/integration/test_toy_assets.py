@@ -53,3 +53,17 @@ def test_judge_identity_is_about_the_subject_not_the_scene(judge):
              b.render(b.scene("large", "center", "beach"), rng)]
     embedding, _ = judge(to_tensor(np.stack([np.asarray(v) for v in views])))
     assert embedding[0] @ embedding[1] > embedding[0] @ embedding[2]
+
+
+def test_critic_exploration_study_runs_at_a_tiny_setting():
+    """benchmarks/toyworld/critic_exploration.py reaches the model only through its family and process (it
+    once called a removed `parts.noise_scheduler`): 2 critic steps and 1 held-out state, every loss."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "benchmarks" / "toyworld" / "critic_exploration.py"
+    result = subprocess.run([sys.executable, str(script), "difference", "1", "0.1", "conv", "1e-3", "--steps", "2",
+                             "--held-out", "1"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "difference explorations=1 sigma=0.1 conv lr=0.001: cos" in result.stdout

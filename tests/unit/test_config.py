@@ -70,7 +70,7 @@ def test_toml_files_load(tmp_path):
 @pytest.mark.parametrize("override,message", [
     ("train.max_step=3", "unknown config key 'train.max_step'"),
     ("trian.max_steps=3", "unknown config key 'trian'"),
-    ("objective.name=ppo", "allowed values are 'baseline', 'dpg'"),
+    ("critic.input=pixels", "allowed values are 'state_action', 'residual', 'prediction'"),
     ("train.max_steps=ten", "expected an integer"),
     ("train.overwrite=maybe", "allowed values are true, false"),
     ("train.lr=fast", "expected a number"),

@@ -18,7 +18,7 @@ from diffusers import DDPMScheduler
 from helpers import TINY_RUN
 from rewardbooth.core.config import load_config
 from rewardbooth.maths import dpg
-from rewardbooth.training.loop import accumulate_gradients, compute_losses, make_policy
+from rewardbooth.training.loop import accumulate_gradients, make_policy
 from rewardbooth.training.setup import build_run
 
 SPY = "wiring_rewards:Spy"
@@ -43,7 +43,8 @@ def first_batch(run, config, step=0):
 
 
 def losses_of(run, config, batch, **kwargs):
-    return compute_losses(make_policy(run), batch, run.process, config, run.reward, **kwargs)
+    policy = make_policy(run)
+    return policy.objective.losses(policy, batch, run.process, config, run.reward, **kwargs)
 
 
 def gradients(module):

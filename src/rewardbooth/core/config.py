@@ -90,9 +90,10 @@ class MethodConfig:
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    name: Literal["baseline", "dpg", "direct"] = _field(
-        "dpg", "'baseline' = plain denoising loss; 'dpg' = the policy climbs a critic that learns the reward; "
-        "'direct' = backpropagate a differentiable reward itself (for comparison)")
+    name: str = _field(
+        "dpg", "objective (see docs/architecture.md): 'baseline' = plain denoising loss; 'dpg' = the policy climbs "
+        "a critic that learns the reward; 'direct' = backpropagate a differentiable reward itself (for "
+        "comparison); or 'pkg.mod:Class'")
     reward: str | dict[str, float] = _field(
         "look_forward", "reward that scores the look-forward prediction x0_hat (see `rewardbooth rewards`), "
         "or several as {name: weight}, e.g. {look_forward: 1, dino: 0.5}: their weighted sum")

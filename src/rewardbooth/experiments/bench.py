@@ -31,7 +31,7 @@ import torch
 
 from rewardbooth.core.config import Config, ModelConfig, load_config
 from rewardbooth.data.images import make_example_subject
-from rewardbooth.training.loop import accumulate_gradients, all_finite, apply_update, make_policy
+from rewardbooth.training.loop import make_policy, train_step
 from rewardbooth.training.setup import RunSetup, build_objective, build_run, load_concepts
 
 PLAIN, DIAGNOSED = "critic.diagnostics_every=0", "critic.diagnostics_every=1"
@@ -120,18 +120,19 @@ def bench_config(model: str, resolution: int, batch_size: int, mixed_precision: 
 
 
 def with_objective(run: RunSetup, config: Config) -> RunSetup:
-    """The run with this variant's reward and critic (same UNet, data and optimizer)."""
-    reward, critic, critic_optimizer = build_objective(config, run.parts, load_concepts(config), run.accelerator.device)
-    return dataclasses.replace(run, critic=critic, critic_optimizer=critic_optimizer, reward=reward)
+    """The run with this variant's objective, reward and critic (same UNet, data and optimizer)."""
+    built = build_objective(config, run.parts, load_concepts(config), run.accelerator.device)
+    return dataclasses.replace(run, objective=built.objective, reward=built.reward,
+                               diagnostic_reward=built.diagnostic_reward, critic=built.critic,
+                               critic_optimizer=built.critic_optimizer)
 
 
 def make_step(run: RunSetup, config: Config):
-    """One full optimizer step of the given variant on a run that holds its reward and critic."""
+    """One full optimizer step of the given variant on a run that holds its objective: the loop's own step."""
     policy = make_policy(run)
 
     def step(index: int) -> None:
-        terms, _ = accumulate_gradients(run, policy, config, index)
-        apply_update(run, config.train, not all_finite(run.accelerator, terms), index)
+        train_step(run, policy, config, index)
 
     return step
 

@@ -142,7 +142,10 @@ def run_config(sweep: SweepConfig, subject: Path, objective: str) -> Config:
     merged = {**(sweep.overrides or {}), **objectives_of(sweep)[objective], **subject_overrides}
     # JSON is YAML, so every value reaches the config exactly as the sweep file typed it.
     config = load_config(sweep.config, [f"{key}={json.dumps(value)}" for key, value in merged.items()])
+    from rewardbooth.training.setup import check_component_names
+
     check_values(config)
+    check_component_names(config)  # an unknown objective, method, reward or critic fails before any run
     return config
 
 

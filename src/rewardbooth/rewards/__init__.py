@@ -28,6 +28,7 @@ from rewardbooth.rewards.base import (
     build_reward,
     build_scorer,
     declared_kind,
+    differentiable_twin,
     kind_of,
     make_reward,
     make_scorer,
@@ -36,5 +37,5 @@ from rewardbooth.rewards.base import (
 )
 
 __all__ = ["ImageScorer", "OnDecodedImages", "Reward", "RewardContext", "RewardOutput", "RewardSetup",
-           "WeightedImageSum", "WeightedSum", "as_output", "build_reward", "build_scorer", "declared_kind", "kind_of",
-           "make_reward", "make_scorer", "reward_weights", "rewards"]
+           "WeightedImageSum", "WeightedSum", "as_output", "build_reward", "build_scorer", "declared_kind",
+           "differentiable_twin", "kind_of", "make_reward", "make_scorer", "reward_weights", "rewards"]

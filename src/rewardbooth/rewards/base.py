@@ -195,6 +195,28 @@ def reward_weights(reward: str | Mapping[str, float]) -> dict[str, float]:
     return {reward: 1.0} if isinstance(reward, str) else dict(reward)
 
 
+def differentiable_twin(reward: str | Mapping[str, float], options: Mapping[str, Mapping[str, Any]] | None
+                        ) -> tuple[dict[str, float], dict[str, dict[str, Any]]] | None:
+    """`objective.reward` with every non-differentiable part replaced by the twin it declares (`twin = "name"`:
+    a differentiable reward measuring the same thing, for diagnostics only), with the options the twin takes;
+    None when a non-differentiable part declares no twin. Parts whose differentiability is only known once
+    built are kept as they are (the built sum then says whether it is differentiable)."""
+    weights, options = reward_weights(reward), dict(options or {})
+    twin_weights, twin_options = {}, {}
+    for name, weight in weights.items():
+        factory = rewards.get(name)
+        twin = name
+        if getattr(factory, "differentiable", None) is False:
+            twin = getattr(factory, "twin", None)
+            if twin is None:
+                return None
+        accepted = inspect.signature(rewards.get(twin)).parameters
+        twin_weights[twin] = twin_weights.get(twin, 0.0) + weight
+        if name in options:
+            twin_options[twin] = {key: value for key, value in options[name].items() if key in accepted}
+    return twin_weights, twin_options
+
+
 def _weighted_parts(reward: str | Mapping[str, float], options: Mapping[str, Mapping[str, Any]] | None,
                     setup: RewardSetup, key: str, make: Callable[..., Any]) -> dict[str, tuple[float, Any]]:
     """{name: (weight, built)} for `key` (a config's reward) and `key`_options, each part built by `make`."""

@@ -1,7 +1,13 @@
-"""`toy_identity`: the toy world's DINO analogue as an image scorer — the judge's identity similarity of an
-image (in training, decode(x0_hat)) to the subject's reference photos. Like DINO it is a network, hence differentiable: under `dpg` the critic
-learns it from its values alone (the judge is a black box to the policy), under `direct` its gradient flows
-through judge and VAE decoder (the control for the critic), and the critic diagnostics use that gradient.
+"""The toy world's identity rewards, the DINO analogue: the judge's identity similarity of an image (in
+training, decode(x0_hat)) to the subject's reference photos.
+
+- `toy_identity`: the cosine itself. Like DINO it is a network, hence differentiable: under `direct` its
+  gradient flows through judge and VAE decoder (the exact gradient's control), under `dpg` the critic learns
+  it from values only, and the critic diagnostics compare dQ/da with its gradient.
+- `toy_identity_blackbox`: the same cosine computed outside autograd and rounded to steps of 0.05, so its
+  gradient is zero almost everywhere and none is recorded: a reward with truly no gradient, as `face` (dlib) or
+  a user's black box. `direct` refuses it; `dpg` learns it. It declares `toy_identity` as its differentiable
+  twin, which serves only the critic diagnostics (cos(dQ/da, d r_twin/da)).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from rewardbooth.core.errors import UserError
 from rewardbooth.maths.similarity import centroid, cosine_to_centroid
 from rewardbooth.rewards.base import RewardOutput, RewardSetup, rewards
 
@@ -42,3 +49,31 @@ class ToyIdentityReward:
     def score_images(self, images: torch.Tensor, prompts: list[str]) -> RewardOutput:
         embedding, _ = self.judge(self._resize(images))
         return RewardOutput(cosine_to_centroid(embedding, self.reference).float())  # (B,) cosine in [-1, 1]
+
+
+QUANTUM = 0.05  # the black box's score resolution: ~1/40 of the cosine's [-1, 1] range, coarser than one step moves it
+
+
+def quantise(scores: torch.Tensor, step: float) -> torch.Tensor:
+    """Round to the nearest multiple of `step`: piecewise constant, so the derivative is 0 almost everywhere.
+    Shape: (B,) -> (B,)"""
+    return torch.round(scores / step) * step
+
+
+@rewards.register("toy_identity_blackbox")
+class ToyIdentityBlackboxReward:
+    """The toy judge's identity cosine, computed without autograd and rounded to steps of `step`: no gradient."""
+
+    differentiable = False
+    kind = "image"
+    twin = "toy_identity"  # differentiable, for the critic diagnostics only
+
+    def __init__(self, setup: RewardSetup, judge_dir: str | None = None, step: float = QUANTUM):
+        if not step > 0:
+            raise UserError(f"toy_identity_blackbox: step={step!r} must be positive (default {QUANTUM})")
+        self.identity, self.step = ToyIdentityReward(setup, judge_dir), step
+
+    def score_images(self, images: torch.Tensor, prompts: list[str]) -> RewardOutput:
+        with torch.no_grad():
+            cosine = self.identity.score_images(images.detach(), prompts).scores
+        return RewardOutput(quantise(cosine, self.step))

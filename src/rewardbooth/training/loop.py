@@ -1,10 +1,10 @@
-"""The training loop: DreamBooth-style fine-tuning with an optional deterministic-policy-gradient critic.
+"""The training loop: DreamBooth-style fine-tuning with a registered objective (baseline, direct, dpg, ...).
 
-One optimizer step, read top to bottom (``compute_losses`` then ``train``):
-  batch -> x_t -> action a = denoiser(x_t, t, c) (the family calls it) -> x0_hat (look forward) -> r(x0_hat)
-  -> actor loss  w_inst*mse_inst + w_prior*mse_prior - lambda*gamma^t*Q(s, a)   (Q's weights frozen)
-  -> critic loss (Q(s, a.detach()) - r)^2                                        (policy untouched)
-  -> clip, step both optimizers -> log / validate / checkpoint.
+One optimizer step (``train_step``, which ``train`` and ``rewardbooth bench step`` both call):
+  for each micro-batch, the objective's losses (rewardbooth.training.objectives; dpg's, for one:
+  batch -> x_t -> action a -> x0_hat -> actor loss ... - lambda*gamma^t*Q(s, a), critic loss (Q(s, a.detach()) - r)^2)
+  -> backward -> every process agrees the losses are finite -> clip and step both optimizers (or skip the step)
+  -> (in ``train``) log / validate / checkpoint.
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,11 +25,7 @@ from rewardbooth.core.progress import progress
 from rewardbooth.core.storage import disk_errors
 from rewardbooth.data.concepts import concepts_of
 from rewardbooth.evaluation.plots import make_grid
-from rewardbooth.maths import dpg
 from rewardbooth.methods.base import after_step
-from rewardbooth.models.families import DiffusionProcess
-from rewardbooth.rewards import Reward, RewardContext, RewardOutput, as_output
-from rewardbooth.training.batches import Batch, decode_latents
 from rewardbooth.training.checkpoints import (
     check_output_dir,
     load_checkpoint,
@@ -40,122 +33,13 @@ from rewardbooth.training.checkpoints import (
     publish_result,
     save_checkpoint,
 )
-from rewardbooth.training.critic_diagnostics import FitWindow, alignment_terms
+from rewardbooth.training.critic_diagnostics import FitWindow
 from rewardbooth.training.monitoring import MetricsLog, plot_metrics, render_samples, validation_prompts
+from rewardbooth.training.objectives import Policy
 from rewardbooth.training.selection import Selection
 from rewardbooth.training.setup import RunSetup, build_run
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Policy:
-    """The modules one step touches; `critic` is the (possibly DDP-wrapped) one the critic loss trains."""
-
-    family: object  # the model family (rewardbooth.models.families): it calls the denoiser
-    denoiser: nn.Module
-    text_encoders: list[nn.Module] | None  # set only when they train (batches then carry token ids)
-    micro_conditioning: torch.Tensor | None  # the family's extra ids (SDXL's size/crop ids)
-    critic: nn.Module | None
-    critic_module: nn.Module | None  # the same critic unwrapped, evaluated with frozen weights for the actor
-    vae: nn.Module  # frozen; decodes x0_hat for rewards that score images
-
-
-@contextlib.contextmanager
-def frozen(module: nn.Module) -> Iterator[nn.Module]:
-    """Evaluate a module without recording gradients for its parameters (gradients still reach its inputs)."""
-    module.requires_grad_(False)
-    try:
-        yield module
-    finally:
-        module.requires_grad_(True)
-
-
-@dataclass
-class Losses:
-    """What one micro-batch contributes: loss terms (scalars; "loss" and "critic_loss" are backpropagated, all
-    are logged) and, on scoring steps, the critic's fit: (Q(s, a_taken) before its update, r), per sample."""
-
-    terms: dict[str, torch.Tensor]
-    fit: tuple[torch.Tensor, torch.Tensor] | None = None
-
-
-def compute_losses(policy: Policy, batch: Batch, process: DiffusionProcess, config: Config, reward_fn: Reward | None, score: bool = True, diagnose: bool = False) -> Losses:
-    """Every loss of one micro-batch. Instance samples are batch[:n], prior samples batch[n:].
-
-    With `score` false (steps between `objective.reward_every`), DPG skips the reward and the critic update;
-    the policy still climbs the critic. With `diagnose`, a DPG scoring step also measures how well dQ/da
-    matches the reward's gradient (rewardbooth.training.critic_diagnostics).
-    """
-    objective, n = config.objective, batch.num_instance
-    # 1. Forward diffusion, as the model family defines it (DDPM: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps).
-    x_t = process.diffuse(batch.x0, batch.noise, batch.timesteps)
-    # 2. Act: the deterministic policy's action is the denoiser's output, conditioned as the family conditions it.
-    action, text = policy.family.denoise(policy.denoiser, x_t, batch.timesteps, batch.conditioning,
-                                         policy.text_encoders, policy.micro_conditioning)
-    # 3. Denoising losses (the DreamBooth objective), in the model's own parameterization.
-    target = process.target(batch.x0, batch.noise, batch.timesteps)
-    mse = dpg.per_sample_mse(action, target)
-    prior_mse = mse[n:] if len(mse) > n else None
-    weights = dict(instance_weight=objective.instance_weight, prior_weight=objective.prior_weight,
-                   critic_weight=objective.critic_weight, gamma=objective.gamma)
-    if objective.name == "baseline":
-        return Losses(dpg.actor_loss(mse[:n], prior_mse, None, batch.timesteps[:n], **weights))
-    # 4. Look forward to x0_hat.
-    x_t, action, x0, timesteps = x_t[:n], action[:n], batch.x0[:n], batch.timesteps[:n]
-    x0_hat = process.look_forward(x_t, action, timesteps)
-    context = RewardContext(x0=x0.float(), prompts=batch.prompts[:n],
-                            decode=partial(decode_latents, policy.vae, size=objective.reward_resolution))
-    if objective.name == "direct":
-        # The reward itself in place of Q: its gradient flows through x0_hat (and the VAE decoder, for an
-        # image reward) into the policy.
-        output = as_output(reward_fn(x0_hat.float(), context))
-        return Losses({**dpg.actor_loss(mse[:n], prior_mse, output.scores, timesteps, **weights),
-                       **reward_terms(output)})
-    # 5. Actor: climb Q through dQ/da with the critic's weights frozen (deterministic policy gradient).
-    features = dpg.critic_features(config.critic.input, x_t, action, x0_hat, x0)
-    critic_text = text[:n].detach()
-    with frozen(policy.critic_module) as critic:
-        q_policy = critic(features, timesteps, critic_text)
-    terms = dpg.actor_loss(mse[:n], prior_mse, q_policy, timesteps, **weights)
-    if not score:
-        return Losses(terms)
-    # 6. Score x0_hat (a regression target, never differentiated: no graph through the VAE or a backbone) and
-    # regress Q(s, a_taken) on it, with the action detached so theta is untouched.
-    with torch.no_grad():
-        output = as_output(reward_fn(x0_hat.detach().float(), context))
-    q_taken = policy.critic(features.detach(), timesteps, critic_text)
-    terms["critic_loss"] = dpg.critic_loss(q_taken, output.scores)
-    terms["q"] = q_taken.detach().mean()
-    if diagnose and reward_fn.differentiable:
-        terms.update(critic_alignment(policy.critic_module, reward_fn, config, process, x_t, action, x0, timesteps,
-                                      critic_text, context))
-    return Losses({**terms, **reward_terms(output)}, fit=(q_taken.detach().float(), output.scores.detach().float()))
-
-
-def critic_alignment(critic: nn.Module, reward_fn: Reward, config: Config, process: DiffusionProcess,
-                     x_t: torch.Tensor, action: torch.Tensor, x0: torch.Tensor, timesteps: torch.Tensor,
-                     text: torch.Tensor, context: RewardContext) -> dict[str, torch.Tensor]:
-    """cos(dQ/da, dr/da) and the norm ratio at the actions taken, through the same look-forward step."""
-    x_t = x_t.detach()
-
-    def look_forward(a: torch.Tensor) -> torch.Tensor:
-        return process.look_forward(x_t, a, timesteps)
-
-    def q_of(a: torch.Tensor) -> torch.Tensor:
-        return critic(dpg.critic_features(config.critic.input, x_t, a, look_forward(a), x0), timesteps, text)
-
-    def reward_of(a: torch.Tensor) -> torch.Tensor:
-        return as_output(reward_fn(look_forward(a).float(), context)).scores
-
-    weights = dpg.discount(timesteps, config.objective.gamma).to(action.device)
-    return alignment_terms(q_of, reward_of, action, weights)
-
-
-def reward_terms(output: RewardOutput) -> dict[str, torch.Tensor]:
-    """The batch means of the reward and of its diagnostics, for the logs."""
-    return {"reward": output.scores.detach().float().mean(),
-            **{f"reward/{key}": value.detach().float().mean() for key, value in output.diagnostics.items()}}
 
 
 def record_fit(accelerator: Accelerator, window: FitWindow, fit: tuple[torch.Tensor, torch.Tensor] | None) -> dict:
@@ -217,10 +101,8 @@ def train(config: Config) -> Path:
         if _due(step, config.validation.every) and validate_everywhere(run, config, step, output_dir, selection):
             stopped = True
             break
-        terms, fit = accumulate_gradients(run, policy, config, step)
-        skipped = not all_finite(accelerator, terms)
-        logged = {**terms, **apply_update(run, train_config, skipped, step)}
-        logged.update(record_fit(accelerator, fit_window, None if skipped else fit))
+        logged, fit = train_step(run, policy, config, step)
+        logged.update(record_fit(accelerator, fit_window, fit))
         done = step + 1
         if done % train_config.log_every == 0 or done == train_config.max_steps:
             values = mean_over_processes(accelerator, logged)
@@ -249,6 +131,17 @@ def train(config: Config) -> Path:
     return output_dir
 
 
+def train_step(run: RunSetup, policy: Policy, config: Config, step: int
+               ) -> tuple[dict[str, torch.Tensor | float], tuple[torch.Tensor, torch.Tensor] | None]:
+    """One optimizer step: accumulate every micro-step's gradients, check on every process that the losses
+    are finite, then update (or skip). Returns what to log ("skipped" among it) and this process's critic fit
+    (None when the step did not score, or was skipped)."""
+    terms, fit = accumulate_gradients(run, policy, config, step)
+    skipped = not all_finite(run.accelerator, terms)
+    logged = {**terms, **apply_update(run, config.train, skipped, step)}
+    return logged, None if skipped else fit
+
+
 def accumulate_gradients(run: RunSetup, policy: Policy, config: Config, step: int
                          ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
     """Backpropagate every micro-step of one optimizer step; DDP all-reduces only on the last one.
@@ -266,8 +159,8 @@ def accumulate_gradients(run: RunSetup, policy: Policy, config: Config, step: in
         batch = run.data.draw(step, micro, train_config.batch_size, accelerator.process_index,
                               accelerator.num_processes, accumulation).to(accelerator.device)
         with no_sync(accelerator, run.trained_models, enabled=micro < accumulation - 1):
-            losses = compute_losses(policy, batch, run.process, config, run.reward,
-                                    score=score, diagnose=diagnose)
+            losses = policy.objective.losses(policy, batch, run.process, config, run.reward,
+                                             score=score, diagnose=diagnose)
             accelerator.backward(losses.terms["loss"] / accumulation)
             if "critic_loss" in losses.terms:
                 (losses.terms["critic_loss"] / accumulation).backward()  # fp32 critic: no loss scaling needed
@@ -309,7 +202,7 @@ def make_policy(run: RunSetup) -> Policy:
     critic_module = run.accelerator.unwrap_model(run.critic) if run.critic is not None else None
     return Policy(family=run.parts.family, denoiser=run.denoiser, text_encoders=run.text_encoders,
                   micro_conditioning=run.micro_conditioning, critic=run.critic, critic_module=critic_module,
-                  vae=run.parts.vae)
+                  vae=run.parts.vae, objective=run.objective, diagnostic_reward=run.diagnostic_reward)
 
 
 def _due(step: int, every: int) -> bool:

@@ -28,11 +28,25 @@ from rewardbooth.methods import Method, make_method, methods
 from rewardbooth.models import ModelParts, load_model
 from rewardbooth.models.families import DiffusionProcess
 from rewardbooth.models.parts import check_resolution
-from rewardbooth.rewards import Reward, RewardSetup, build_reward, reward_weights, rewards
+from rewardbooth.rewards import (
+    Reward,
+    RewardSetup,
+    build_reward,
+    differentiable_twin,
+    reward_weights,
+    rewards,
+)
 from rewardbooth.rewards.concepts import build_concept_reward
 from rewardbooth.training.batches import ImageSet, TrainingData, with_flips
 from rewardbooth.training.class_images import class_image_dir, generate_class_images
 from rewardbooth.training.critic import CriticSpec, critics, make_critic, make_critic_optimizer
+from rewardbooth.training.objectives import (
+    Objective,
+    build_objective_component,
+    gradient_free_names,
+    needs_of,
+    objectives,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +62,10 @@ class RunSetup:
     process: DiffusionProcess  # the family's forward process, on the accelerator's device
     denoiser: nn.Module  # the UNet, prepared (DDP-wrapped when distributed)
     text_encoders: list[nn.Module] | None  # prepared, when they train (SDXL: both)
-    critic: nn.Module | None  # prepared, DPG only
-    reward: Reward | None
+    critic: nn.Module | None  # prepared, when the objective needs a critic (dpg)
+    reward: Reward | None  # when the objective needs one
+    objective: Objective
+    diagnostic_reward: Reward | None  # the reward, if differentiable, or its twin: for critic diagnostics
     optimizer: torch.optim.Optimizer
     critic_optimizer: torch.optim.Optimizer | None
     lr_scheduler: object
@@ -122,15 +138,21 @@ def warn_if_small(images: list[tuple[Path, object]], resolution: int) -> None:
 def check_component_names(config: Config) -> None:
     """Resolve every registry name (importing dotted paths) before any slow work, so typos fail at once."""
     methods.get(config.method.name)
-    if config.objective.name != "baseline":
-        for name in reward_weights(config.objective.reward):
-            factory = rewards.get(name)  # an unknown name fails here, before any slow work
+    name = config.objective.name
+    needs = needs_of(objectives.get(name), name)  # an unknown objective fails here, naming the registered ones
+    if needs.reward:
+        for reward in reward_weights(config.objective.reward):
+            factory = rewards.get(reward)  # an unknown name fails here, before any slow work
             # A reward class tells its differentiability before it is built.
-            if config.objective.name == "direct" and getattr(factory, "differentiable", True) is False:
-                raise UserError(f"objective.name=direct backpropagates the reward, but {name!r} is not "
-                                f"differentiable: use objective.name=dpg (the critic learns it)")
-    if config.objective.name == "dpg":
+            if needs.reward_gradient and getattr(factory, "differentiable", True) is False:
+                raise not_differentiable(name, reward)
+    if needs.critic:
         critics.get(config.critic.name)
+
+
+def not_differentiable(objective: str, reward: object) -> UserError:
+    return UserError(f"objective.name={objective} backpropagates the reward, but {reward!r} is not "
+                     f"differentiable: use an objective that learns it from its values ({gradient_free_names()})")
 
 
 def build_run(config: Config) -> RunSetup:
@@ -147,7 +169,7 @@ def build_run(config: Config) -> RunSetup:
     place_models(parts, method, device, autocast_dtype, train_text_encoder)
 
     data = build_training_data(config, parts, concept_images, train_text_encoder, accelerator)
-    reward, critic, critic_optimizer = build_objective(config, parts, concept_images, device)
+    built = build_objective(config, parts, concept_images, device)
 
     if config.objective.decoder_checkpointing:
         parts.vae.enable_gradient_checkpointing()
@@ -165,6 +187,7 @@ def build_run(config: Config) -> RunSetup:
     # The LR schedule and the critic optimizer are stepped by hand once per optimizer step (accelerate would
     # step a prepared scheduler once per process); checkpoints save them as plain tensors (RunSetup.stateful),
     # not through accelerate's registration, whose pickles are loaded with weights_only=False.
+    critic = built.critic
     modules = list(method.trainable.values()) + ([critic] if critic is not None else [])
     prepared = accelerator.prepare(*modules, optimizer)
     *prepared_modules, optimizer = prepared
@@ -174,7 +197,8 @@ def build_run(config: Config) -> RunSetup:
     return RunSetup(
         accelerator=accelerator, parts=parts, method=method, data=data,
         process=parts.process.to(accelerator.device), denoiser=named[parts.denoiser_name], text_encoders=text_encoders or None,
-        critic=named.get("critic"), reward=reward, optimizer=optimizer, critic_optimizer=critic_optimizer,
+        critic=named.get("critic"), reward=built.reward, objective=built.objective,
+        diagnostic_reward=built.diagnostic_reward, optimizer=optimizer, critic_optimizer=built.critic_optimizer,
         lr_scheduler=lr_scheduler, policy_parameters=policy_parameters, autocast_dtype=autocast_dtype,
         effective_batch_size=config.train.batch_size * num_processes * config.train.gradient_accumulation_steps,
         concept_images=concept_images, micro_conditioning=parts.family.micro_conditioning(config.data.resolution),
@@ -199,18 +223,33 @@ def place_models(parts: ModelParts, method: Method, device: torch.device,
     parts.denoiser.to(device)
 
 
+@dataclass
+class ObjectiveParts:
+    """The objective and what it declared it needs (`Needs`); what it does not need is None."""
+
+    objective: Objective
+    reward: Reward | None
+    diagnostic_reward: Reward | None
+    critic: nn.Module | None
+    critic_optimizer: torch.optim.Optimizer | None
+
+
 def build_objective(config: Config, parts: ModelParts, concept_images: list[torch.Tensor],
-                    device: torch.device) -> tuple[Reward | None, nn.Module | None, torch.optim.Optimizer | None]:
-    """The reward (dpg, direct; one per concept) and the critic with its optimizer (dpg), on `device`."""
-    reward, critic, critic_optimizer = None, None, None
-    if config.objective.name != "baseline":
-        setups = reward_setups(config, concept_images, device)
-        reward = build_concept_reward(
-            lambda setup: build_reward(config.objective.reward, config.objective.reward_options, setup), setups)
-        if config.objective.name == "direct" and not reward.differentiable:
-            raise UserError(f"objective.name=direct backpropagates the reward, but {config.objective.reward!r} is "
-                            f"not differentiable (says the built reward): use objective.name=dpg")
-    if config.objective.name == "dpg":
+                    device: torch.device) -> ObjectiveParts:
+    """The objective, its reward (one per concept) and its critic with the critic's optimizer, on `device`:
+    each only if the objective's `needs` say so."""
+    objective = build_objective_component(config)
+    needs = needs_of(objective, config.objective.name)
+    reward, diagnostic, critic, critic_optimizer = None, None, None, None
+    if needs.reward:
+        reward = build_concept_reward(lambda setup: build_reward(config.objective.reward,
+                                                                 config.objective.reward_options, setup),
+                                      reward_setups(config, concept_images, device))
+        if needs.reward_gradient and not reward.differentiable:
+            raise not_differentiable(config.objective.name, f"{config.objective.reward} (says the built reward)")
+        if needs.critic and config.critic.diagnostics_every > 0:
+            diagnostic = reward if reward.differentiable else build_twin(config, concept_images, device)
+    if needs.critic:
         side = config.data.resolution // parts.vae_scale_factor
         spec = CriticSpec(critic_input_channels(config.critic.input, parts.denoiser.config.in_channels), (side, side),
                           parts.text_embedding_dim)
@@ -218,7 +257,16 @@ def build_objective(config: Config, parts: ModelParts, concept_images: list[torc
             torch.manual_seed(config.train.seed)  # the critic's initial weights are part of the run's seed
             critic = make_critic(spec, config.critic).to(device)
         critic_optimizer = make_critic_optimizer(critic, config.critic)
-    return reward, critic, critic_optimizer
+    return ObjectiveParts(objective, reward, diagnostic, critic, critic_optimizer)
+
+
+def build_twin(config: Config, concept_images: list[torch.Tensor], device: torch.device) -> Reward | None:
+    """A black-box reward's differentiable twin (each part that declares `twin`), for diagnostics only;
+    None when some part has none."""
+    twin = differentiable_twin(config.objective.reward, config.objective.reward_options)
+    if twin is None:
+        return None
+    return build_concept_reward(lambda setup: build_reward(*twin, setup), reward_setups(config, concept_images, device))
 
 
 def reward_setups(config: Config, concept_images: list[torch.Tensor], device: torch.device) -> list[RewardSetup]:
