@@ -1,6 +1,6 @@
 """Break one line of the training loop, run the tests that guard it, put the line back.
 
-    python tools/mutants.py                 # every mutant against tests/unit/test_wiring.py
+    python tools/mutants.py                 # every mutant against its tests (test_wiring.py unless it names some)
     python tools/mutants.py detach-policy   # one mutant
     python tools/mutants.py --tests tests/unit/test_wiring.py tests/integration/test_resume.py
 
@@ -19,8 +19,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN, DATA = "src/rewardbooth/training/loop.py", "src/rewardbooth/training/batches.py"
 FAMILIES = "src/rewardbooth/models/families.py"
+FOLDER, RESULT = "src/rewardbooth/training/output_folder.py", "src/rewardbooth/training/result.py"
+STORAGE, CHECKPOINTS = "src/rewardbooth/core/storage.py", "src/rewardbooth/training/checkpoints.py"
+WIRING = ["tests/unit/test_wiring.py"]
+OUTPUT_TESTS, DISK_TESTS = "tests/integration/test_output_folder.py", "tests/integration/test_disk.py"
 
-MUTANTS = {  # name: (file, original text, mutated text)
+MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard it: test_wiring.py if none])
     "detach-policy": (TRAIN, "terms = dpg.actor_loss(mse[:n], prior_mse, q_policy, timesteps, **weights)",
                       "terms = dpg.actor_loss(mse[:n], prior_mse, q_policy.detach(), timesteps, **weights)"),
     "abar-t-minus-1": (FAMILIES, "return self.alphas_cumprod[timesteps]",
@@ -37,12 +41,25 @@ MUTANTS = {  # name: (file, original text, mutated text)
                                 "q_taken = policy.critic(features, timesteps, critic_text)"),
     "critic-not-frozen": (TRAIN, "with frozen(policy.critic_module) as critic:\n        q_policy",
                           "with contextlib.nullcontext(policy.critic_module) as critic:\n        q_policy"),
+    "overwrite-clears-everything": (FOLDER, "if entry.name in foreign or entry.name == LOCK:",
+                                    "if entry.name == LOCK:",
+                                    [f"{OUTPUT_TESTS}::test_overwrite_removes_only_what_a_run_wrote"]),
+    "no-folder-lock": (FOLDER, "    lock.acquire()\n", "    lock.created_folder = False\n",
+                       [f"{OUTPUT_TESTS}::test_a_second_run_on_the_folder_is_refused_and_the_first_finishes_intact"]),
+    "final-save-no-fallback": (RESULT, "fallback = save_fallback(output_dir, write)", "fallback = None",
+                               [f"{DISK_TESTS}::test_quota_at_the_final_save_keeps_the_weights_in_a_fallback_folder"]),
+    "no-write-probe": (STORAGE, "number = probe_write(probe)", "number = None",
+                       [f"{DISK_TESTS}::test_quota_inside_torchs_checkpoint_writer_names_the_quota"]),
+    "accelerate-files-unguarded": (CHECKPOINTS, "        accelerator.load_state(str(checkpoint))\n",
+                                   "        pass\n    accelerator.load_state(str(checkpoint))\n",
+                                   [f"{OUTPUT_TESTS}::test_resume_refuses_a_crafted_accelerate_file"]),
 }
 
 
-def run(name: str, tests: list[str]) -> bool:
+def run(name: str, tests: list[str] | None) -> bool:
     """True if the tests fail with the mutant in place (the mutant is killed)."""
-    relative, original_text, mutated_text = MUTANTS[name]
+    relative, original_text, mutated_text, *guards = MUTANTS[name]
+    tests = tests or (guards[0] if guards else WIRING)
     path = ROOT / relative
     original = path.read_text()
     if original.count(original_text) != 1:
@@ -61,7 +78,7 @@ def run(name: str, tests: list[str]) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*", help=f"mutants to run (default: all): {', '.join(MUTANTS)}")
-    parser.add_argument("--tests", nargs="+", default=["tests/unit/test_wiring.py"])
+    parser.add_argument("--tests", nargs="+", help="the tests to run (default: the mutant's own, else test_wiring.py)")
     args = parser.parse_args()
     unknown = sorted(set(args.names) - set(MUTANTS))
     if unknown:
