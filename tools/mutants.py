@@ -24,6 +24,10 @@ BASELINE, DIRECT, DPG = (f"{OBJECTIVES}/{name}.py" for name in ("baseline", "dir
 SETUP = "src/rewardbooth/training/setup.py"
 CONTRACT = ["tests/contract/test_objective_contract.py"]  # what an objective declares is what it gets
 
+FOLDER, RESULT = "src/rewardbooth/training/output_folder.py", "src/rewardbooth/training/result.py"
+STORAGE, CHECKPOINTS = "src/rewardbooth/core/storage.py", "src/rewardbooth/training/checkpoints.py"
+OUTPUT_TESTS, DISK_TESTS = "tests/integration/test_output_folder.py", "tests/integration/test_disk.py"
+
 MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard it, when not the default])
     "detach-policy": (DPG, "terms = dpg.actor_loss(step.mse[:n], step.prior_mse, q_policy, timesteps,",
                       "terms = dpg.actor_loss(step.mse[:n], step.prior_mse, q_policy.detach(), timesteps,"),
@@ -50,6 +54,18 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
                             "diagnostic = reward if reward.differentiable else None and build_twin(",
                             ["tests/integration/test_objectives.py", "-k", "blackbox_toy_identity_and_diagnoses"]),
     "critic-never-stepped": (TRAIN, "run.critic_optimizer.step()", "run.critic_optimizer.zero_grad()", CONTRACT),
+    "overwrite-clears-everything": (FOLDER, "if entry.name in foreign or entry.name == LOCK:",
+                                    "if entry.name == LOCK:",
+                                    [f"{OUTPUT_TESTS}::test_overwrite_removes_only_what_a_run_wrote"]),
+    "no-folder-lock": (FOLDER, "    lock.acquire()\n", "    lock.created_folder = False\n",
+                       [f"{OUTPUT_TESTS}::test_a_second_run_on_the_folder_is_refused_and_the_first_finishes_intact"]),
+    "final-save-no-fallback": (RESULT, "fallback = save_fallback(output_dir, write)", "fallback = None",
+                               [f"{DISK_TESTS}::test_quota_at_the_final_save_keeps_the_weights_in_a_fallback_folder"]),
+    "no-write-probe": (STORAGE, "number = probe_write(probe)", "number = None",
+                       [f"{DISK_TESTS}::test_quota_inside_torchs_checkpoint_writer_names_the_quota"]),
+    "accelerate-files-unguarded": (CHECKPOINTS, "        accelerator.load_state(str(checkpoint))\n",
+                                   "        pass\n    accelerator.load_state(str(checkpoint))\n",
+                                   [f"{OUTPUT_TESTS}::test_resume_refuses_a_crafted_accelerate_file"]),
 }
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from rewardbooth.core.errors import UserError
 from rewardbooth.core.progress import quiet_libraries
 
-WRITE_FAILURES = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS)
+WRITE_FAILURES = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG, errno.EROFS)
 
 
 def _add_train(commands) -> None:

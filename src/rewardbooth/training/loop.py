@@ -26,16 +26,12 @@ from rewardbooth.core.storage import disk_errors
 from rewardbooth.data.concepts import concepts_of
 from rewardbooth.evaluation.plots import make_grid
 from rewardbooth.methods.base import after_step
-from rewardbooth.training.checkpoints import (
-    check_output_dir,
-    load_checkpoint,
-    prepare_output_dir,
-    publish_result,
-    save_checkpoint,
-)
+from rewardbooth.training.checkpoints import load_checkpoint, save_checkpoint
 from rewardbooth.training.critic_diagnostics import FitWindow
 from rewardbooth.training.monitoring import MetricsLog, plot_metrics, render_samples, validation_prompts
 from rewardbooth.training.objectives import Policy
+from rewardbooth.training.output_folder import check_output_dir, output_lock, prepare_output_dir
+from rewardbooth.training.result import publish_result
 from rewardbooth.training.selection import Selection
 from rewardbooth.training.setup import RunSetup, build_run
 
@@ -67,8 +63,16 @@ def mean_over_processes(accelerator: Accelerator, logged: dict[str, torch.Tensor
 
 
 def train(config: Config) -> Path:
-    """Run one personalization; returns the output folder (a stock diffusers pipeline folder)."""
-    resume_from = check_output_dir(config)  # every process checks before any of them writes
+    """Run one personalization; returns the output folder (a stock diffusers pipeline folder).
+
+    One run per folder: the main process holds the folder's lock (rewardbooth.training.output_folder) from
+    before the first check to the end, so a second run on it is refused before it loads anything."""
+    with output_lock(Path(config.train.output_dir)):
+        return run_training(config, check_output_dir(config))  # every process checks before any of them writes
+
+
+def run_training(config: Config, resume_from: Path | None) -> Path:
+    """Train in a folder `check_output_dir` accepted, from `resume_from` (a checkpoint) or from scratch."""
     run = build_run(config)
     accelerator, train_config = run.accelerator, config.train
     if accelerator.is_main_process:
