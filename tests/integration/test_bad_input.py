@@ -153,9 +153,11 @@ def test_overwrite_replaces_a_previous_run(subject_dir, tmp_path):
     out = tmp_path / "out"
     args = tiny_args(subject_dir, out, "train.max_steps=1", "validation.every=0")
     assert run_cli(args) == 0
-    (out / "stale.txt").write_text("from the old run")
+    (out / "unet" / "stale.txt").write_text("from the old run")
+    (out / "notes.txt").write_text("a user's, not the run's")  # overwrite removes only what a run wrote
     assert run_cli([*args, "train.overwrite=true"]) == 0
-    assert not (out / "stale.txt").exists() and (out / "model_index.json").exists()
+    assert not (out / "unet" / "stale.txt").exists() and (out / "model_index.json").exists()
+    assert (out / "notes.txt").is_file()
 
 
 def test_missing_config_file(tmp_path, capsys):
