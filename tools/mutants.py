@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TRAIN, DATA = "src/rewardbooth/training/loop.py", "src/rewardbooth/training/batches.py"
 FAMILIES = "src/rewardbooth/models/families.py"
 OBJECTIVES = "src/rewardbooth/training/objectives"
-BASELINE, DIRECT, DPG = (f"{OBJECTIVES}/{name}.py" for name in ("baseline", "direct", "dpg"))
+BASELINE, DIRECT, DPG, GRPO = (f"{OBJECTIVES}/{name}.py" for name in ("baseline", "direct", "dpg", "grpo"))
 SETUP = "src/rewardbooth/training/setup.py"
 CONTRACT = ["tests/contract/test_objective_contract.py"]  # what an objective declares is what it gets
 
@@ -53,6 +53,12 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
     "no-twin-diagnostics": (SETUP, "diagnostic = reward if reward.differentiable else build_twin(",
                             "diagnostic = reward if reward.differentiable else None and build_twin(",
                             ["tests/integration/test_objectives.py", "-k", "blackbox_toy_identity_and_diagnoses"]),
+    "grpo-advantage-sign": (GRPO, "rollouts.advantages, options.clip_range)",
+                            "-rollouts.advantages, options.clip_range)", ["tests/unit/test_grpo.py"]),
+    "grpo-stale-log-prob": (GRPO, "rollouts.log_probs[column, rows],", "rollouts.log_probs[column - 1, rows],",
+                            ["tests/unit/test_grpo.py"]),
+    "grpo-anchor-adapters-on": (GRPO, "module.disable_adapters()", "module.enable_adapters()",
+                                ["tests/unit/test_grpo.py"]),
     "critic-never-stepped": (TRAIN, "run.critic_optimizer.step()", "run.critic_optimizer.zero_grad()", CONTRACT),
     "overwrite-clears-everything": (FOLDER, "if entry.name in foreign or entry.name == LOCK:",
                                     "if entry.name == LOCK:",

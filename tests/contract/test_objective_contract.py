@@ -22,6 +22,8 @@ from rewardbooth.training.setup import build_run, check_component_names
 
 PROBE, BLACK = "objective_probes:Probe", "objective_probes:BlackProbe"
 USER = "objective_probes:ScaledBaseline"
+# Every objective's own options at their cheapest (options an objective does not read change nothing).
+SMALLEST = ["objective.grpo.group_size=2", "objective.grpo.num_steps=2", "objective.grpo.trained_steps=1"]
 
 
 @pytest.fixture(params=[*objectives.names(), USER])
@@ -35,7 +37,7 @@ def tiny_run(subject_dir, tmp_path, name, *overrides):
 
     config = load_config("default", [*TINY_RUN, f"data.instance_dir={subject_dir}", "validation.every=0",
                                      f"train.output_dir={tmp_path / 'run'}", f"objective.name={name}",
-                                     "critic.diagnostics_every=1", "critic.residual_prior=false", *overrides])
+                                     "critic.diagnostics_every=1", "critic.residual_prior=false", *SMALLEST, *overrides])
     CALLS.clear()
     try:
         yield build_run(config), config

@@ -175,3 +175,18 @@ def test_dpg_trains_on_the_blackbox_toy_identity_and_diagnoses_it_by_its_twin(su
     assert all(-1 <= row["critic/grad_cosine"] <= 1 and 0 <= row["critic/grad_ratio"] < float("inf") for row in rows)
     assert rows[-1]["critic/grad_ratio"] > 0
     assert (out / "critic.safetensors").exists()
+
+
+def test_grpo_trains_lora_on_the_blackbox_reward_with_its_anchor(subject_dir, tmp_path):
+    """Rollout policy gradients end to end: groups sampled from the policy, a reward with no gradient, the KL
+    anchor to the base (LoRA's adapters switched off); the result loads as any LoRA run's does."""
+    out = tmp_path / "grpo"
+    assert run_cli(tiny_args(subject_dir, out, "objective.name=grpo", "method.name=lora", "train.max_steps=2",
+                             "validation.every=0", "data.prior_preservation=false", "objective.grpo.group_size=2",
+                             "objective.grpo.num_steps=3", "objective.grpo.trained_steps=1",
+                             "objective.grpo.kl_weight=0.04", *BLACKBOX)) == 0
+    rows = read_metrics(out)
+    assert all(row["skipped"] == 0 and row["grpo/ratio"] == pytest.approx(1, abs=1e-3) for row in rows)
+    assert all(row["grpo/kl"] >= 0 and "policy_term" in row and "critic_loss" not in row for row in rows)
+    assert all(abs(row["reward"] / 0.05 - round(row["reward"] / 0.05)) < 1e-3 for row in rows)
+    assert (out / "pytorch_lora_weights.safetensors").exists() and not (out / "critic.safetensors").exists()

@@ -89,6 +89,21 @@ class MethodConfig:
 
 
 @dataclass(frozen=True)
+class GRPOConfig:
+    """Rollout policy gradients (objective.name=grpo): groups sampled from the current policy, scored, and
+    the sampler's steps reinforced by their group-normalised advantage (docs/architecture.md)."""
+
+    group_size: int = _field(4, "images sampled per prompt (the group whose rewards normalise each other)")
+    num_steps: int = _field(10, "stochastic sampler steps per image (DDIM with eta > 0)")
+    trained_steps: int = _field(2, "sampler steps per image whose log-probability is trained, drawn at random")
+    eta: float = _field(1.0, "DDIM eta of the rollouts: 1 = the DDPM posterior's noise, > 0 for a log-probability")
+    clip_range: float = _field(1e-4, "PPO ratio clip: the ratio is clipped to [1 - c, 1 + c] (DDPO's 1e-4)")
+    advantage_clip: float = _field(5.0, "advantages are clipped to [-c, c] (DDPO's 5)")
+    kl_weight: float = _field(0.0, "beta: weight of the KL anchor to the base model, which is the denoiser with "
+                                   "its adapters off (method.name=lora; Flow-GRPO uses 0.04); 0 = no anchor")
+
+
+@dataclass(frozen=True)
 class ObjectiveConfig:
     name: str = _field(
         "dpg", "objective (see docs/architecture.md): 'baseline' = plain denoising loss; 'dpg' = the policy climbs "
@@ -111,6 +126,7 @@ class ObjectiveConfig:
     prior_weight: float = _field(1.0, "w_prior: weight of the prior-preservation loss")
     critic_weight: float = _field(1.0, "lambda: weight of the -Q(s, a) policy term")
     gamma: float = _field(1.0, "discount: the policy term at timestep t is weighted by gamma**t")
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
 
 
 @dataclass(frozen=True)
@@ -281,6 +297,13 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("objective.critic_weight", lambda v: v >= 0, "non-negative"),
     ("objective.reward_every", lambda v: v >= 1, "at least 1"),
     ("objective.reward_resolution", lambda v: v is None or v >= 8, "at least 8 (or unset)"),
+    ("objective.grpo.group_size", lambda v: v >= 2, "at least 2 (advantages compare images of one prompt)"),
+    ("objective.grpo.num_steps", lambda v: v >= 1, "at least 1"),
+    ("objective.grpo.trained_steps", lambda v: v >= 1, "at least 1"),
+    ("objective.grpo.eta", lambda v: v > 0, "positive (eta = 0 samples deterministically: no log-probability)"),
+    ("objective.grpo.clip_range", lambda v: 0 < v < 1, "in (0, 1)"),
+    ("objective.grpo.advantage_clip", lambda v: v > 0, "positive"),
+    ("objective.grpo.kl_weight", lambda v: v >= 0, "non-negative"),
     ("method.lora.rank", lambda v: v >= 1, "at least 1"),
     ("method.lora.alpha", lambda v: v is None or v > 0, "positive (or unset: the rank)"),
     ("critic.hidden_channels", lambda v: v >= 1, "at least 1"),
@@ -316,5 +339,8 @@ def check_values(config: Config) -> None:
         raise UserError("validation.reward needs validation.every > 0: the reward scores the validation samples")
     if config.validation.patience and config.validation.reward is None:
         raise UserError("validation.patience needs validation.reward: early stopping follows the validation score")
+    if config.objective.grpo.trained_steps > config.objective.grpo.num_steps:
+        raise UserError(f"objective.grpo.trained_steps={config.objective.grpo.trained_steps} exceeds "
+                        f"objective.grpo.num_steps={config.objective.grpo.num_steps}: train at most every step")
     if not config.data.instance_dir:
         raise UserError("data.instance_dir is not set: pass data.instance_dir=PATH to a folder of 3-6 subject photos")

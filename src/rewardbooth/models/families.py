@@ -26,7 +26,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from rewardbooth.core.registry import Registry
-from rewardbooth.maths import dpg
+from rewardbooth.maths import dpg, rollout
 
 families = Registry("model family")
 
@@ -71,6 +71,29 @@ class DiffusionProcess:
     def look_forward(self, x_t: torch.Tensor, action: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x̂0 implied by the action in one jump. Shape: (B, C, h, w) -> (B, C, h, w)"""
         return dpg.predict_x0(x_t, action, self.alpha_bar(timesteps), self.prediction_type)
+
+    def sampling_timesteps(self, num_steps: int) -> torch.Tensor:
+        """A sampler's S time values, descending, spaced as SD's DDIM scheduler spaces them ("leading",
+        steps_offset 1): T/S * (S-1) + 1, ..., T/S + 1, 1. Shape: -> (S,) int64 on the CPU"""
+        stride = self.num_train_timesteps // num_steps
+        return torch.arange(num_steps - 1, -1, -1) * stride + 1
+
+    def stochastic_step(self, x_t: torch.Tensor, action: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
+                        noise_scale: float, generator: torch.Generator | None = None,
+                        x_next: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One DDIM step t -> t_next with eta = `noise_scale` (maths/rollout.py), and the log-probability of
+        its result; with `x_next` given, only that sample's log-probability. A t_next below 0 (the last step)
+        lands on ᾱ_0, as SD's DDIM (set_alpha_to_one false), so every step keeps a positive std.
+
+        Shape: x_t, action (B, C, h, w); t, t_next (B,) -> x_next (B, C, h, w), log_prob (B,)
+        """
+        alpha_bar_t, alpha_bar_prev = self.alpha_bar(t), self.alpha_bar(t_next.clamp(min=0))
+        std = rollout.ddim_step_std(alpha_bar_t, alpha_bar_prev, noise_scale)
+        mean = rollout.ddim_step_mean(x_t, self.look_forward(x_t, action, t), alpha_bar_t, alpha_bar_prev, std)
+        if x_next is None:
+            noise = torch.randn(x_t.shape, generator=generator, dtype=torch.float32).to(x_t)
+            x_next = mean + dpg.expand_to(std, x_t) * noise
+        return x_next, rollout.gaussian_log_prob(x_next, mean, std)
 
 
 def prediction_type_of(scheduler_config) -> str:

@@ -1,7 +1,8 @@
 """Objectives as a registry: `baseline` (DreamBooth's loss), `direct` (backpropagate a differentiable reward),
-`dpg` (climb a critic that learns any reward). Importing this package registers them."""
+`dpg` (climb a critic that learns any reward), `grpo` (rollout policy gradients). Importing this package
+registers them."""
 
-from rewardbooth.training.objectives import baseline, direct, dpg  # noqa: F401  (registration)
+from rewardbooth.training.objectives import baseline, direct, dpg, grpo  # noqa: F401  (registration)
 from rewardbooth.training.objectives.base import (
     Losses,
     Needs,
