@@ -37,7 +37,17 @@ METRIC_KEYS_IGNORED = {"time", "step_s", "elapsed_s"}  # wall-clock entries are 
 
 
 def platform() -> str:
-    return f"torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}"
+    """torch's version and the CPU kernels it picks: the vector ISA torch reports, plus AMX where the CPU has
+    it (oneDNN and MKL then take other fp32 code paths: Sapphire Rapids and Ice Lake differ in the last bit,
+    both "AVX512")."""
+    return f"torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}{'-AMX' if _has_amx() else ''}"
+
+
+def _has_amx() -> bool:
+    try:
+        return " amx_tile" in Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no way to tell, so no suffix
+        return False
 
 
 def golden_file(name: str) -> Path:
