@@ -16,3 +16,13 @@ class NaNOnSecondCall:
 
 def make(setup):
     return NaNOnSecondCall()
+
+
+def make_always_nan(setup):
+    """A reward that is NaN at every call: every DPG step's critic loss is non-finite."""
+    return AlwaysNaN()
+
+
+class AlwaysNaN(NaNOnSecondCall):
+    def __call__(self, x0_hat, context):
+        return -x0_hat.float().square().flatten(1).mean(1) * float("nan")

@@ -23,6 +23,7 @@ OBJECTIVES = "src/rewardbooth/training/objectives"
 BASELINE, DIRECT, DPG, GRPO = (f"{OBJECTIVES}/{name}.py" for name in ("baseline", "direct", "dpg", "grpo"))
 SETUP = "src/rewardbooth/training/setup.py"
 CONTRACT = ["tests/contract/test_objective_contract.py"]  # what an objective declares is what it gets
+UNTRUSTED = "tests/integration/test_untrusted_input.py"
 
 FOLDER, RESULT = "src/rewardbooth/training/output_folder.py", "src/rewardbooth/training/result.py"
 STORAGE, CHECKPOINTS = "src/rewardbooth/core/storage.py", "src/rewardbooth/training/checkpoints.py"
@@ -72,6 +73,19 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
     "accelerate-files-unguarded": (CHECKPOINTS, "        accelerator.load_state(str(checkpoint))\n",
                                    "        pass\n    accelerator.load_state(str(checkpoint))\n",
                                    [f"{OUTPUT_TESTS}::test_resume_refuses_a_crafted_accelerate_file"]),
+    # Guards against bad input (issue 18), each with the tests that kill it (a 4th entry: run by default).
+    "skip-limit-ignored": (TRAIN, "if skips.over_limit:", "if False:", [UNTRUSTED + "::test_steps_skipped_in_a_row"
+                                                                        "_stop_the_run_naming_the_critic"]),
+    "non-finite-published": (TRAIN, "broken = non_finite_weights(", "broken = None and (",
+                             [UNTRUSTED + "::test_non_finite_weights_are_never_published"]),
+    "cwd-importable": ("src/rewardbooth/__main__.py", "    del sys.path[0]", "    pass",
+                       [UNTRUSTED + "::test_the_working_folder_is_not_importable_under_python_m"]),
+    "saved-run-names-trusted": ("src/rewardbooth/inference/generate.py", "names_from_saved_run(saved, trust_remote_code)",
+                                "names_from_saved_run(saved, True)",
+                                [UNTRUSTED + "::test_generate_never_imports_code_named_by_a_saved_run"]),
+    "evaluate-reads-outside": ("src/rewardbooth/data/images.py", "path != root and path.is_relative_to(root)",
+                               "path != root", ["tests/unit/test_evaluate.py::test_evaluate_reads_only_files_under_"
+                                                "the_folder"]),
 }
 
 
@@ -103,7 +117,9 @@ def main() -> int:
     unknown = sorted(set(args.names) - set(MUTANTS))
     if unknown:
         parser.error(f"unknown mutant {unknown[0]!r}; known: {', '.join(MUTANTS)}")
-    killed = [run(name, args.tests) for name in args.names or MUTANTS]
+    default = ["tests/unit/test_wiring.py"]
+    killed = [run(name, args.tests or (MUTANTS[name][3] if len(MUTANTS[name]) > 3 else default))
+              for name in args.names or MUTANTS]
     return 0 if all(killed) else 1
 
 

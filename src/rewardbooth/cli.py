@@ -47,6 +47,9 @@ def _add_generate(commands) -> None:
     parser.add_argument("--resolution", type=int, default=None, help="pixels (default: the model's)")
     parser.add_argument("--output", type=Path, default=Path("generated"), help="folder for PNGs and grid.png")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files of the same names")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="import the 'package.module:factory' (base model or method) a training output's "
+                             "config.yaml names: code that came with the run; refused without this flag")
 
 
 def _add_bench(commands) -> None:
@@ -199,10 +202,12 @@ def _run_generate(args: argparse.Namespace) -> None:
         raise UserError("no prompt given: pass --prompt 'a photo of sks dog' (repeat it for several), "
                         "--prompts-file or --dreambench")
     with _flags({"lora": "--lora", "num_images": "--num-images", "resolution": "--resolution",
-                 "overwrite=True": "--overwrite", "output_dir": "--output"}):
+                 "overwrite=True": "--overwrite", "output_dir": "--output",
+                 "num_inference_steps": "--num-inference-steps", "guidance_scale": "--guidance-scale"}):
         paths = generate(args.model, prompts, args.output, num_images=args.num_images, seed=args.seed,
                          num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
-                         resolution=args.resolution, overwrite=args.overwrite, lora=args.lora, identifiers=identifiers)
+                         resolution=args.resolution, overwrite=args.overwrite, lora=args.lora, identifiers=identifiers,
+                         trust_remote_code=args.trust_remote_code)
     print(f"wrote {len(paths)} images and {args.output / 'grid.png'}")
 
 

@@ -100,6 +100,7 @@ def test_prompt_without_identifier(subject_dir, tmp_path, capsys):
     ("train.mixed_precision=fp8", "allowed values are 'no', 'fp16', 'bf16'"),
     ("critic.name=transformer", "unknown critic 'transformer': choose one of conv, pooled"),
     ("objective.reward=dino9", "unknown reward 'dino9'"),
+    ("validation.reward=dino9", "unknown reward 'dino9'"),
     ("method.name=hypernet", "unknown base method 'hypernet'"),
     ("train.batch_size=0", "train.batch_size"),
     ("method.lora_rank=2", "method.lora_rank was renamed method.lora.rank (0.1.0)"),
@@ -185,3 +186,35 @@ def test_8bit_adam_without_bitsandbytes(subject_dir, tmp_path, capsys):
     fails_cleanly(tiny_args(subject_dir, out, "train.use_8bit_adam=true"), capsys, "bitsandbytes",
                   "train.use_8bit_adam=false")
     assert not out.exists()
+
+
+def test_a_users_own_class_photos_are_used(subject_dir, tmp_path):
+    import shutil
+
+    classes = tmp_path / "classes"
+    classes.mkdir()
+    for index, photo in enumerate(sorted(subject_dir.iterdir())[:2]):
+        shutil.copy(photo, classes / f"my dog {index}.jpg")
+    out = tmp_path / "out"
+    assert run_cli(tiny_args(subject_dir, out, "train.max_steps=1", "validation.every=0",
+                             "data.prior_preservation=true", f"data.class_dir={classes}")) == 0
+    assert sorted(p.name for p in classes.iterdir()) == ["my dog 0.jpg", "my dog 1.jpg"]  # none generated
+
+
+def test_a_corrupt_class_image_is_skipped_with_a_warning(subject_dir, tmp_path, caplog):
+    classes = tmp_path / "classes"
+    classes.mkdir()
+    (classes / "class_00000.png").write_bytes(b"\x89PNG garbage")
+    out = tmp_path / "out"
+    assert run_cli(tiny_args(subject_dir, out, "train.max_steps=1", "validation.every=0",
+                             "data.prior_preservation=true", f"data.class_dir={classes}")) == 0
+    assert "class_00000.png" in caplog.text and "cannot decode" in caplog.text
+    assert (classes / "class_00000.png").read_bytes() == b"\x89PNG garbage"  # the user's file is left alone
+    assert len(list(classes.glob("class_*.png"))) == 3
+
+
+def test_a_mistyped_lr_scheduler_fails_before_any_work(subject_dir, tmp_path, capsys):
+    out, classes = tmp_path / "out", tmp_path / "classes"
+    fails_cleanly(tiny_args(subject_dir, out, "train.lr_scheduler=cosinee", "data.prior_preservation=true",
+                            f"data.class_dir={classes}"), capsys, "train.lr_scheduler", "allowed values are", "'cosine'")
+    assert not out.exists() and not classes.exists()  # refused while reading the config: no class image drawn

@@ -201,3 +201,21 @@ def test_train_preset_help_config_shows_that_presets_values(capsys):
     assert "train.max_steps = 7  #" in text  # overrides too
     assert run_cli(["train", "--help-config"]) == 0
     assert "objective.instance_weight = 1.0  #" in capsys.readouterr().out  # without a config: the defaults
+
+
+@pytest.mark.parametrize("override,key", [("train.lr=.inf", "train.lr"), ("train.max_grad_norm=.nan", "train.max_grad_norm"),
+                                          ("validation.guidance_scale=-.inf", "validation.guidance_scale"),
+                                          ("objective.reward={dino: .nan}", "objective.reward")])
+def test_non_finite_numbers_name_the_key(override, key):
+    with pytest.raises(UserError, match=rf"{key}.*finite"):
+        check_values(load_config("default", ["model.pretrained=tiny", "data.instance_dir=photos", override]))
+
+
+def test_lr_scheduler_is_one_of_diffusers_schedules():
+    from diffusers.optimization import SchedulerType
+
+    with pytest.raises(UserError, match="train.lr_scheduler.*'constant'.*'cosine'"):
+        load_config("default", ["train.lr_scheduler=cosinee"])
+    for name in SchedulerType:
+        if name.value != "piecewise_constant":  # needs step rules a config cannot give
+            assert load_config("default", [f"train.lr_scheduler={name.value}"]).train.lr_scheduler == name.value

@@ -204,3 +204,52 @@ def test_bar_plot_draws_negative_means_below_zero(tmp_path):
     pixels = list(Image.open(path).convert("RGB").getdata())
     negative, positive = pixels.count(COLOURS[0]), pixels.count(COLOURS[1])
     assert negative > 40 * 50 and abs(negative - positive) < 0.1 * positive  # as long as the positive bar
+
+
+def copy_run(generated, tmp_path, name="run"):
+    import shutil
+
+    folder = tmp_path / name
+    shutil.copytree(generated / "method_a", folder)
+    return folder
+
+
+def test_evaluate_reads_only_files_under_the_folder(generated, backbones, subject_dir, tmp_path, caplog):
+    import shutil
+
+    run = copy_run(generated, tmp_path)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    shutil.copy(run / "grid.png", secret / "secret.png")
+    (run / "linked.png").symlink_to(secret / "secret.png")
+    (run / "grid.png").unlink()
+    (run / "grid.png").symlink_to(secret / "secret.png")
+    record = json.loads((run / "generation.json").read_text())
+    prompt = record["images"][0]["prompt"]
+    record["images"] += [{"file": "linked.png", "prompt": prompt, "seed": 0},
+                         {"file": "../secret/secret.png", "prompt": prompt, "seed": 0},
+                         {"file": str(secret / "secret.png"), "prompt": prompt, "seed": 0}]
+    (run / "generation.json").write_text(json.dumps(record))
+    vit, clip = backbones
+    out = tmp_path / "report"
+    assert run_cli(["evaluate", str(run), "--subject", str(subject_dir), "--output", str(out), "--dino-model",
+                    str(vit), "--clip-model", str(clip), "--metrics", "dino"]) == 0
+    report = json.loads((out / "evaluation.json").read_text())
+    assert len(report["runs"]["run"]["images"]) == 4
+    assert "secret" not in (out / "evaluation.json").read_text() + (out / "images.csv").read_text()
+    assert not (out / "grid_run.png").exists()
+    for name in ("linked.png", "../secret/secret.png", str(secret / "secret.png")):
+        assert name in caplog.text
+
+
+def test_a_corrupt_generated_image_is_skipped_with_a_warning(generated, backbones, subject_dir, tmp_path, caplog):
+    run = copy_run(generated, tmp_path)
+    broken = json.loads((run / "generation.json").read_text())["images"][0]["file"]
+    (run / broken).write_bytes(b"\x89PNG not really")
+    vit, clip = backbones
+    out = tmp_path / "report"
+    assert run_cli(["evaluate", str(run), "--subject", str(subject_dir), "--output", str(out), "--dino-model",
+                    str(vit), "--clip-model", str(clip), "--metrics", "dino", "clip_t"]) == 0
+    rows = json.loads((out / "evaluation.json").read_text())["runs"]["run"]["images"]
+    assert len(rows) == 3 and broken not in [row["file"] for row in rows]
+    assert broken in caplog.text and "cannot decode" in caplog.text

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,9 @@ class DataConfig:
     class_prompt: str = _field("a photo of dog", "prompt of the subject's class, for prior preservation")
     prior_preservation: bool = _field(False, "add a class-image batch with the prior loss (DreamBooth)")
     num_class_images: int = _field(100, "class images generated once with the base model and cached")
-    class_dir: str | None = _field(None, "class-image cache folder (default: under ~/.cache/rewardbooth)")
+    class_dir: str | None = _field(None, "class-image folder: its images (your own class photos, any name) are "
+                                         "used first, class_<k>.png generated to top it up to num_class_images "
+                                         "(default: a cache under ~/.cache/rewardbooth)")
     class_num_inference_steps: int = _field(25, "sampler steps used to generate class images")
     resolution: int = _field(512, "training resolution in pixels; a multiple of the VAE factor")
     center_crop: bool = _field(True, "center crop after resizing the short side (else resize the whole image)")
@@ -163,7 +166,8 @@ class TrainConfig:
     batch_size: int = _field(1, "instance images per process per micro-step")
     gradient_accumulation_steps: int = _field(1, "micro-steps per optimizer step")
     lr: float = _field(5e-6, "policy (UNet / text encoder) learning rate")
-    lr_scheduler: str = _field("constant", "diffusers scheduler name: constant, linear, cosine, ...")
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
+                          "polynomial"] = _field("constant", "diffusers LR schedule (get_scheduler's name)")
     lr_warmup_steps: int = _field(0, "warm-up steps of the LR schedule")
     adam_beta1: float = _field(0.9, "AdamW beta1")
     adam_beta2: float = _field(0.999, "AdamW beta2")
@@ -176,6 +180,9 @@ class TrainConfig:
     cache_latents: bool = _field(True, "encode the training images with the VAE once, not every step")
     checkpoint_every: int = _field(200, "save a resumable checkpoint every N steps (0 = never)")
     checkpoints_total_limit: int = _field(2, "keep at most this many checkpoints")
+    max_skipped_steps: int = _field(
+        5, "stop the run (nothing published, checkpoints kept) after this many consecutive steps skipped for a "
+           "non-finite loss, a diverged critic or policy (0 = never stop)")
     log_every: int = _field(1, "log metrics every N steps")
     report_to: Literal["auto", "tensorboard", "none"] = _field("auto", "tracker ('auto' = tensorboard if installed)")
 
@@ -319,6 +326,7 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("train.checkpoint_every", lambda v: v >= 0, "non-negative (0 = never)"),
     ("train.checkpoints_total_limit", lambda v: v >= 1, "at least 1"),
     ("train.log_every", lambda v: v >= 1, "at least 1"),
+    ("train.max_skipped_steps", lambda v: v >= 0, "non-negative (0 = never stop)"),
     ("validation.every", lambda v: v >= 0, "non-negative (0 = never)"),
     ("validation.num_images", lambda v: v >= 1, "at least 1"),
     ("validation.num_inference_steps", lambda v: v >= 1, "at least 1"),
@@ -326,8 +334,20 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
 ]
 
 
+def non_finite(value: Any) -> float | None:
+    """The first inf or nan anywhere in a config value (numbers inside {name: weight} maps and options too)."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else value
+    inner = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return next((bad for bad in map(non_finite, inner) if bad is not None), None)
+
+
 def check_values(config: Config) -> None:
     """Range checks a type cannot express; raises UserError naming the key and the allowed values."""
+    for key, value in flat_dict(config).items():
+        bad = non_finite(value)
+        if bad is not None:
+            raise UserError(f"bad value {bad!r} for {key}: every number of a config must be finite (not inf or nan)")
     for key, test, requirement in _RANGES:
         value = functools.reduce(getattr, key.split("."), config)
         if not test(value):

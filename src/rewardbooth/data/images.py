@@ -55,6 +55,27 @@ def load_image(path: str | Path) -> Image.Image:
     return _to_rgb(upright, declared_bits)
 
 
+def within(folder: Path, name: object) -> Path | None:
+    """`folder / name` resolved, if it stays inside `folder` (through any symlink); None for an absolute or
+    `../` name, or a link leading out: a folder from elsewhere must not make a reader open other files."""
+    if not isinstance(name, str):
+        return None
+    root = Path(folder).resolve()
+    path = (root / name).resolve()
+    return path if path != root and path.is_relative_to(root) else None
+
+
+def try_load_image(path: Path, warn: bool = True) -> Image.Image | None:
+    """:func:`load_image`, or None (with a warning) for a file that cannot be read or decoded."""
+    try:
+        return load_image(path)
+    except _DECODE_ERRORS as err:
+        if warn:
+                logger.warning("skipping '%s': cannot decode it as an image (%s: %s)", path, type(err).__name__,
+                           _one_line(str(err)))
+        return None
+
+
 def load_subject_images(folder: str | Path, min_images: int = 1) -> list[tuple[Path, Image.Image]]:
     """Load every readable image of a subject folder (non-recursive, sorted by name, hidden files ignored).
 

@@ -15,6 +15,7 @@ The prompt and seed of every image come from the `generation.json` that `rewardb
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 from pathlib import Path
 
@@ -23,22 +24,34 @@ from PIL import Image
 
 from rewardbooth.core.errors import UserError
 from rewardbooth.core.progress import progress
-from rewardbooth.data.images import IMAGE_SUFFIXES, load_image, load_subject_images
+from rewardbooth.data.images import IMAGE_SUFFIXES, load_subject_images, try_load_image, within
 from rewardbooth.evaluation.metrics import BACKBONES, Metric, RunImages
 from rewardbooth.evaluation.metrics import metrics as registered
 
+logger = logging.getLogger(__name__)
+
 
 def read_generated(folder: Path) -> list[dict]:
-    """[{file, prompt, seed}] of a folder written by `rewardbooth generate` (prompt None without a record)."""
+    """[{file, prompt, seed}] of a folder written by `rewardbooth generate` (prompt None without a record).
+
+    Only files inside the folder are listed: an absolute or `../` name in generation.json, or a symlink that
+    leads out, is refused with a warning (a folder from elsewhere must not make the report copy other files)."""
     if not folder.is_dir():
         raise UserError(f"generated folder {str(folder)!r} does not exist: pass a folder of generated images")
     record = folder / "generation.json"
     if record.is_file():
-        return json.loads(record.read_text())["images"]
-    files = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name != "grid.png")
-    if not files:
+        rows = json.loads(record.read_text())["images"]
+    else:
+        rows = [{"file": p.name, "prompt": None, "seed": None} for p in sorted(folder.iterdir())
+                if p.suffix.lower() in IMAGE_SUFFIXES and p.name != "grid.png"]
+    refused = [str(row.get("file")) for row in rows if within(folder, row.get("file")) is None]
+    if refused:
+        logger.warning("%s: not reading %d image(s) whose path leads out of the folder (absolute, ../ or a "
+                       "symlink): %s", folder, len(refused), ", ".join(refused))
+    rows = [row for row in rows if str(row.get("file")) not in refused]
+    if not rows:
         raise UserError(f"generated folder {str(folder)!r} holds no image")
-    return [{"file": name, "prompt": None, "seed": None} for name in files]
+    return rows
 
 
 # The option that names each backbone, per command: an error names the one the user can change.
@@ -110,8 +123,11 @@ def run_identifiers(folder: Path, identifier: str | None) -> list[str]:
 def score_run(folder: Path, references: list[Image.Image], metric_names: tuple[str, ...], identifiers: list[str],
               backbones: Backbones) -> list[dict]:
     """One row per generated image: file, prompt, seed and every metric."""
-    rows = read_generated(folder)
-    run = RunImages([load_image(folder / row["file"]) for row in rows], [row["prompt"] for row in rows],
+    loaded = [(row, try_load_image(within(folder, row["file"]))) for row in read_generated(folder)]
+    rows = [row for row, image in loaded if image is not None]  # an unreadable image is skipped, with a warning
+    if not rows:
+        raise UserError(f"generated folder {str(folder)!r} holds no readable image: generate it again")
+    run = RunImages([image for _, image in loaded if image is not None], [row["prompt"] for row in rows],
                     references, identifiers, backbones.device)
     chosen = resolve_metrics(metric_names)
     needing = next((m.name for m in chosen if m.needs_prompts), None)

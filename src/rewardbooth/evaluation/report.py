@@ -12,6 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
+from rewardbooth.data.images import within
 from rewardbooth.evaluation.plots import PALETTE, make_grid
 
 COLOURS = PALETTE[:6]
@@ -122,8 +123,8 @@ def write_html(report: dict, metrics: tuple[str, ...], output: Path, references:
         make_grid(thumbs, columns=len(thumbs)).save(output / "references.png")
         figures["reference photos"] = "references.png"
     for name, run in runs.items():
-        grid = Path(run["folder"]) / "grid.png"
-        if grid.is_file():
+        grid = within(Path(run["folder"]), "grid.png")  # never a link leading out of the run's folder
+        if grid is not None and grid.is_file():
             shutil.copyfile(grid, output / f"grid_{name}.png")
             figures[f"{name}: generated (rows = prompts)"] = f"grid_{name}.png"
     header = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)

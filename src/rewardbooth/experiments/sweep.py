@@ -176,9 +176,11 @@ def train_and_generate(sweep: SweepConfig, subject: Path, objective: str, config
     if (model / BEST_DIR).is_dir():  # keep-best: the best validation step is the result
         model = model / BEST_DIR
     settings = generation_settings(sweep, subject, config)
+    # Trusted: the config.yaml generate reads is the one train() has just written from this sweep file (a
+    # resumed run's saved one must equal it), so any package.module:factory in it is the user's own.
     generate(str(model), settings["prompts"], images, num_images=sweep.num_images, seed=sweep.seed,
              num_inference_steps=sweep.num_inference_steps, guidance_scale=sweep.guidance_scale,
-             resolution=settings["resolution"], identifiers=[sweep.identifier])
+             resolution=settings["resolution"], identifiers=[sweep.identifier], trust_remote_code=True)
     if not sweep.keep_models:
         drop_weights(folder / "model")
     (folder / DONE).write_text(json.dumps({"subject": subject.name, "objective": objective,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import re
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import torch
 
 from rewardbooth.core.config import ModelConfig
 from rewardbooth.core.errors import UserError
+from rewardbooth.core.registry import names_from_saved_run
 from rewardbooth.core.storage import check_writable
 from rewardbooth.evaluation.plots import prompt_grid
 from rewardbooth.models import load_model
@@ -27,14 +30,19 @@ def image_name(index: int, prompt: str, seed: int) -> str:
     return f"{index:03d}_{slug(prompt)}_{seed:05d}.png"
 
 
-def recorded_config(folder: Path) -> dict | None:
+def recorded_config_file(folder: Path) -> Path | None:
     """The config.yaml a training run wrote next to its result (a keep-best `best/` reads its run's)."""
-    import yaml
-
     for candidate in (folder / "config.yaml", folder.parent / "config.yaml" if folder.name == "best" else None):
         if candidate is not None and candidate.is_file():
-            return yaml.safe_load(candidate.read_text())
+            return candidate
     return None
+
+
+def recorded_config(folder: Path) -> dict | None:
+    import yaml
+
+    file = recorded_config_file(folder)
+    return None if file is None else yaml.safe_load(file.read_text())
 
 
 def run_identifiers(model: str, lora: str | None = None) -> list[str]:
@@ -67,17 +75,22 @@ def resolve_result(model: str, lora: str | None) -> tuple[str, str | None, str |
 def generate(model: str, prompts: list[str], output_dir: Path, num_images: int = 4, seed: int = 0,
              num_inference_steps: int = 25, guidance_scale: float = 7.5, resolution: int | None = None,
              overwrite: bool = False, device: str | None = None, lora: str | None = None,
-             identifiers: list[str] | None = None) -> list[Path]:
+             identifiers: list[str] | None = None, trust_remote_code: bool = False) -> list[Path]:
     """Image k of each prompt uses seed ``seed + k``, so the same call always gives the same images.
 
     `model` is a pipeline folder, hub id or built-in name, or any training output (LoRA and Custom Diffusion
     ones are applied to their base model); `lora` adds LoRA weights to the model (`load_lora_weights`).
     `identifiers` (default: the run's own, from its config.yaml) go into generation.json, so that an
-    evaluation removes the right words for CLIP-T."""
+    evaluation removes the right words for CLIP-T. A `package.module:factory` that a training output's
+    config.yaml names (its base model or method) is imported only with `trust_remote_code`: the folder may
+    come from anyone."""
     if not prompts:
         raise UserError("no prompt given: pass prompts, e.g. ['a photo of sks dog']")
-    if num_images < 1:
-        raise UserError(f"num_images must be at least 1, got {num_images}")
+    for name, count in (("num_images", num_images), ("num_inference_steps", num_inference_steps)):
+        if count < 1:
+            raise UserError(f"{name} must be at least 1, got {count}")
+    if not math.isfinite(guidance_scale):
+        raise UserError(f"guidance_scale must be a finite number, got {guidance_scale}")
     if resolution is not None and resolution < 8:
         raise UserError(f"resolution must be at least 8 pixels, got {resolution}")
     jobs = [(index, prompt, seed + k) for index, prompt in enumerate(prompts) for k in range(num_images)]
@@ -88,15 +101,17 @@ def generate(model: str, prompts: list[str], output_dir: Path, num_images: int =
     check_writable(output_dir, "output_dir")
     identifiers = run_identifiers(model, lora) if identifiers is None else identifiers
     model, method, result = resolve_result(model, lora)
-    parts = load_model(ModelConfig(pretrained=model))
-    if resolution is not None:
-        check_resolution(resolution, parts, key="resolution")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    pipeline = parts.pipeline()
-    if method is not None:
-        from rewardbooth.methods import methods
+    saved = recorded_config_file(Path(result).expanduser()) if method is not None and lora is None else None
+    with names_from_saved_run(saved, trust_remote_code) if saved else contextlib.nullcontext():
+        parts = load_model(ModelConfig(pretrained=model))
+        if resolution is not None:
+            check_resolution(resolution, parts, key="resolution")
+        pipeline = parts.pipeline()
+        if method is not None:
+            from rewardbooth.methods import methods
 
-        pipeline = methods.get(method).load_result(pipeline, Path(result).expanduser())
+            pipeline = methods.get(method).load_result(pipeline, Path(result).expanduser())
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipeline = pipeline.to(device)
     resolution = resolution or parts.family.native_resolution(parts)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -61,6 +61,13 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def looks_like_a_path(name: str) -> bool:
+    """A name meant as a local path (./x, ../x, /x, ~/x, or under a folder that exists here, as runs/typo): a
+    missing one is a typo to report, not a hub id to advise downloading."""
+    path = Path(name)
+    return name.startswith((".", "/", "~", "\\")) or (len(path.parts) > 1 and Path(path.parts[0]).expanduser().is_dir())
+
+
 def check_hub_id(name: str, revision: str | None) -> None:
     """A name that is no local folder must be a hub id, and offline, one already in the local hub cache."""
     from huggingface_hub import try_to_load_from_cache
@@ -68,9 +75,12 @@ def check_hub_id(name: str, revision: str | None) -> None:
 
     try:
         validate_repo_id(name)
+        a_hub_id = not looks_like_a_path(name)
     except HFValidationError:
+        a_hub_id = False
+    if not a_hub_id:
         raise UserError(f"model folder {name!r} does not exist (and it is not a hub id); pass an existing diffusers "
-                        f"folder, a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5, or 'tiny'") from None
+                        f"folder, a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5, or 'tiny'")
     if hub_offline() and not isinstance(try_to_load_from_cache(name, "model_index.json", revision=revision), str):
         raise UserError(f"model {name!r} is neither a local folder nor in this machine's hub cache, and downloads "
                         f"are off (HF_HUB_OFFLINE=1): download it first (`hf download {name}`), or pass a local "

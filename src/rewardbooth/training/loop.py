@@ -28,7 +28,15 @@ from rewardbooth.evaluation.plots import make_grid
 from rewardbooth.methods.base import after_step
 from rewardbooth.training.checkpoints import load_checkpoint, save_checkpoint
 from rewardbooth.training.critic_diagnostics import FitWindow
-from rewardbooth.training.monitoring import MetricsLog, plot_metrics, render_samples, validation_prompts
+from rewardbooth.training.monitoring import (
+    MetricsLog,
+    SkipCount,
+    divergence_error,
+    non_finite_weights,
+    plot_metrics,
+    render_samples,
+    validation_prompts,
+)
 from rewardbooth.training.objectives import Policy
 from rewardbooth.training.output_folder import check_output_dir, output_lock, prepare_output_dir
 from rewardbooth.training.result import publish_result
@@ -100,12 +108,13 @@ def run_training(config: Config, resume_from: Path | None) -> Path:
     bar = progress(total=train_config.max_steps, initial=start_step, desc="train",
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     selection = Selection(run, config, output_dir, metrics) if config.validation.reward is not None else None
-    finished, stopped = start_step, False
+    finished, stopped, skips, failure = start_step, False, SkipCount(train_config.max_skipped_steps), None
     for step in range(start_step, train_config.max_steps):
         if _due(step, config.validation.every) and validate_everywhere(run, config, step, output_dir, selection):
             stopped = True
             break
         logged, fit = train_step(run, policy, config, step)
+        skips.add(bool(logged["skipped"]))  # agreed by every process (train_step's finite check)
         logged.update(record_fit(accelerator, fit_window, fit))
         done = step + 1
         if done % train_config.log_every == 0 or done == train_config.max_steps:
@@ -114,6 +123,9 @@ def run_training(config: Config, resume_from: Path | None) -> Path:
             metrics.write(done, values)
             bar.set_postfix({k: f"{values[k]:.4g}" for k in ("loss", "critic_loss", "reward") if k in values})
         bar.update(1)
+        if skips.over_limit:  # diverged: stop before a checkpoint or the result holds the broken state
+            failure = divergence_error(logged, skips, step, output_dir)
+            break
         if train_config.checkpoint_every and done % train_config.checkpoint_every == 0:
             save_checkpoint(accelerator, output_dir, done, train_config.checkpoints_total_limit, run.stateful,
                             state={"critic_fit": fit_window.state_dict()})
@@ -121,7 +133,8 @@ def run_training(config: Config, resume_from: Path | None) -> Path:
     bar.close()
 
     accelerator.wait_for_everyone()
-    failure = finish(run, config, finished, stopped, output_dir, selection) if accelerator.is_main_process else None
+    if failure is None and accelerator.is_main_process:
+        failure = finish(run, config, finished, stopped, output_dir, selection, skips.total)
     # DDP's reducers hold the process group. Freed only when train() returns, after end_training destroyed the
     # group, one rank could hang in their destructors (seen in CI, reproduced under load: the other rank done,
     # this one stuck past train()). So every rank frees them first, then all tear the group down together.
@@ -246,9 +259,17 @@ def validate(run: RunSetup, config: Config, step: int, output_dir: Path, selecti
 
 
 def finish(run: RunSetup, config: Config, step: int, stopped: bool, output_dir: Path,
-           selection: Selection | None) -> UserError | None:
-    """Save the result, then the last samples and metrics.png (main process). A failed write (a full disk)
-    comes back as the error to raise once every process has let go of the process group."""
+           selection: Selection | None, skipped_steps: int = 0) -> UserError | None:
+    """Save the result, then the last samples and metrics.png (main process). A failed write (a full disk) or
+    non-finite trained weights come back as the error to raise once every process has let go of the process
+    group."""
+    if skipped_steps:
+        logger.warning("%d of %d steps were skipped (non-finite loss; metrics.jsonl: skipped=1)", skipped_steps,
+                       step)
+    broken = non_finite_weights({**run.method.trainable, "critic": run.critic})
+    if broken is not None:
+        return UserError(f"the trained weights hold inf/nan ({broken}), so no result is published in {output_dir} "
+                         f"(checkpoints are kept); lower train.lr or critic.lr and train again")
     try:
         save_result(run, output_dir)  # first: a full disk must not cost the trained weights
         with disk_errors("the last samples and metrics.png", output_dir, "the trained model is saved"):

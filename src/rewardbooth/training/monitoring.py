@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from rewardbooth.core.config import ValidationConfig
+from rewardbooth.core.errors import UserError
 from rewardbooth.evaluation.plots import PALETTE
 from rewardbooth.models import ModelParts
 from rewardbooth.models.sampling import sample_images
@@ -33,15 +34,19 @@ def render_samples(parts: ModelParts, prompts: list[str], config: ValidationConf
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to metrics.jsonl (main process only)."""
+    """Appends one JSON object per logged step to metrics.jsonl (main process only).
+
+    A non-finite value (a diverged loss) is written as null: JSON has no NaN or Infinity, and strict readers
+    (jq, JavaScript, pandas' default) refuse the bare words Python would write."""
 
     def __init__(self, path: Path, enabled: bool):
         self.path, self.enabled = path, enabled
 
     def write(self, step: int, values: dict[str, float]) -> None:
         if self.enabled:
+            row = {"step": step, **{k: v if math.isfinite(v) else None for k, v in values.items()}}
             with self.path.open("a") as file:
-                file.write(json.dumps({"step": step, **values}) + "\n")
+                file.write(json.dumps(row, allow_nan=False) + "\n")
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop lines logged after the checkpoint so the log matches an uninterrupted run."""
@@ -49,6 +54,43 @@ class MetricsLog:
             return
         kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
         self.path.write_text("".join(line + "\n" for line in kept))
+
+
+class SkipCount:
+    """Steps skipped for a non-finite loss: in all, and in a row (`limit` in a row means the run diverged;
+    0 = no limit)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.total, self.in_a_row = limit, 0, 0
+
+    def add(self, skipped: bool) -> bool:
+        self.total += skipped
+        self.in_a_row = self.in_a_row + 1 if skipped else 0
+        return skipped
+
+    @property
+    def over_limit(self) -> bool:
+        return 0 < self.limit <= self.in_a_row
+
+
+def divergence_error(terms: dict[str, torch.Tensor], skips: SkipCount, step: int, output_dir: Path) -> UserError:
+    """The one line that stops a diverged run, naming the likely cause: a critic whose own loss blew up (its
+    lr or optimizer, or a reward on a large scale), else the policy (its lr)."""
+    critic = "critic_loss" in terms and not bool(torch.isfinite(terms["critic_loss"]).all())
+    cause = ("the critic diverged (critic_loss is not finite): lower critic.lr, use critic.optimizer=adamw, or "
+             "scale the reward down" if critic else "the policy diverged: lower train.lr (or train.max_grad_norm)")
+    return UserError(f"training stopped at step {step}: {skips.in_a_row} consecutive steps had a non-finite loss "
+                     f"(train.max_skipped_steps={skips.limit}), so no result is published in {output_dir} "
+                     f"(checkpoints are kept); {cause}, then train again")
+
+
+def non_finite_weights(modules: dict[str, torch.nn.Module | None]) -> str | None:
+    """'unet: conv_in.weight' for the first trained parameter holding inf or nan, or None if all are finite."""
+    for name, module in modules.items():
+        for key, parameter in module.named_parameters() if module is not None else ():
+            if not bool(torch.isfinite(parameter.detach()).all()):
+                return f"{name}: {key}"
+    return None
 
 
 PLOTTED_METRICS = ("loss", "instance_loss", "prior_loss", "policy_term", "critic_loss", "reward", "q", "critic/r2",
@@ -71,7 +113,7 @@ def plot_metrics(metrics_file: Path, output: Path, panel_size: tuple[int, int] =
     canvas = Image.new("RGB", (width * min(3, len(names)), height * math.ceil(len(names) / 3)), "white")
     draw = ImageDraw.Draw(canvas)
     for index, name in enumerate(names):
-        points = [(row["step"], row[name]) for row in rows if name in row and math.isfinite(row[name])]
+        points = [(row["step"], row[name]) for row in rows if row.get(name) is not None and math.isfinite(row[name])]
         left, top = (index % 3) * width, (index // 3) * height
         _draw_panel(draw, (left + 45, top + 22, left + width - 12, top + height - 24), name, points,
                     REFERENCE_LEVELS.get(name, ()))

@@ -50,7 +50,8 @@ _RANK_VARIABLES = ["RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "PMI_R
 # Keys that may differ between a run and its resumption without changing what is trained (a run folder may
 # be moved or copied, so its own path is one of them).
 RESUMABLE_CHANGES = {"train.resume", "train.overwrite", "train.max_steps", "train.checkpoint_every",
-                     "train.checkpoints_total_limit", "train.log_every", "train.report_to", "train.output_dir"}
+                     "train.checkpoints_total_limit", "train.log_every", "train.report_to", "train.output_dir",
+                     "train.max_skipped_steps"}  # when to give up on a diverged run, not what is trained
 
 
 def is_main_launch_process() -> bool:

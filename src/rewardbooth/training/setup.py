@@ -38,7 +38,7 @@ from rewardbooth.rewards import (
 )
 from rewardbooth.rewards.concepts import build_concept_reward
 from rewardbooth.training.batches import ImageSet, TrainingData, with_flips
-from rewardbooth.training.class_images import class_image_dir, generate_class_images
+from rewardbooth.training.class_images import class_image_dir, generate_class_images, read_class_images
 from rewardbooth.training.critic import CriticSpec, critics, make_critic, make_critic_optimizer
 from rewardbooth.training.objectives import (
     Objective,
@@ -148,6 +148,8 @@ def check_component_names(config: Config) -> None:
                 raise not_differentiable(name, reward)
     if needs.critic:
         critics.get(config.critic.name)
+    for name in reward_weights(config.validation.reward) if config.validation.reward is not None else ():
+        rewards.get(name)  # scored at the first validation, after the model and class images: check it now
 
 
 def not_differentiable(objective: str, reward: object) -> UserError:
@@ -311,9 +313,9 @@ def load_class_images(parts: ModelParts, data_config: DataConfig, accelerator: A
     if accelerator.is_main_process:
         generate_class_images(parts, data_config, folder, accelerator.device)
     accelerator.wait_for_everyone()
-    paths = sorted(folder.glob("class_*.png"))[: data_config.num_class_images]
-    return torch.stack([subject_data.image_to_tensor(subject_data.load_image(path), data_config.resolution,
-                                                     data_config.center_crop) for path in paths])
+    images = read_class_images(folder, data_config.num_class_images)  # a user's own photos too; corrupt ones skipped
+    return torch.stack([subject_data.image_to_tensor(image, data_config.resolution, data_config.center_crop)
+                        for _, image in images])
 
 
 def make_policy_optimizer(parameters: list[nn.Parameter], config: Config) -> torch.optim.Optimizer:

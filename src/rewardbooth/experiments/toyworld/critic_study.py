@@ -36,12 +36,13 @@ DIAGNOSTICS = ("critic/grad_cosine", "critic/grad_ratio", "critic/r2")
 
 
 def second_half_means(metrics_file: Path, steps: int) -> dict[str, float]:
-    """Mean of each diagnostic over the logged steps after steps / 2 (NaN entries skipped)."""
+    """Mean of each diagnostic over the logged steps after steps / 2 (non-finite entries, null in the log,
+    skipped)."""
     rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
     late = [row for row in rows if row["step"] > steps // 2]
     means = {}
     for key in DIAGNOSTICS:
-        values = [row[key] for row in late if key in row and row[key] == row[key]]
+        values = [row[key] for row in late if row.get(key) is not None and row[key] == row[key]]
         means[key] = statistics.fmean(values) if values else float("nan")
     return means
 

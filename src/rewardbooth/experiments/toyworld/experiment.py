@@ -131,6 +131,7 @@ def training_overrides(subject: subjects.Subject, objective: str, seed: int, fol
         "train.report_to=none", f"train.output_dir={folder / 'model'}", f"validation.every={max(1, setting.steps // 2)}",
         f"validation.prompts={[subjects.instance_prompt(subject), prompts[0]]}", "validation.num_images=4",
         f"validation.guidance_scale={GUIDANCE_SCALE}", f"validation.num_inference_steps={NUM_INFERENCE_STEPS}",
+        "train.max_skipped_steps=0",  # a diverged run is a result here (scored, counted as non-finite), not an error
         *objective_overrides(objective), *setting.overrides,
     ]
 
