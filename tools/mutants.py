@@ -18,12 +18,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN, DATA = "src/rewardbooth/training/loop.py", "src/rewardbooth/training/batches.py"
-FAMILIES = "src/rewardbooth/models/families.py"
+DDPM, SD = "src/rewardbooth/models/ddpm.py", "src/rewardbooth/models/stable_diffusion.py"
+MATHS, GENERATE = "src/rewardbooth/maths/dpg.py", "src/rewardbooth/inference/generate.py"
 
 MUTANTS = {  # name: (file, original text, mutated text)
     "detach-policy": (TRAIN, "terms = dpg.actor_loss(mse[:n], prior_mse, q_policy, timesteps, **weights)",
                       "terms = dpg.actor_loss(mse[:n], prior_mse, q_policy.detach(), timesteps, **weights)"),
-    "abar-t-minus-1": (FAMILIES, "return self.alphas_cumprod[timesteps]",
+    "abar-t-minus-1": (DDPM, "return self.alphas_cumprod[timesteps]",
                        "return self.alphas_cumprod[(timesteps - 1).clamp(min=0)]"),
     "direct-detached": (TRAIN, "output = as_output(reward_fn(x0_hat.float(), context))",
                         "output = as_output(reward_fn(x0_hat.detach().float(), context))"),
@@ -35,6 +36,14 @@ MUTANTS = {  # name: (file, original text, mutated text)
                                'accelerator.backward(losses.terms["loss"])'),
     "critic-fit-moves-policy": (TRAIN, "q_taken = policy.critic(features.detach(), timesteps, critic_text)",
                                 "q_taken = policy.critic(features, timesteps, critic_text)"),
+    # The flow families' seams (run with --tests tests/unit/test_dpg.py tests/contract/test_family_contract.py,
+    # or tests/integration/test_flow_families.py for the sampling defaults).
+    "flow-look-forward-unscaled": (MATHS, "return x_sigma - expand_to(sigma, x_sigma) * velocity",
+                                   "return x_sigma - velocity"),
+    "sd-matches-by-prefix": (SD, "return pipeline_class_name in self.pipeline_class_names",
+                             'return pipeline_class_name.startswith("StableDiffusion") and "XL" not in pipeline_class_name'),
+    "global-guidance-for-every-family": (GENERATE, "guidance_scale = guidance if guidance_scale is None else guidance_scale",
+                                         "guidance_scale = 7.5 if guidance_scale is None else guidance_scale"),
     "critic-not-frozen": (TRAIN, "with frozen(policy.critic_module) as critic:\n        q_policy",
                           "with contextlib.nullcontext(policy.critic_module) as critic:\n        q_policy"),
 }

@@ -65,7 +65,7 @@ def resolve_result(model: str, lora: str | None) -> tuple[str, str | None, str |
 
 
 def generate(model: str, prompts: list[str], output_dir: Path, num_images: int = 4, seed: int = 0,
-             num_inference_steps: int = 25, guidance_scale: float = 7.5, resolution: int | None = None,
+             num_inference_steps: int | None = None, guidance_scale: float | None = None, resolution: int | None = None,
              overwrite: bool = False, device: str | None = None, lora: str | None = None,
              identifiers: list[str] | None = None) -> list[Path]:
     """Image k of each prompt uses seed ``seed + k``, so the same call always gives the same images.
@@ -73,7 +73,7 @@ def generate(model: str, prompts: list[str], output_dir: Path, num_images: int =
     `model` is a pipeline folder, hub id or built-in name, or any training output (LoRA and Custom Diffusion
     ones are applied to their base model); `lora` adds LoRA weights to the model (`load_lora_weights`).
     `identifiers` (default: the run's own, from its config.yaml) go into generation.json, so that an
-    evaluation removes the right words for CLIP-T."""
+    evaluation removes the right words for CLIP-T. Steps and guidance left None are the model family's."""
     if not prompts:
         raise UserError("no prompt given: pass prompts, e.g. ['a photo of sks dog']")
     if num_images < 1:
@@ -99,6 +99,9 @@ def generate(model: str, prompts: list[str], output_dir: Path, num_images: int =
         pipeline = methods.get(method).load_result(pipeline, Path(result).expanduser())
     pipeline = pipeline.to(device)
     resolution = resolution or parts.family.native_resolution(parts)
+    steps, guidance = parts.sampling_defaults  # unless given: the family's (SD 25 / 7.5, SD3 28 / 7)
+    num_inference_steps = steps if num_inference_steps is None else num_inference_steps
+    guidance_scale = guidance if guidance_scale is None else guidance_scale
     output_dir.mkdir(parents=True, exist_ok=True)
     images = sample_images(pipeline, [(prompt, seed + k) for prompt in prompts for k in range(num_images)], resolution,
                            num_inference_steps, guidance_scale, batch_size=num_images, desc="generate")

@@ -30,7 +30,7 @@ from rewardbooth.data.concepts import concepts_of
 from rewardbooth.evaluation.plots import make_grid
 from rewardbooth.maths import dpg
 from rewardbooth.methods.base import after_step
-from rewardbooth.models.families import DiffusionProcess
+from rewardbooth.models.families import Process
 from rewardbooth.rewards import Reward, RewardContext, RewardOutput, as_output
 from rewardbooth.training.batches import Batch, decode_latents
 from rewardbooth.training.checkpoints import (
@@ -59,6 +59,7 @@ class Policy:
     critic: nn.Module | None
     critic_module: nn.Module | None  # the same critic unwrapped, evaluated with frozen weights for the actor
     vae: nn.Module  # frozen; decodes x0_hat for rewards that score images
+    latent_space: object  # the family's (rewardbooth.models.families.LatentSpace): denoiser latents -> the VAE's
 
 
 @contextlib.contextmanager
@@ -80,7 +81,7 @@ class Losses:
     fit: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
-def compute_losses(policy: Policy, batch: Batch, process: DiffusionProcess, config: Config, reward_fn: Reward | None, score: bool = True, diagnose: bool = False) -> Losses:
+def compute_losses(policy: Policy, batch: Batch, process: Process, config: Config, reward_fn: Reward | None, score: bool = True, diagnose: bool = False) -> Losses:
     """Every loss of one micro-batch. Instance samples are batch[:n], prior samples batch[n:].
 
     With `score` false (steps between `objective.reward_every`), DPG skips the reward and the critic update;
@@ -105,7 +106,8 @@ def compute_losses(policy: Policy, batch: Batch, process: DiffusionProcess, conf
     x_t, action, x0, timesteps = x_t[:n], action[:n], batch.x0[:n], batch.timesteps[:n]
     x0_hat = process.look_forward(x_t, action, timesteps)
     context = RewardContext(x0=x0.float(), prompts=batch.prompts[:n],
-                            decode=partial(decode_latents, policy.vae, size=objective.reward_resolution))
+                            decode=partial(decode_latents, policy.vae, policy.latent_space,
+                                           size=objective.reward_resolution))
     if objective.name == "direct":
         # The reward itself in place of Q: its gradient flows through x0_hat (and the VAE decoder, for an
         # image reward) into the policy.
@@ -133,7 +135,7 @@ def compute_losses(policy: Policy, batch: Batch, process: DiffusionProcess, conf
     return Losses({**terms, **reward_terms(output)}, fit=(q_taken.detach().float(), output.scores.detach().float()))
 
 
-def critic_alignment(critic: nn.Module, reward_fn: Reward, config: Config, process: DiffusionProcess,
+def critic_alignment(critic: nn.Module, reward_fn: Reward, config: Config, process: Process,
                      x_t: torch.Tensor, action: torch.Tensor, x0: torch.Tensor, timesteps: torch.Tensor,
                      text: torch.Tensor, context: RewardContext) -> dict[str, torch.Tensor]:
     """cos(dQ/da, dr/da) and the norm ratio at the actions taken, through the same look-forward step."""
@@ -309,7 +311,7 @@ def make_policy(run: RunSetup) -> Policy:
     critic_module = run.accelerator.unwrap_model(run.critic) if run.critic is not None else None
     return Policy(family=run.parts.family, denoiser=run.denoiser, text_encoders=run.text_encoders,
                   micro_conditioning=run.micro_conditioning, critic=run.critic, critic_module=critic_module,
-                  vae=run.parts.vae)
+                  vae=run.parts.vae, latent_space=run.parts.latent_space)
 
 
 def _due(step: int, every: int) -> bool:
