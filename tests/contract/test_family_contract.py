@@ -15,7 +15,8 @@ from rewardbooth.core.errors import UserError
 from rewardbooth.models import load_model
 from rewardbooth.models.families import Conditioning, families, family_for_pipeline
 
-TINY_MODEL = {"stable-diffusion": "tiny", "stable-diffusion-xl": "tiny-sdxl", "stable-diffusion-3": "tiny-sd3"}
+TINY_MODEL = {"stable-diffusion": "tiny", "stable-diffusion-xl": "tiny-sdxl", "stable-diffusion-3": "tiny-sd3",
+              "flux": "tiny-flux"}
 PROMPTS = ["a photo of sks dog", "a dog on the beach"]
 
 
@@ -34,11 +35,17 @@ def latents_and_noise(parts, batch=3, side=8):
     return torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
 
 
+def flow_scheduler(parts, steps=10):
+    """The family's stock flow sampler over `steps` steps (FLUX-dev shifts by resolution: some μ)."""
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(parts.scheduler.config)
+    scheduler.set_timesteps(steps, **({"mu": 1.0} if scheduler.config.use_dynamic_shifting else {}))
+    return scheduler
+
+
 def stock_oracle(parts, x0, noise, action, x_t):
     """(timesteps, x_t, one stock sampler step's prediction of x0) from the family's own stock scheduler."""
     if parts.prediction_type == "flow_prediction":
-        scheduler = FlowMatchEulerDiscreteScheduler.from_config(parts.scheduler.config)
-        scheduler.set_timesteps(10)
+        scheduler = flow_scheduler(parts)
         t = scheduler.timesteps[[1, 5, 8]]
         return t, scheduler.scale_noise(x0, t, noise), None
     scheduler = DDPMScheduler.from_config(parts.scheduler.config, clip_sample=False, thresholding=False)
@@ -75,8 +82,7 @@ def test_look_forward_is_the_stock_samplers_x0(family_parts):
         _, _, stepped = stock_oracle(parts, x0, noise, action, x_t)
         torch.testing.assert_close(process.look_forward(x_t, action, t), stepped, atol=1e-5, rtol=1e-5)
         return
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(parts.scheduler.config)
-    scheduler.set_timesteps(10)
+    scheduler = flow_scheduler(parts)
     index = 4
     t, sigma, sigma_next = scheduler.timesteps[index], scheduler.sigmas[index], scheduler.sigmas[index + 1]
     x_t = process.diffuse(x0, noise, t.expand(3))
@@ -189,7 +195,9 @@ def test_pipeline_classes_match_exactly():
     assert family_for_pipeline("StableDiffusion3Pipeline").name == "stable-diffusion-3"
     assert family_for_pipeline("StableDiffusionPipeline").name == "stable-diffusion"
     assert family_for_pipeline("StableDiffusionXLPipeline").name == "stable-diffusion-xl"
-    for other in ("PixArtAlphaPipeline", "StableDiffusionXLInpaintPipeline", "StableDiffusion3ControlNetPipeline", ""):
+    assert family_for_pipeline("FluxPipeline").name == "flux"
+    for other in ("PixArtAlphaPipeline", "StableDiffusionXLInpaintPipeline", "StableDiffusion3ControlNetPipeline",
+                  "FluxFillPipeline", ""):
         assert family_for_pipeline(other) is None
 
 

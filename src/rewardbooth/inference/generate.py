@@ -99,7 +99,7 @@ def generate(model: str, prompts: list[str], output_dir: Path, num_images: int =
         pipeline = methods.get(method).load_result(pipeline, Path(result).expanduser())
     pipeline = pipeline.to(device)
     resolution = resolution or parts.family.native_resolution(parts)
-    steps, guidance = parts.sampling_defaults  # unless given: the family's (SD 25 / 7.5, SD3 28 / 7)
+    steps, guidance = parts.sampling_defaults  # unless given: the family's (SD 25 / 7.5, SD3 28 / 7, FLUX-dev 28 / 3.5)
     num_inference_steps = steps if num_inference_steps is None else num_inference_steps
     guidance_scale = guidance if guidance_scale is None else guidance_scale
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -1,15 +1,29 @@
-"""The flow families' built-ins, offline and in code: `tiny-sd3` (the configs of diffusers' own
-StableDiffusion3Pipeline fast tests, with an in-memory byte-level CLIPTokenizer and `ByT5Tokenizer()` in
+"""The flow families' built-ins, offline and in code: `tiny-sd3` and `tiny-flux` (the configs of diffusers'
+own StableDiffusion3Pipeline / FluxPipeline fast tests, with an in-memory byte-level CLIPTokenizer and `ByT5Tokenizer()` in
 the T5 slot). Every component is built in eval mode and T5 with dropout 0: modules built in code start in
 train mode, and a reloaded pipeline would otherwise draw other images than the one that saved it."""
 
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-from transformers import ByT5Tokenizer, CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+)
+from torch import nn
+from transformers import (
+    ByT5Tokenizer,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    T5Config,
+    T5EncoderModel,
+)
 
 from rewardbooth.core.config import ModelConfig
+from rewardbooth.models.flux import Flux, FluxParts
 from rewardbooth.models.loaders import loaders
 from rewardbooth.models.sd3 import StableDiffusion3, StableDiffusion3Parts
 from rewardbooth.models.tokenizers import make_character_tokenizer
@@ -22,8 +36,8 @@ TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_chan
 TEXT_WIDTH = 32  # T5's d_model = the transformer's joint attention width; the CLIPs are 16 + 16 = 32 wide
 
 
-def _clip(tokenizer, width: int) -> CLIPTextModelWithProjection:
-    return CLIPTextModelWithProjection(CLIPTextConfig(
+def _clip(tokenizer, width: int, model_class: type = CLIPTextModelWithProjection) -> nn.Module:
+    return model_class(CLIPTextConfig(
         vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, hidden_size=width,
         intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=2, projection_dim=width))
@@ -54,3 +68,26 @@ def load_tiny_sd3(config: ModelConfig, seed: int = 0) -> StableDiffusion3Parts:
         scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)  # SD3's config
     return StableDiffusion3Parts(**modules, tokenizer=tokenizer, tokenizer_2=tokenizer_2, tokenizer_3=tokenizer_3,
                                  scheduler=scheduler, source="tiny-sd3", family_name=StableDiffusion3.name)
+
+
+@loaders.register("tiny-flux")
+def load_tiny_flux(config: ModelConfig, seed: int = 0) -> FluxParts:
+    """FLUX.1-dev's wiring (packed MMDiT with guidance embedding, CLIP-L pooled + T5, rectified flow with
+    dynamic shift at inference) at a tiny size: a 64 px image is a 4x16x16 latent, 64 packed tokens."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tokenizer, tokenizer_2 = make_character_tokenizer(), ByT5Tokenizer()
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=TEXT_WIDTH, pooled_projection_dim=TEXT_WIDTH,
+            guidance_embeds=True, axes_dims_rope=(4, 4, 8))
+        modules = dict(transformer=transformer, vae=AutoencoderKL(**TINY_VAE),
+                       text_encoder=_clip(tokenizer, TEXT_WIDTH, CLIPTextModel), text_encoder_2=_t5(tokenizer_2))
+    for module in modules.values():
+        module.eval()
+    with torch.device("cpu"):  # FLUX.1-dev's scheduler config
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+                                                    base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                                    max_image_seq_len=4096)
+    return FluxParts(**modules, tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler=scheduler,
+                     source="tiny-flux", family_name=Flux.name)

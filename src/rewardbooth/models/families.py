@@ -3,7 +3,7 @@ object instead of tested for across the code (k-diffusion's `external.py` is the
 code sees the `Family` and `Process` protocols below, never a raw scheduler, UNet config or encoder list).
 
 One module per family: rewardbooth.models.stable_diffusion (SD, SDXL: DDPM, rewardbooth.models.ddpm),
-rewardbooth.models.sd3 (flow matching, rewardbooth.models.flow). The loop, batches, bench and methods ask
+rewardbooth.models.sd3 and rewardbooth.models.flux (flow matching, rewardbooth.models.flow). The loop, batches, bench and methods ask
 `parts.family`; tests/contract/test_family_contract.py runs every registered family on its tiny model.
 """
 
