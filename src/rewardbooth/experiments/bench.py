@@ -95,7 +95,7 @@ def native_resolution(model: str) -> int:
     """The pixels a model was trained at (SD-1.5 512, SDXL 1024), as its family says: a built-in architecture is
     built on the meta device, a folder or hub id reads only its denoiser's config (FLUX's has no sample size:
     1024 px, 128 latents)."""
-    from diffusers import AutoencoderKL, ConfigMixin, DiffusionPipeline
+    from diffusers import AutoencoderKL, DiffusionPipeline
 
     from rewardbooth.models import load_model, loaders
 
@@ -105,7 +105,9 @@ def native_resolution(model: str) -> int:
         return parts.family.native_resolution(parts)
     vae_levels = len(AutoencoderKL.load_config(model, subfolder="vae")["block_out_channels"])
     denoiser = "unet" if "unet" in DiffusionPipeline.load_config(model) else "transformer"
-    return ConfigMixin.load_config(model, subfolder=denoiser).get("sample_size", 128) * 2 ** (vae_levels - 1)
+    # Any model class reads a subfolder's config.json (load_config reads, it builds nothing).
+    config = AutoencoderKL.load_config(model, subfolder=denoiser)
+    return config.get("sample_size", 128) * 2 ** (vae_levels - 1)
 
 
 def bench_config(model: str, resolution: int, batch_size: int, mixed_precision: str, workdir: Path,
