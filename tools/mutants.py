@@ -18,7 +18,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN, DATA = "src/rewardbooth/training/loop.py", "src/rewardbooth/training/batches.py"
-FAMILIES = "src/rewardbooth/models/families.py"
+DDPM, SD = "src/rewardbooth/models/ddpm.py", "src/rewardbooth/models/stable_diffusion.py"
+MATHS, GENERATE = "src/rewardbooth/maths/dpg.py", "src/rewardbooth/inference/generate.py"
+FAMILY_TESTS = ["tests/unit/test_dpg.py", "tests/contract/test_family_contract.py"]
 OBJECTIVES = "src/rewardbooth/training/objectives"
 BASELINE, DIRECT, DPG, GRPO = (f"{OBJECTIVES}/{name}.py" for name in ("baseline", "direct", "dpg", "grpo"))
 SETUP = "src/rewardbooth/training/setup.py"
@@ -32,7 +34,7 @@ OUTPUT_TESTS, DISK_TESTS = "tests/integration/test_output_folder.py", "tests/int
 MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard it, when not the default])
     "detach-policy": (DPG, "terms = dpg.actor_loss(step.mse[:n], step.prior_mse, q_policy, timesteps,",
                       "terms = dpg.actor_loss(step.mse[:n], step.prior_mse, q_policy.detach(), timesteps,"),
-    "abar-t-minus-1": (FAMILIES, "return self.alphas_cumprod[timesteps]",
+    "abar-t-minus-1": (DDPM, "return self.alphas_cumprod[timesteps]",
                        "return self.alphas_cumprod[(timesteps - 1).clamp(min=0)]"),
     "direct-detached": (DIRECT, "output = as_output(reward(x0_hat.float(), reward_context(policy, batch, config)))",
                         "output = as_output(reward(x0_hat.detach().float(), reward_context(policy, batch, config)))"),
@@ -86,6 +88,15 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
     "evaluate-reads-outside": ("src/rewardbooth/data/images.py", "path != root and path.is_relative_to(root)",
                                "path != root", ["tests/unit/test_evaluate.py::test_evaluate_reads_only_files_under_"
                                                 "the_folder"]),
+    # The flow families' seams.
+    "flow-look-forward-unscaled": (MATHS, "return x_sigma - expand_to(sigma, x_sigma) * velocity",
+                                   "return x_sigma - velocity", FAMILY_TESTS),
+    "sd-matches-by-prefix": (SD, "return pipeline_class_name in self.pipeline_class_names",
+                             'return pipeline_class_name.startswith("StableDiffusion") and "XL" not in pipeline_class_name',
+                             FAMILY_TESTS),
+    "global-guidance-for-every-family": (GENERATE, "guidance_scale = guidance if guidance_scale is None else guidance_scale",
+                                         "guidance_scale = 7.5 if guidance_scale is None else guidance_scale",
+                                         ["tests/integration/test_flow_families.py"]),
 }
 
 

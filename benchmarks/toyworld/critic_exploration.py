@@ -22,7 +22,6 @@ import torch
 from rewardbooth.core.config import CriticConfig, ModelConfig
 from rewardbooth.maths import dpg
 from rewardbooth.models import load_model
-from rewardbooth.models.families import LatentSpace
 from rewardbooth.rewards import RewardContext, RewardSetup, make_reward
 from rewardbooth.toyworld import subjects
 from rewardbooth.training.batches import decode_latents, encode_posteriors
@@ -41,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     parts = load_model(ModelConfig("toy"))
-    process, latent_space = parts.process, LatentSpace.of(parts.vae)
+    process, latent_space = parts.process, parts.latent_space
     subject = subjects.make_subject(1)
     photos = torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
                           for image in subjects.reference_images(subject)])
@@ -54,7 +53,7 @@ def main() -> None:
 
     def score(x0_hat, x0):
         return reward(x0_hat, RewardContext(x0=x0, prompts=["-"] * len(x0),
-                                            decode=partial(decode_latents, parts.vae))).scores
+                                            decode=partial(decode_latents, parts.vae, latent_space))).scores
 
     def state(generator):
         index = torch.randint(len(mean), (1,), generator=generator)

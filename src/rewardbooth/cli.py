@@ -42,8 +42,10 @@ def _add_generate(commands) -> None:
                              "(default: the run's own, from its config.yaml; else sks)")
     parser.add_argument("--num-images", type=int, default=4, help="images per prompt")
     parser.add_argument("--seed", type=int, default=0, help="image k uses seed+k")
-    parser.add_argument("--num-inference-steps", type=int, default=25, help="sampler steps")
-    parser.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance scale")
+    parser.add_argument("--num-inference-steps", type=int, default=None,
+                        help="sampler steps (default: the model family's: SD/SDXL 25, SD3 and FLUX-dev 28)")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="guidance scale (default: the model family's: SD 7.5, SDXL 5, SD3 7, FLUX-dev 3.5)")
     parser.add_argument("--resolution", type=int, default=None, help="pixels (default: the model's)")
     parser.add_argument("--output", type=Path, default=Path("generated"), help="folder for PNGs and grid.png")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files of the same names")

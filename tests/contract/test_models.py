@@ -23,12 +23,16 @@ def test_loader_contract(name, tiny_folder):
     with torch.device("cpu") if name in FROM_DISK else torch.device("meta"):
         parts = load_by_name(name, tiny_folder)
     assert isinstance(parts, ModelParts)
-    assert parts.unet.config.in_channels == parts.vae.config.latent_channels
-    assert parts.unet.config.cross_attention_dim == parts.text_embedding_dim
+    assert parts.denoiser is getattr(parts, parts.denoiser_name)
+    assert parts.latent_channels == parts.vae.config.latent_channels  # unpacked C (FLUX packs inside denoise)
+    assert parts.text_embedding_dim > 0
     for tokenizer, encoder in zip(parts.tokenizers, parts.text_encoders, strict=True):
         assert len(tokenizer) <= encoder.config.vocab_size
-        assert tokenizer.model_max_length == encoder.config.max_position_embeddings
-    assert parts.prediction_type in {"epsilon", "v_prediction", "sample"}
+        if hasattr(encoder.config, "max_position_embeddings"):  # CLIP's; T5's positions are relative
+            assert tokenizer.model_max_length == encoder.config.max_position_embeddings
+    flow = parts.prediction_type == "flow_prediction"
+    assert flow or parts.prediction_type in {"epsilon", "v_prediction", "sample"}
+    assert flow == (type(parts.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler")
     assert parts.process.num_train_timesteps == 1000
     if parts.family.name == "stable-diffusion-xl":  # the added "text_time" embedding takes 6 size ids and the pooled projection
         expected = 6 * parts.unet.config.addition_time_embed_dim + parts.text_encoder_2.config.projection_dim

@@ -12,6 +12,7 @@ import torch
 from helpers import save_tiny_clip, save_tiny_vit
 from rewardbooth.core.config import ModelConfig
 from rewardbooth.models import load_model
+from rewardbooth.models.families import LatentSpace
 from rewardbooth.rewards import (
     OnDecodedImages,
     RewardContext,
@@ -82,7 +83,7 @@ def reward(reward_name, judge_dir, backbone_dirs):
 
 def context_for(x0, vae, prompts=None):
     return RewardContext(x0=x0, prompts=prompts or ["a photo of sks dog"] * len(x0),
-                         decode=functools.partial(decode_latents, vae))
+                         decode=functools.partial(decode_latents, vae, LatentSpace.of(vae)))
 
 
 def batch(size=6):

@@ -46,6 +46,16 @@ def test_bench_default_resolution_is_the_models_own(tiny_folder):
     assert native_resolution(str(tiny_folder)) == native_resolution("tiny") == 64  # a folder: its configs only
 
 
+def test_bench_default_resolution_of_a_flow_family_folder(tmp_path):
+    """An SD3 folder has a transformer, no UNet: its sample size and VAE factor give the pixels."""
+    from rewardbooth.core.config import ModelConfig
+    from rewardbooth.experiments.bench import native_resolution
+    from rewardbooth.models import load_model
+
+    load_model(ModelConfig("tiny-sd3")).pipeline().save_pretrained(tmp_path)
+    assert native_resolution(str(tmp_path)) == native_resolution("tiny-sd3") == 64
+
+
 def test_bench_rejects_an_unknown_variant(capsys):
     assert run_cli(["bench", "step", "--variants", "dpg-clip"]) == 2
     assert "unknown bench variant 'dpg-clip'" in capsys.readouterr().err

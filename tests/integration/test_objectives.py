@@ -86,12 +86,13 @@ def test_reward_every_k_steps_scores_and_trains_the_critic_only_then(subject_dir
 
 
 def test_decode_at_a_lower_resolution():
-    vae = load_model(ModelConfig("tiny")).vae
+    parts = load_model(ModelConfig("tiny"))
+    vae, space = parts.vae, parts.latent_space
     latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    assert decode_latents(vae, latents).shape == (2, 3, 64, 64)
-    small = decode_latents(vae, latents, size=32)
+    assert decode_latents(vae, space, latents).shape == (2, 3, 64, 64)
+    small = decode_latents(vae, space, latents, size=32)
     assert small.shape == (2, 3, 32, 32) and 0 <= small.min() and small.max() <= 1
-    torch.testing.assert_close(decode_latents(vae, latents, size=64), decode_latents(vae, latents))
+    torch.testing.assert_close(decode_latents(vae, space, latents, size=64), decode_latents(vae, space, latents))
 
 
 @pytest.mark.parametrize("critic_input", ["state_action", "prediction"])

@@ -40,12 +40,12 @@ def test_conditioning_matches_the_stock_sdxl_pipeline(tiny_sdxl_folder):
     family = parts.family
     ours = family.encode_text(parts.text_encoders, family.tokenize(parts.tokenizers, prompts))
     embeds, _, pooled, _ = parts.pipeline().encode_prompt(prompts, device="cpu", do_classifier_free_guidance=False)
-    torch.testing.assert_close(ours["embeds"], embeds, rtol=0, atol=0)
-    torch.testing.assert_close(ours["pooled"], pooled, rtol=0, atol=0)
+    torch.testing.assert_close(ours.embeds["embeds"], embeds, rtol=0, atol=0)
+    torch.testing.assert_close(ours.embeds["pooled"], pooled, rtol=0, atol=0)
 
     latents, timesteps, sizes = torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), family.micro_conditioning(64)
     action, text = family.denoise(parts.unet, latents, timesteps, ours, None, sizes)
-    assert text is ours["embeds"] and action.shape == latents.shape
+    assert text is ours.embeds["embeds"] and action.shape == latents.shape
     # What the stock pipeline passes the UNet: the pooled embedding and the six size ids.
     added = {"text_embeds": pooled, "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]]).expand(2, -1)}
     stock = parts.unet(latents, timesteps, embeds, added_cond_kwargs=added).sample
@@ -57,7 +57,7 @@ def test_conditioning_matches_the_stock_sdxl_pipeline(tiny_sdxl_folder):
 def test_sd_conditioning_has_no_sdxl_extras(tiny_folder):
     parts = load_model(ModelConfig(str(tiny_folder)))
     conditioning = parts.family.encode_text(parts.text_encoders, parts.family.tokenize(parts.tokenizers, ["a dog"]))
-    assert set(conditioning) == {"embeds"} and parts.family.micro_conditioning(64) is None
+    assert set(conditioning.embeds) == {"embeds"} and parts.family.micro_conditioning(64) is None
 
 
 @pytest.mark.parametrize("objective", ["baseline", "dpg"])

@@ -140,3 +140,31 @@ def test_r_squared_by_hand():
     # residuals (0.5, -0.5, 0.5, -0.5): SS_res = 1, R^2 = 1 - 1/5
     assert dpg.r_squared(targets + torch.tensor([0.5, -0.5, 0.5, -0.5]), targets).item() == pytest.approx(0.8)
     assert dpg.r_squared(torch.zeros(4), torch.ones(4)).isnan()  # constant targets
+
+
+def test_flow_matching_by_hand():
+    # x0 = 2, eps = 1, sigma = 0.25: x_sigma = 0.75 * 2 + 0.25 = 1.75, v = eps - x0 = -1, x0_hat(v) = 1.75 + 0.25
+    x_sigma = dpg.flow_diffuse(scalar_batch(2.0), scalar_batch(1.0), torch.tensor([0.25]))
+    velocity = dpg.flow_target(scalar_batch(2.0), scalar_batch(1.0))
+    assert x_sigma.item() == 1.75 and velocity.item() == -1.0
+    assert dpg.flow_predict_x0(x_sigma, velocity, torch.tensor([0.25])).item() == 2.0
+
+
+def test_flow_look_forward_error_is_sigma_squared_times_the_velocity_error():
+    """||x̂0 - x0||² = σ² ||v̂ - v||², sample by sample (DESIGN.md §1: the residual critic's input scales by σ²)."""
+    generator = torch.Generator().manual_seed(0)
+    x0, noise, v_hat = (torch.randn(4, 3, 5, 5, generator=generator, dtype=torch.float64) for _ in range(3))
+    sigma = torch.tensor([0.01, 0.3, 0.7, 1.0], dtype=torch.float64)
+    x_sigma = dpg.flow_diffuse(x0, noise, sigma)
+    x0_hat = dpg.flow_predict_x0(x_sigma, v_hat, sigma)
+    lhs = (x0_hat - x0).square().flatten(1).sum(1)
+    rhs = sigma.square() * (v_hat - dpg.flow_target(x0, noise)).square().flatten(1).sum(1)
+    torch.testing.assert_close(lhs, rhs, rtol=1e-12, atol=0)
+
+
+def test_discount_takes_float_flow_timesteps():
+    """Flow families give 1000σ as float32: γ^(1000σ), the same curve DDPM's integer t walks."""
+    weights = dpg.discount(torch.tensor([0.0, 500.5, 1000.0]), 0.999)
+    assert weights.dtype == torch.float32
+    torch.testing.assert_close(weights, torch.tensor([1.0, 0.999**500.5, 0.999**1000]))
+    torch.testing.assert_close(dpg.discount(torch.tensor([300.0]), 0.99), dpg.discount(torch.tensor([300]), 0.99))

@@ -53,7 +53,7 @@ def test_the_loss_is_the_advantage_weighted_log_prob_at_ratio_one(subject_dir, t
         surrogate = 0
         for s in range(len(rollouts.times)):
             t = rollouts.times[s].expand(len(rollouts.advantages))
-            action = run.denoiser(rollouts.states[s], t, rollouts.conditioning["embeds"]).sample
+            action = run.denoiser(rollouts.states[s], t, rollouts.conditioning.embeds["embeds"]).sample
             _, log_prob = run.process.stochastic_step(rollouts.states[s], action, t,
                                                       rollouts.next_times[s].expand(len(t)), 1.0,
                                                       x_next=rollouts.next_states[s])

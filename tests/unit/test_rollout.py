@@ -8,14 +8,14 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from rewardbooth.maths import rollout
-from rewardbooth.models.families import DiffusionProcess
+from rewardbooth.models.ddpm import DDPMProcess
 
 SD_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
 
 @pytest.fixture
 def process():
-    return DiffusionProcess.from_scheduler_config(DDPMScheduler(**SD_SCHEDULE).config)
+    return DDPMProcess.from_scheduler_config(DDPMScheduler(**SD_SCHEDULE).config)
 
 
 def test_sampling_timesteps_are_sd_ddim_leading_spacing(process):

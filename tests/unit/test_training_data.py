@@ -5,6 +5,7 @@ import torch
 
 from rewardbooth.core.config import ModelConfig
 from rewardbooth.models import load_model
+from rewardbooth.models.families import conditioning_of_prompts
 from rewardbooth.training.batches import ImageSet, TrainingData, step_generator, with_flips
 
 
@@ -13,8 +14,8 @@ def make_data(cache=True, prior=True):
     images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     instance = ImageSet(with_flips(images, True), ["a sks dog"] * 6, parts.vae, cache=cache)
     prior_set = ImageSet(images.flip(1), ["a dog"] * 3, parts.vae, cache=cache) if prior else None
-    conditioning = {p: {"token_ids": parts.family.tokenize(parts.tokenizers, [p])} for p in ("a sks dog", "a dog")}
-    return TrainingData(parts.vae, parts.process, instance, prior_set, conditioning, seed=7)
+    conditioning = conditioning_of_prompts(parts, ["a sks dog", "a dog"], trained=("text_encoder",))
+    return TrainingData(parts.vae, parts.latent_space, parts.process, instance, prior_set, conditioning, seed=7)
 
 
 def test_step_generators_are_distinct_and_reproducible():
@@ -27,7 +28,7 @@ def test_batch_layout():
     batch = make_data().draw(step=0, micro=0, batch_size=2, process_index=0, num_processes=1)
     assert batch.x0.shape == (4, 4, 16, 16) and batch.noise.shape == batch.x0.shape
     assert batch.num_instance == 2 and batch.prompts == ["a sks dog"] * 2 + ["a dog"] * 2
-    assert batch.conditioning["token_ids"].shape == (4, 1, 77) and batch.timesteps.dtype == torch.int64
+    assert [ids.shape for ids in batch.conditioning.token_ids] == [(4, 77)] and batch.timesteps.dtype == torch.int64
     assert 0 <= batch.timesteps.min() and batch.timesteps.max() < 1000
 
 
@@ -40,7 +41,7 @@ def test_processes_and_micro_steps_split_the_global_batch_exactly(num_processes,
     size = 4 // (num_processes * accumulation)
 
     def field_of(batch, field):
-        return batch.conditioning["token_ids"] if field == "conditioning" else getattr(batch, field)
+        return batch.conditioning.token_ids[0] if field == "conditioning" else getattr(batch, field)
 
     for process in range(num_processes):
         for micro in range(accumulation):

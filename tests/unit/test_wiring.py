@@ -68,7 +68,7 @@ def reference_action(run, batch):
     """x_t by the scheduler's own forward process, then the UNet on the batch's text embedding, as diffusers'
     SD pipeline calls it (the tiny model is SD 1.x): the loop, through the family, must agree with this."""
     x_t = DDPMScheduler.from_config(run.parts.scheduler.config).add_noise(batch.x0, batch.noise, batch.timesteps)
-    return x_t, run.denoiser(x_t, batch.timesteps, batch.conditioning["embeds"]).sample
+    return x_t, run.denoiser(x_t, batch.timesteps, batch.conditioning.embeds["embeds"]).sample
 
 
 def scheduler_x0(run, x_t, action, timesteps):

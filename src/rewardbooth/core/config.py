@@ -192,8 +192,9 @@ class ValidationConfig:
     every: int = _field(100, "write a sample grid every N steps (and at steps 0 and last; 0 = never)")
     prompts: tuple[str, ...] = _field((), "validation prompts (default: the instance prompt)")
     num_images: int = _field(2, "images per prompt")
-    num_inference_steps: int = _field(25, "sampler steps")
-    guidance_scale: float = _field(7.5, "classifier-free guidance scale")
+    num_inference_steps: int | None = _field(None, "sampler steps (default: the model family's: SD/SDXL 25, SD3/FLUX-dev 28)")
+    guidance_scale: float | None = _field(
+        None, "guidance scale (default: the model family's: SD 7.5, SDXL 5, SD3 7, FLUX-dev 3.5 embedded)")
     seed: int = _field(1234, "seed of the validation samples (fixed across steps)")
     reward: str | dict[str, float] | None = _field(
         None, "image reward(s) scoring the validation samples, e.g. {dino: 1, clip_text: 1}; enables keep-best")
@@ -329,7 +330,7 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("train.max_skipped_steps", lambda v: v >= 0, "non-negative (0 = never stop)"),
     ("validation.every", lambda v: v >= 0, "non-negative (0 = never)"),
     ("validation.num_images", lambda v: v >= 1, "at least 1"),
-    ("validation.num_inference_steps", lambda v: v >= 1, "at least 1"),
+    ("validation.num_inference_steps", lambda v: v is None or v >= 1, "at least 1"),
     ("validation.patience", lambda v: v >= 0, "non-negative (0 = never stop early)"),
 ]
 

@@ -92,18 +92,22 @@ def variant_overrides(name: str, workdir: Path, resolution: int) -> list[str]:
 
 
 def native_resolution(model: str) -> int:
-    """The pixels a model was trained at (SD-1.5 512, SDXL 1024), from its UNet's sample size: a built-in
-    architecture is built on the meta device, a folder or hub id reads only its UNet config."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    """The pixels a model was trained at (SD-1.5 512, SDXL 1024), as its family says: a built-in architecture is
+    built on the meta device, a folder or hub id reads only its denoiser's config (FLUX's has no sample size:
+    1024 px, 128 latents)."""
+    from diffusers import AutoencoderKL, DiffusionPipeline
 
     from rewardbooth.models import load_model, loaders
 
     if model in loaders.names():
         with torch.device("meta"):
             parts = load_model(ModelConfig(model))
-        return parts.unet.config.sample_size * parts.vae_scale_factor
+        return parts.family.native_resolution(parts)
     vae_levels = len(AutoencoderKL.load_config(model, subfolder="vae")["block_out_channels"])
-    return UNet2DConditionModel.load_config(model, subfolder="unet")["sample_size"] * 2 ** (vae_levels - 1)
+    denoiser = "unet" if "unet" in DiffusionPipeline.load_config(model) else "transformer"
+    # Any model class reads a subfolder's config.json (load_config reads, it builds nothing).
+    config = AutoencoderKL.load_config(model, subfolder=denoiser)
+    return config.get("sample_size", 128) * 2 ** (vae_levels - 1)
 
 
 def bench_config(model: str, resolution: int, batch_size: int, mixed_precision: str, workdir: Path,

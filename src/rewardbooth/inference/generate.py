@@ -73,7 +73,7 @@ def resolve_result(model: str, lora: str | None) -> tuple[str, str | None, str |
 
 
 def generate(model: str, prompts: list[str], output_dir: Path, num_images: int = 4, seed: int = 0,
-             num_inference_steps: int = 25, guidance_scale: float = 7.5, resolution: int | None = None,
+             num_inference_steps: int | None = None, guidance_scale: float | None = None, resolution: int | None = None,
              overwrite: bool = False, device: str | None = None, lora: str | None = None,
              identifiers: list[str] | None = None, trust_remote_code: bool = False) -> list[Path]:
     """Image k of each prompt uses seed ``seed + k``, so the same call always gives the same images.
@@ -83,13 +83,13 @@ def generate(model: str, prompts: list[str], output_dir: Path, num_images: int =
     `identifiers` (default: the run's own, from its config.yaml) go into generation.json, so that an
     evaluation removes the right words for CLIP-T. A `package.module:factory` that a training output's
     config.yaml names (its base model or method) is imported only with `trust_remote_code`: the folder may
-    come from anyone."""
+    come from anyone. Steps and guidance left None are the model family's."""
     if not prompts:
         raise UserError("no prompt given: pass prompts, e.g. ['a photo of sks dog']")
     for name, count in (("num_images", num_images), ("num_inference_steps", num_inference_steps)):
-        if count < 1:
+        if count is not None and count < 1:  # None: the family's default
             raise UserError(f"{name} must be at least 1, got {count}")
-    if not math.isfinite(guidance_scale):
+    if guidance_scale is not None and not math.isfinite(guidance_scale):
         raise UserError(f"guidance_scale must be a finite number, got {guidance_scale}")
     if resolution is not None and resolution < 8:
         raise UserError(f"resolution must be at least 8 pixels, got {resolution}")
@@ -114,6 +114,9 @@ def generate(model: str, prompts: list[str], output_dir: Path, num_images: int =
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipeline = pipeline.to(device)
     resolution = resolution or parts.family.native_resolution(parts)
+    steps, guidance = parts.sampling_defaults  # unless given: the family's (SD 25 / 7.5, SD3 28 / 7, FLUX-dev 28 / 3.5)
+    num_inference_steps = steps if num_inference_steps is None else num_inference_steps
+    guidance_scale = guidance if guidance_scale is None else guidance_scale
     output_dir.mkdir(parents=True, exist_ok=True)
     images = sample_images(pipeline, [(prompt, seed + k) for prompt in prompts for k in range(num_images)], resolution,
                            num_inference_steps, guidance_scale, batch_size=num_images, desc="generate")

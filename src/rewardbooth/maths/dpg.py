@@ -69,6 +69,31 @@ def denoising_target(
     raise ValueError(f"unknown prediction type {prediction_type!r}")
 
 
+def flow_diffuse(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Rectified flow's straight path (Liu et al. 2023; Esser et al. 2024, eq. 1): x_σ = (1 - σ) x0 + σ ε.
+
+    Shape: x0, noise (B, C, h, w); sigma (B,) -> (B, C, h, w)
+    """
+    sigma = expand_to(sigma, x0)
+    return (1 - sigma) * x0 + sigma * noise
+
+
+def flow_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The velocity a flow-matching denoiser predicts, v = dx_σ/dσ = ε - x0 (diffusers' SD3 / FLUX scripts).
+
+    Shape: (B, C, h, w) -> (B, C, h, w)
+    """
+    return noise - x0
+
+
+def flow_predict_x0(x_sigma: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Look forward along the predicted velocity to σ = 0: x̂0 = x_σ - σ v̂, so ||x̂0 - x0||² = σ² ||v̂ - v||².
+
+    Shape: x_sigma, velocity (B, C, h, w); sigma (B,) -> (B, C, h, w)
+    """
+    return x_sigma - expand_to(sigma, x_sigma) * velocity
+
+
 def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error of each sample, computed in fp32.
 
@@ -88,7 +113,11 @@ def inverse_snr(alpha_bar_t: torch.Tensor) -> torch.Tensor:
 def discount(timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
     """gamma**t, the paper's weighting of the policy term by how far the state is from the image (Eq. 9).
 
-    Shape: (B,) integer timesteps -> (B,) float32
+    `timesteps` are the process's own time values on one 0..1000 scale: DDPM's integer t, a flow family's
+    float 1000σ (γ is raised to 1000σ, the value the denoiser is given, so one γ means the same over
+    the same range in both; σ is the noise's coefficient, as sqrt(1 - ᾱ_t) is in DDPM).
+
+    Shape: (B,) integer or float timesteps -> (B,) float32
     """
     return torch.pow(torch.tensor(gamma, dtype=torch.float64), timesteps.double()).float()
 

@@ -9,6 +9,7 @@ from diffusers import DiffusionPipeline
 from torch import nn
 
 from rewardbooth.core.config import Config
+from rewardbooth.core.errors import UserError
 from rewardbooth.core.registry import Registry
 from rewardbooth.models import ModelParts
 
@@ -30,6 +31,13 @@ class Method(Protocol):
 def make_method(parts: ModelParts, config: Config) -> Method:
     """Methods see the whole config: Custom Diffusion's new token is the data's identifier."""
     return methods.get(config.method.name)(parts, config)
+
+
+def check_text_encoder_training(parts: ModelParts, config: Config) -> None:
+    """`method.train_text_encoder` means the family's trainable encoders; a family with none refuses it."""
+    if config.method.train_text_encoder and not parts.family.trainable_text_encoders:
+        raise UserError(f"method.train_text_encoder=true is not supported for this {parts.family.name} model (its "
+                        f"transformer trains; T5 never does): set method.train_text_encoder=false")
 
 
 def after_step(method: Method) -> None:

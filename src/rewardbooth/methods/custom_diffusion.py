@@ -58,9 +58,9 @@ class CustomDiffusion:
     adapters_only = False  # the new embedding row lives inside the text encoder's table: keep it fp32
 
     def __init__(self, parts: StableDiffusionParts, config: Config):
-        if len(parts.tokenizers) > 1:  # its new token lives in one tokenizer's vocabulary
-            raise UserError("method.name=custom_diffusion supports Stable Diffusion 1.x/2.x models; for an SDXL "
-                            "model use method.name=lora or method.name=dreambooth")
+        if parts.family.name != "stable-diffusion":  # one tokenizer's new token, a UNet's cross-attention K/V
+            raise UserError(f"method.name=custom_diffusion supports Stable Diffusion 1.x/2.x models; for this "
+                            f"{parts.family.name} model use method.name=lora or method.name=dreambooth")
         self.tokens = [concept.identifier for concept in concepts_of(config.data)]
         for token in self.tokens:
             if parts.tokenizer.add_tokens(token) != 1:

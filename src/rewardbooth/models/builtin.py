@@ -1,5 +1,5 @@
-"""Architectures built in code with random weights: `tiny` and `tiny-sdxl` for tests and smoke runs,
-`sd15-random` and `sdxl-random` for timing.
+"""Architectures built in code with random weights: `tiny`, `tiny-sdxl` and `tiny-sd3` for tests and smoke
+runs, `sd15-random` and `sdxl-random` for timing.
 
 Random weights of the SD-1.5 architecture time exactly like the real ones, so `bench step --model sd15-random`
 gives real-scale step costs on a machine with no access to the weights.
@@ -14,6 +14,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, UNet
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from rewardbooth.core.config import ModelConfig
+from rewardbooth.models.builtin_flow import load_tiny_sd3  # noqa: F401  (registers the flow families' built-ins)
 from rewardbooth.models.loaders import loaders
 from rewardbooth.models.stable_diffusion import StableDiffusion, StableDiffusionParts, StableDiffusionXL
 from rewardbooth.models.tokenizers import make_character_tokenizer

@@ -1,104 +1,61 @@
-"""Model families: what differs between Stable Diffusion 1.x/2.x, SDXL and, next, the flow-matching
-transformers (SD3, FLUX), asked of one registered object instead of tested for across the code.
+"""Model families: what differs between Stable Diffusion 1.x/2.x, SDXL, SD3 and FLUX, asked of one registered
+object instead of tested for across the code (k-diffusion's `external.py` is the model: outside `models/`,
+code sees the `Family` and `Process` protocols below, never a raw scheduler, UNet config or encoder list).
 
-A family (one module each: rewardbooth.models.stable_diffusion) provides, for the components it loads:
-
-- `process(parts)`: the training-time forward process (`DiffusionProcess`: the timestep distribution, x_t from
-  x0, noise and t, the denoising target and x̂0 from the action; the maths itself is rewardbooth.maths.dpg);
-- `latent_space(parts)`: VAE scaling and shift between the VAE's latents and the denoiser's;
-- `tokenize(tokenizers, prompts)` and `encode_text(encoders, token_ids)`: the text conditioning;
-- `micro_conditioning(resolution)`: extra ids besides text and t (SDXL's size ids), or None;
-- `denoise(denoiser, x_t, timesteps, conditioning, encoders, micro)`: the action and the text embedding. Latent
-  packing (FLUX's 2x2 patches) belongs inside it: the loop, rewards and critic see (B, C, h, w) latents;
-- `resolution_multiple(parts)`, `native_resolution(parts)`: the sizes the denoiser takes and was trained at;
-- `lora_targets`, `pipeline_class`, `load_options`, `matches(class_name)`, `pipeline(parts)` and
-  `parts_from_pipeline(pipeline, source)`: LoRA's default layers, and loading and saving with stock diffusers.
-
-The loop, batches, bench and methods ask `parts.family` and never look at `alphas_cumprod` or at which
-encoders a model has. tests/contract/test_family_contract.py runs every registered family on its tiny model.
+One module per family: rewardbooth.models.stable_diffusion (SD, SDXL: DDPM, rewardbooth.models.ddpm),
+rewardbooth.models.sd3 and rewardbooth.models.flux (flow matching, rewardbooth.models.flow). The loop, batches, bench and methods ask
+`parts.family`; tests/contract/test_family_contract.py runs every registered family on its tiny model.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar, NamedTuple, Protocol
 
 import torch
-from diffusers import DDPMScheduler
+from torch import nn
 
 from rewardbooth.core.registry import Registry
-from rewardbooth.maths import dpg, rollout
 
 families = Registry("model family")
 
 
-@dataclass(frozen=True)
-class DiffusionProcess:
-    """The DDPM forward process (Ho et al. 2020) of a family and its denoiser's parameterization.
+class Process(Protocol):
+    """The training-time forward process of a family and its denoiser's parameterization.
 
-    `alphas_cumprod` is ᾱ_t for t = 0 .. T-1, fp32, on the device of the latents it is used with."""
-
-    alphas_cumprod: torch.Tensor
-    prediction_type: str
-
-    @classmethod
-    def from_scheduler_config(cls, config) -> DiffusionProcess:
-        scheduler = DDPMScheduler.from_config(config)
-        return cls(scheduler.alphas_cumprod.to(torch.float32), prediction_type_of(config))
-
-    @property
-    def num_train_timesteps(self) -> int:
-        return len(self.alphas_cumprod)
-
-    def to(self, device: torch.device | str) -> DiffusionProcess:
-        return DiffusionProcess(self.alphas_cumprod.to(device, torch.float32), self.prediction_type)
+    `timesteps` are the denoiser's own time values on a 0..1000 scale: DDPM int64 t in {0..T-1}, flow
+    matching float32 1000σ. They are what the critic embeds and what dpg.discount raises γ to."""
 
     def sample_timesteps(self, count: int, generator: torch.Generator) -> torch.Tensor:
-        """t ~ U{0, ..., T-1}, as DDPM trains. Shape: -> (count,) int64, on the CPU"""
-        return torch.randint(self.num_train_timesteps, (count,), generator=generator)
+        """Shape: -> (count,) on the CPU"""
 
-    def alpha_bar(self, timesteps: torch.Tensor) -> torch.Tensor:
-        """Shape: timesteps (B,) -> (B,)"""
-        return self.alphas_cumprod[timesteps]
+    def noise_level(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """The noise's coefficient in x_t, in [0, 1] (DDPM sqrt(1 - ᾱ_t), flow σ). Shape: (B,) -> (B,) float32"""
 
     def diffuse(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε. Shape: x0, noise (B, C, h, w); timesteps (B,) -> (B, C, h, w)"""
-        return dpg.diffuse(x0, noise, self.alpha_bar(timesteps))
+        """x_t. Shape: x0, noise (B, C, h, w); timesteps (B,) -> (B, C, h, w)"""
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """What the action should equal. Shape: (B, C, h, w) -> (B, C, h, w)"""
-        return dpg.denoising_target(x0, noise, self.alpha_bar(timesteps), self.prediction_type)
 
     def look_forward(self, x_t: torch.Tensor, action: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x̂0 implied by the action in one jump. Shape: (B, C, h, w) -> (B, C, h, w)"""
-        return dpg.predict_x0(x_t, action, self.alpha_bar(timesteps), self.prediction_type)
+
+    def to(self, device: torch.device | str) -> Process: ...
+
+
+class RolloutProcess(Process, Protocol):
+    """A process that can also sample stochastically, step by step, with each step's log-probability: what
+    rollout objectives (grpo) need. The DDPM families have it (DDIM with η > 0); the flow families' SDE step
+    (Flow-GRPO) is not written yet, and grpo refuses them with one line."""
 
     def sampling_timesteps(self, num_steps: int) -> torch.Tensor:
-        """A sampler's S time values, descending, spaced as SD's DDIM scheduler spaces them ("leading",
-        steps_offset 1): T/S * (S-1) + 1, ..., T/S + 1, 1. Shape: -> (S,) int64 on the CPU"""
-        stride = self.num_train_timesteps // num_steps
-        return torch.arange(num_steps - 1, -1, -1) * stride + 1
+        """A sampler's S time values, descending. Shape: -> (S,) on the CPU"""
 
     def stochastic_step(self, x_t: torch.Tensor, action: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
                         noise_scale: float, generator: torch.Generator | None = None,
                         x_next: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One DDIM step t -> t_next with eta = `noise_scale` (maths/rollout.py), and the log-probability of
-        its result; with `x_next` given, only that sample's log-probability. A t_next below 0 (the last step)
-        lands on ᾱ_0, as SD's DDIM (set_alpha_to_one false), so every step keeps a positive std.
-
-        Shape: x_t, action (B, C, h, w); t, t_next (B,) -> x_next (B, C, h, w), log_prob (B,)
-        """
-        alpha_bar_t, alpha_bar_prev = self.alpha_bar(t), self.alpha_bar(t_next.clamp(min=0))
-        std = rollout.ddim_step_std(alpha_bar_t, alpha_bar_prev, noise_scale)
-        mean = rollout.ddim_step_mean(x_t, self.look_forward(x_t, action, t), alpha_bar_t, alpha_bar_prev, std)
-        if x_next is None:
-            noise = torch.randn(x_t.shape, generator=generator, dtype=torch.float32).to(x_t)
-            x_next = mean + dpg.expand_to(std, x_t) * noise
-        return x_next, rollout.gaussian_log_prob(x_next, mean, std)
-
-
-def prediction_type_of(scheduler_config) -> str:
-    """What a scheduler config says the denoiser predicts (diffusers' default: epsilon)."""
-    return scheduler_config.get("prediction_type", "epsilon")
+        """x_next and its log-probability (B,); with `x_next` given, only its log-probability."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +77,93 @@ class LatentSpace:
     def to_vae(self, latents: torch.Tensor) -> torch.Tensor:
         """Shape: (B, C, h, w) -> (B, C, h, w)"""
         return latents / self.scaling_factor + self.shift_factor
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """A batch's text conditioning, made and read by its family: `embeds` (name -> (B, ...), e.g. SD's
+    {"embeds"}, SDXL's {"embeds", "pooled"}) for what frozen encoders computed once, and `token_ids` (one
+    (B, L_e) tensor per trained encoder, in the family's order; lengths may differ: CLIP 77, T5 256) for
+    encoders that train and must run in each step."""
+
+    embeds: dict[str, torch.Tensor] = field(default_factory=dict)
+    token_ids: tuple[torch.Tensor, ...] = ()
+
+    def to(self, device: torch.device | str) -> Conditioning:
+        return Conditioning({k: v.to(device) for k, v in self.embeds.items()},
+                            tuple(ids.to(device) for ids in self.token_ids))
+
+    def select(self, index: torch.Tensor | slice) -> Conditioning:
+        """The rows `index` of every tensor (e.g. one prompt's rows repeated for a group of rollouts)."""
+        return Conditioning({key: value[index] for key, value in self.embeds.items()},
+                            tuple(ids[index] for ids in self.token_ids))
+
+    @staticmethod
+    def cat(items: list[Conditioning]) -> Conditioning:
+        """One batch from per-prompt rows, in order."""
+        first = items[0]
+        return Conditioning({key: torch.cat([item.embeds[key] for item in items]) for key in first.embeds},
+                            tuple(torch.cat([item.token_ids[i] for item in items])
+                                  for i in range(len(first.token_ids))))
+
+
+class SamplingDefaults(NamedTuple):
+    """What a family samples with unless the user says otherwise (steps, classifier-free or embedded guidance)."""
+
+    num_inference_steps: int
+    guidance_scale: float
+
+
+class Family(Protocol):
+    """Everything family-specific, asked of one object (each family's module implements it)."""
+
+    name: ClassVar[str]
+    pipeline_class: ClassVar[type]
+    pipeline_class_names: ClassVar[tuple[str, ...]]  # model_index.json `_class_name`s it loads, exactly
+    load_options: ClassVar[dict]  # for from_pretrained
+    lora_targets: ClassVar[dict[str, tuple[str, ...]]]  # "denoiser" and each trainable encoder -> layer names
+    trainable_text_encoders: ClassVar[tuple[str, ...]]  # encoders `train_text_encoder` trains (never T5)
+
+    def matches(self, pipeline_class_name: str) -> bool: ...
+    def process(self, parts) -> Process: ...
+    def latent_space(self, parts) -> LatentSpace: ...
+    def latent_channels(self, parts) -> int:
+        """C of the unpacked (B, C, h, w) latents the loop, critic and rewards see."""
+    def text_embedding_dim(self, parts) -> int:
+        """D of the (B, L, D) text embedding `denoise` returns (what a text-conditioned critic pools)."""
+    def prediction_type(self, parts) -> str: ...
+    def sampling_defaults(self, parts) -> SamplingDefaults: ...
+    def resolution_multiple(self, parts) -> int: ...
+    def native_resolution(self, parts) -> int: ...
+    def micro_conditioning(self, resolution: int) -> torch.Tensor | None: ...
+    def tokenize(self, tokenizers: list, prompts: list[str]) -> tuple[torch.Tensor, ...]: ...
+    def encode_text(self, encoders: list[nn.Module], token_ids: tuple[torch.Tensor, ...]) -> Conditioning: ...
+    def lora_state_dict(self, component: str, peft_state: dict) -> dict:
+        """A component's peft adapter state as the pipeline's `save_lora_weights` takes it."""
+    def stock_conditioning(self, pipeline, prompts: list[str]) -> Conditioning:
+        """The same conditioning from the stock pipeline's own `encode_prompt` (the contract tests' oracle)."""
+    def denoise(self, denoiser: nn.Module, x_t: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning,
+                encoders: list[nn.Module] | None = None, micro: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The action and the (B, L, D) text embedding. Shape: x_t (B, C, h, w), timesteps (B,) -> (B, C, h, w), ..."""
+    def pipeline(self, parts): ...
+    def parts_from_pipeline(self, pipeline, source: str): ...
+
+
+def conditioning_of_prompts(parts, prompts: list[str], trained: tuple[str, ...]) -> dict[str, Conditioning]:
+    """Each prompt's conditioning: token ids for the encoders named in `trained` (they run each step), and the
+    embeddings of the frozen ones, computed once here."""
+    family = parts.family
+    rows = {}
+    for prompt in prompts:
+        token_ids = family.tokenize(parts.tokenizers, [prompt])
+        if trained:
+            rows[prompt] = Conditioning(token_ids=token_ids)
+            continue
+        with torch.no_grad():
+            embeds = family.encode_text(parts.text_encoders, token_ids).embeds
+        rows[prompt] = Conditioning({key: value.float().cpu() for key, value in embeds.items()})
+    return rows
 
 
 def family_for_pipeline(pipeline_class_name: str):

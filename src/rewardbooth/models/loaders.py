@@ -12,7 +12,7 @@ from diffusers import DiffusionPipeline
 from rewardbooth.core.config import ModelConfig
 from rewardbooth.core.errors import UserError
 from rewardbooth.core.registry import Registry
-from rewardbooth.models.families import family_for_pipeline
+from rewardbooth.models.families import families, family_for_pipeline
 from rewardbooth.models.parts import ModelParts
 
 loaders = Registry("model loader")
@@ -28,7 +28,7 @@ def load_model(config: ModelConfig) -> ModelParts:
 
 @loaders.register("diffusers")
 def load_diffusers(config: ModelConfig) -> ModelParts:
-    """Load the components of a diffusers Stable Diffusion or SDXL folder or hub id (the path users pass)."""
+    """Load the components of a diffusers folder or hub id of a registered family's pipeline (the path users pass)."""
     source = str(Path(config.pretrained).expanduser()) if Path(config.pretrained).expanduser().exists() \
         else config.pretrained
     local = Path(source).exists()
@@ -45,8 +45,9 @@ def load_diffusers(config: ModelConfig) -> ModelParts:
             class_name = DiffusionPipeline.load_config(source, **kwargs).get("_class_name", "")
             family = family_for_pipeline(class_name)
             if family is None:
-                raise ValueError(f"model_index.json names {class_name or 'no pipeline class'}, not a Stable Diffusion "
-                                 f"1.x/2.x or SDXL pipeline")
+                known = ", ".join(n for name in families.names() for n in families.get(name).pipeline_class_names)
+                raise ValueError(f"model_index.json names {class_name or 'no pipeline class'}, not a pipeline of "
+                                 f"a family here ({known})")
             pipeline = family.pipeline_class.from_pretrained(source, variant=config.variant, **family.load_options,
                                                              **kwargs)
     except Exception as error:  # noqa: BLE001 - any failure here means the user's path or id is wrong

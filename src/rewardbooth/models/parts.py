@@ -8,7 +8,7 @@ import logging
 from dataclasses import replace
 
 from rewardbooth.core.errors import UserError
-from rewardbooth.models.families import families, prediction_type_of
+from rewardbooth.models.families import families
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +35,13 @@ class ModelParts:
 
     @property
     def text_embedding_dim(self) -> int:
-        """Width of the denoiser's text context: SDXL concatenates its two encoders' hidden states."""
-        return sum(encoder.config.hidden_size for encoder in self.text_encoders)
+        """Width D of the (B, L, D) text embedding the family's `denoise` returns (the family says)."""
+        return self.family.text_embedding_dim(self)
+
+    @property
+    def latent_channels(self) -> int:
+        """C of the unpacked (B, C, h, w) latents the loop, critic and rewards see (FLUX packs inside denoise)."""
+        return self.family.latent_channels(self)
 
     @property
     def pipeline_class(self):
@@ -53,7 +58,13 @@ class ModelParts:
 
     @property
     def prediction_type(self) -> str:
-        return prediction_type_of(self.scheduler.config)  # without building the whole process
+        """"epsilon", "v_prediction", "sample" (DDPM families) or "flow_prediction" (v = ε − x0)."""
+        return self.family.prediction_type(self)
+
+    @property
+    def sampling_defaults(self):
+        """The family's (num_inference_steps, guidance_scale), for whatever the user leaves unset."""
+        return self.family.sampling_defaults(self)
 
     @property
     def vae_scale_factor(self) -> int:

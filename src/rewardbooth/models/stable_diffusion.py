@@ -6,8 +6,9 @@ diffusers' pipelines condition them.
   dims for SDXL 1.0), and its added "text_time" embedding takes the second encoder's pooled projection plus
   six size/crop ids (original height, width, crop top, left, target height, width; Podell et al. 2023, §2.2).
 
-A batch's conditioning is a dict: precomputed `embeds` (B, L, D) [+ `pooled` (B, P) for SDXL] when the text
-encoders are frozen, or `token_ids` (B, E, L), one row per tokenizer, when they train and must run each step.
+A batch's conditioning (rewardbooth.models.families.Conditioning) holds precomputed `embeds` (B, L, D)
+[+ `pooled` (B, P) for SDXL] when the text encoders are frozen, or one (B, L) row of token ids per tokenizer
+when they train and must run each step.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from typing import ClassVar
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from diffusers.schedulers import SchedulerMixin
+from diffusers.utils import convert_state_dict_to_diffusers
 from torch import nn
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from rewardbooth.models.families import DiffusionProcess, LatentSpace, families
+from rewardbooth.models.ddpm import DDPMProcess, prediction_type_of
+from rewardbooth.models.families import Conditioning, LatentSpace, SamplingDefaults, families
 from rewardbooth.models.parts import ModelParts
 
 TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")  # the pipelines' component names, in this order
@@ -66,21 +69,38 @@ class StableDiffusion:
 
     name = "stable-diffusion"
     pipeline_class = StableDiffusionPipeline
+    pipeline_class_names = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
     load_options = {"safety_checker": None, "requires_safety_checker": False}  # for from_pretrained
     # LoRA's default targets per component: the attention projections (diffusers' train_dreambooth_lora.py).
     lora_targets = {"denoiser": ("to_k", "to_q", "to_v", "to_out.0"),
-                    "text_encoder": ("q_proj", "k_proj", "v_proj", "out_proj")}
+                    **{name: ("q_proj", "k_proj", "v_proj", "out_proj") for name in TEXT_ENCODER_NAMES}}
+    trainable_text_encoders = TEXT_ENCODER_NAMES
+    sampling = SamplingDefaults(num_inference_steps=25, guidance_scale=7.5)
 
     def matches(self, pipeline_class_name: str) -> bool:
-        """Whether a diffusers folder's model_index.json `_class_name` is this family's."""
-        return pipeline_class_name.startswith("StableDiffusion") and "XL" not in pipeline_class_name
+        """Whether a diffusers folder's model_index.json `_class_name` is this family's (exactly: SD3's
+        `StableDiffusion3Pipeline` is not)."""
+        return pipeline_class_name in self.pipeline_class_names
 
-    def process(self, parts: StableDiffusionParts) -> DiffusionProcess:
+    def process(self, parts: StableDiffusionParts) -> DDPMProcess:
         """The training-time forward process, read from the model's own scheduler config."""
-        return DiffusionProcess.from_scheduler_config(parts.scheduler.config)
+        return DDPMProcess.from_scheduler_config(parts.scheduler.config)
 
     def latent_space(self, parts: StableDiffusionParts) -> LatentSpace:
         return LatentSpace.of(parts.vae)
+
+    def latent_channels(self, parts: StableDiffusionParts) -> int:
+        return parts.unet.config.in_channels
+
+    def text_embedding_dim(self, parts: StableDiffusionParts) -> int:
+        """The UNet's cross-attention width (SDXL: its two encoders' widths concatenated)."""
+        return parts.unet.config.cross_attention_dim
+
+    def prediction_type(self, parts: StableDiffusionParts) -> str:
+        return prediction_type_of(parts.scheduler.config)
+
+    def sampling_defaults(self, parts: StableDiffusionParts) -> SamplingDefaults:
+        return self.sampling
 
     def resolution_multiple(self, parts: StableDiffusionParts) -> int:
         """Image sizes the UNet takes: multiples of the VAE factor times its downsampling."""
@@ -93,31 +113,38 @@ class StableDiffusion:
         """Extra ids the denoiser takes besides text and t (none here)."""
         return None
 
-    def tokenize(self, tokenizers: list, prompts: list[str]) -> torch.Tensor:
-        """Padded to each tokenizer's max length, as both families are trained. Shape: -> (B, E, L)"""
-        ids = [tokenize(tokenizer, prompts) for tokenizer in tokenizers]
-        if len({row.shape[-1] for row in ids}) > 1:
-            raise ValueError(f"the tokenizers pad to different lengths {[row.shape[-1] for row in ids]}")
-        return torch.stack(ids, dim=1)
+    def tokenize(self, tokenizers: list, prompts: list[str]) -> tuple[torch.Tensor, ...]:
+        """Padded to each tokenizer's max length, as both families are trained. Shape: -> E x (B, L)"""
+        return tuple(tokenize(tokenizer, prompts) for tokenizer in tokenizers)
 
-    def encode_text(self, encoders: list[nn.Module], token_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The UNet's text context: the encoder's last hidden state. Shape: (B, 1, L) -> {"embeds": (B, L, D)}"""
+    def encode_text(self, encoders: list[nn.Module], token_ids: tuple[torch.Tensor, ...]) -> Conditioning:
+        """The UNet's text context: the encoder's last hidden state. Shape: 1 x (B, L) -> {"embeds": (B, L, D)}"""
         encoder = encoders[0]
-        return {"embeds": encoder(token_ids[:, 0].to(_device(encoder)))[0]}
+        return Conditioning({"embeds": encoder(token_ids[0].to(_device(encoder)))[0]})
 
-    def denoise(self, denoiser: nn.Module, x_t: torch.Tensor, timesteps: torch.Tensor,
-                conditioning: dict[str, torch.Tensor], encoders: list[nn.Module] | None = None,
+    def lora_state_dict(self, component: str, peft_state: dict) -> dict:
+        """A component's adapters as its pipeline's `save_lora_weights` expects them (diffusers' SD scripts
+        convert peft's names to diffusers')."""
+        return convert_state_dict_to_diffusers(peft_state)
+
+    def stock_conditioning(self, pipeline, prompts: list[str]) -> Conditioning:
+        embeds, _ = pipeline.encode_prompt(prompts, device="cpu", num_images_per_prompt=1,
+                                           do_classifier_free_guidance=False)
+        return Conditioning({"embeds": embeds})
+
+    def denoise(self, denoiser: nn.Module, x_t: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning,
+                encoders: list[nn.Module] | None = None,
                 micro: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The action (the UNet's output) and the text embedding it was conditioned on.
 
         Token ids run through the (training) encoders here, so their gradient reaches the encoders.
         Shape: x_t (B, C, h, w), timesteps (B,) -> (B, C, h, w), (B, L, D)"""
-        if "token_ids" in conditioning:
-            conditioning = self.encode_text(encoders, conditioning["token_ids"])
-        embeds = conditioning["embeds"]
+        if conditioning.token_ids:
+            conditioning = self.encode_text(encoders, conditioning.token_ids)
+        embeds = conditioning.embeds["embeds"]
         return denoiser(x_t, timesteps, embeds, **self._extra_inputs(conditioning, micro)).sample, embeds
 
-    def _extra_inputs(self, conditioning: dict[str, torch.Tensor], micro: torch.Tensor | None) -> dict:
+    def _extra_inputs(self, conditioning: Conditioning, micro: torch.Tensor | None) -> dict:
         return {}
 
     def pipeline(self, parts: StableDiffusionParts) -> StableDiffusionPipeline:
@@ -137,33 +164,37 @@ class StableDiffusionXL(StableDiffusion):
 
     name = "stable-diffusion-xl"
     pipeline_class = StableDiffusionXLPipeline
+    pipeline_class_names = ("StableDiffusionXLPipeline",)
     load_options = {}
-
-    def matches(self, pipeline_class_name: str) -> bool:
-        return pipeline_class_name.startswith("StableDiffusionXL")
+    sampling = SamplingDefaults(num_inference_steps=25, guidance_scale=5.0)  # StableDiffusionXLPipeline's guidance
 
     def micro_conditioning(self, resolution: int) -> torch.Tensor:
         """Our training images are resized and centre-cropped to the training size, as the stock pipeline
         assumes at inference: original = target = (height, width), crop (0, 0). Shape: (1, 6)"""
         return torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32)
 
-    def encode_text(self, encoders: list[nn.Module], token_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    def encode_text(self, encoders: list[nn.Module], token_ids: tuple[torch.Tensor, ...]) -> Conditioning:
         """Both encoders' penultimate hidden states, concatenated, and the second's pooled projection.
 
-        Shape: token_ids (B, 2, L) -> {"embeds": (B, L, D1 + D2), "pooled": (B, P)}"""
+        Shape: token_ids 2 x (B, L) -> {"embeds": (B, L, D1 + D2), "pooled": (B, P)}"""
         hidden = []
-        for index, encoder in enumerate(encoders):
-            output = encoder(token_ids[:, index].to(_device(encoder)), output_hidden_states=True)
+        for ids, encoder in zip(token_ids, encoders, strict=True):
+            output = encoder(ids.to(_device(encoder)), output_hidden_states=True)
             hidden.append(output.hidden_states[-2])
         # CLIPTextModelWithProjection's first output is text_embeds: the pooled, projected EOS feature.
-        return {"embeds": torch.cat(hidden, dim=-1), "pooled": output[0]}
+        return Conditioning({"embeds": torch.cat(hidden, dim=-1), "pooled": output[0]})
 
-    def _extra_inputs(self, conditioning: dict[str, torch.Tensor], micro: torch.Tensor | None) -> dict:
+    def stock_conditioning(self, pipeline, prompts: list[str]) -> Conditioning:
+        embeds, _, pooled, _ = pipeline.encode_prompt(prompts, device="cpu", num_images_per_prompt=1,
+                                                      do_classifier_free_guidance=False)
+        return Conditioning({"embeds": embeds, "pooled": pooled})
+
+    def _extra_inputs(self, conditioning: Conditioning, micro: torch.Tensor | None) -> dict:
         if micro is None:
             raise ValueError("an SDXL batch (pooled text embedding) needs the size ids")
-        embeds = conditioning["embeds"]
+        embeds = conditioning.embeds["embeds"]
         time_ids = micro.to(embeds.device).expand(len(embeds), -1)
-        return {"added_cond_kwargs": {"text_embeds": conditioning["pooled"], "time_ids": time_ids}}
+        return {"added_cond_kwargs": {"text_embeds": conditioning.embeds["pooled"], "time_ids": time_ids}}
 
     def pipeline(self, parts: StableDiffusionParts) -> StableDiffusionXLPipeline:
         return StableDiffusionXLPipeline(

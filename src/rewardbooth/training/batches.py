@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from rewardbooth.models.families import DiffusionProcess, LatentSpace
+from rewardbooth.models.families import Conditioning, LatentSpace, Process
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -41,8 +41,9 @@ def encode_posteriors(vae: AutoencoderKL, images: torch.Tensor, chunk: int = 8) 
     return torch.cat(means), torch.cat(stds)
 
 
-def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, size: int | None = None) -> torch.Tensor:
-    """The inverse of the training-latent scaling, then the VAE decoder.
+def decode_latents(vae: AutoencoderKL, latent_space: LatentSpace, latents: torch.Tensor,
+                   size: int | None = None) -> torch.Tensor:
+    """The inverse of the family's latent scaling (`latent_space`), then the VAE decoder.
 
     With `size`, the latents are first resized to size / f per side, so the decoder (the costly part of an
     image reward) produces size x size pixels: decoding 4x fewer latents is ~4x cheaper. Differentiable: a
@@ -55,7 +56,7 @@ def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, size: int | None =
     if size is not None and size != latents.shape[-1] * factor:
         side = max(1, size // factor)
         latents = F.interpolate(latents, size=(side, side), mode="bilinear", antialias=side < latents.shape[-1])
-    raw = LatentSpace.of(vae).to_vae(latents)
+    raw = latent_space.to_vae(latents)
     return ((vae.decode(raw.to(vae.dtype)).sample.float() + 1) / 2).clamp(0, 1)
 
 
@@ -70,14 +71,14 @@ class Batch:
 
     x0: torch.Tensor  # (B, C, h, w) reference latents
     noise: torch.Tensor  # (B, C, h, w)
-    timesteps: torch.Tensor  # (B,) int64
-    conditioning: dict[str, torch.Tensor]  # see rewardbooth.models.stable_diffusion: embeddings, or token ids
+    timesteps: torch.Tensor  # (B,) the process's time values (DDPM int64 t, flow float32 1000σ)
+    conditioning: Conditioning  # the family's: embeddings of frozen encoders, token ids of trained ones
     num_instance: int
     prompts: list[str]
 
     def to(self, device: torch.device) -> Batch:
         return Batch(x0=self.x0.to(device), noise=self.noise.to(device), timesteps=self.timesteps.to(device),
-                     conditioning={k: v.to(device) for k, v in self.conditioning.items()},
+                     conditioning=self.conditioning.to(device),
                      num_instance=self.num_instance,
                      prompts=self.prompts)
 
@@ -103,12 +104,12 @@ class ImageSet:
 class TrainingData:
     """Draws the micro-batches of a run from an instance set and an optional prior (class) set."""
 
-    def __init__(self, vae: AutoencoderKL, process: DiffusionProcess, instance: ImageSet, prior: ImageSet | None,
-                 conditioning: dict[str, dict[str, torch.Tensor]], seed: int):
-        self.vae, self.latent_space = vae, LatentSpace.of(vae)
+    def __init__(self, vae: AutoencoderKL, latent_space: LatentSpace, process: Process, instance: ImageSet,
+                 prior: ImageSet | None, conditioning: dict[str, Conditioning], seed: int):
+        self.vae, self.latent_space = vae, latent_space  # the family's: VAE latents -> the denoiser's
         self.process = process  # the family's: it says how timesteps are drawn
         self.instance, self.prior = instance, prior
-        self.conditioning = conditioning  # prompt -> {"embeds": (1, L, D), ...} or {"token_ids": (1, E, L)}
+        self.conditioning = conditioning  # prompt -> its one-row conditioning
         self.seed = seed
 
     def draw(self, step: int, micro: int, batch_size: int, process_index: int, num_processes: int,
@@ -132,7 +133,6 @@ class TrainingData:
         noise = torch.randn(global_shape, generator=generator).view(len(sets), -1, *x0.shape[1:])
         timesteps = self.process.sample_timesteps(global_shape[0], generator)
         timesteps = timesteps.view(len(sets), -1)
-        conditioning = {key: torch.cat([self.conditioning[prompt][key] for prompt in prompts])
-                        for key in self.conditioning[prompts[0]]}
+        conditioning = Conditioning.cat([self.conditioning[prompt] for prompt in prompts])
         return Batch(x0=x0, noise=noise[:, local].flatten(0, 1), timesteps=timesteps[:, local].flatten(),
                      conditioning=conditioning, num_instance=batch_size, prompts=prompts)

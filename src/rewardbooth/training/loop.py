@@ -219,7 +219,8 @@ def make_policy(run: RunSetup) -> Policy:
     critic_module = run.accelerator.unwrap_model(run.critic) if run.critic is not None else None
     return Policy(family=run.parts.family, denoiser=run.denoiser, text_encoders=run.text_encoders,
                   micro_conditioning=run.micro_conditioning, critic=run.critic, critic_module=critic_module,
-                  vae=run.parts.vae, objective=run.objective, diagnostic_reward=run.diagnostic_reward)
+                  vae=run.parts.vae, latent_space=run.parts.latent_space, objective=run.objective,
+                  diagnostic_reward=run.diagnostic_reward)
 
 
 def _due(step: int, every: int) -> bool:

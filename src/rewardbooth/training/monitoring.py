@@ -28,9 +28,11 @@ def render_samples(parts: ModelParts, prompts: list[str], config: ValidationConf
     like for like."""
     pipeline = parts.pipeline().to(device)
     jobs = [(prompt, config.seed + k) for prompt in prompts for k in range(config.num_images)]
+    steps, guidance = parts.sampling_defaults  # what the config leaves unset is the family's (never SD's for SD3)
+    steps = config.num_inference_steps if config.num_inference_steps is not None else steps
+    guidance = config.guidance_scale if config.guidance_scale is not None else guidance
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        return sample_images(pipeline, jobs, resolution, config.num_inference_steps, config.guidance_scale,
-                             batch_size=config.num_images)
+        return sample_images(pipeline, jobs, resolution, steps, guidance, batch_size=config.num_images)
 
 
 class MetricsLog:

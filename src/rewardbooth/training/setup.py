@@ -26,7 +26,7 @@ from rewardbooth.data.concepts import check_concepts, concept_data, concepts_of
 from rewardbooth.maths.dpg import critic_input_channels
 from rewardbooth.methods import Method, make_method, methods
 from rewardbooth.models import ModelParts, load_model
-from rewardbooth.models.families import DiffusionProcess
+from rewardbooth.models.families import Process, conditioning_of_prompts
 from rewardbooth.models.parts import check_resolution
 from rewardbooth.rewards import (
     Reward,
@@ -59,7 +59,7 @@ class RunSetup:
     parts: ModelParts  # unwrapped modules; the UNet / text encoder here are the ones being trained
     method: Method
     data: TrainingData
-    process: DiffusionProcess  # the family's forward process, on the accelerator's device
+    process: Process  # the family's forward process, on the accelerator's device
     denoiser: nn.Module  # the UNet, prepared (DDP-wrapped when distributed)
     text_encoders: list[nn.Module] | None  # prepared, when they train (SDXL: both)
     critic: nn.Module | None  # prepared, when the objective needs a critic (dpg)
@@ -167,10 +167,11 @@ def build_run(config: Config) -> RunSetup:
     check_resolution(config.data.resolution, parts)
     device, autocast_dtype = accelerator.device, AUTOCAST_DTYPES[config.train.mixed_precision]
     method = make_method(parts, config)
-    train_text_encoder = "text_encoder" in method.trainable
+    train_text_encoder = any(name in method.trainable for name in parts.named_text_encoders)
     place_models(parts, method, device, autocast_dtype, train_text_encoder)
 
-    data = build_training_data(config, parts, concept_images, train_text_encoder, accelerator)
+    trained_encoders = tuple(name for name in parts.named_text_encoders if name in method.trainable)
+    data = build_training_data(config, parts, concept_images, trained_encoders, accelerator)
     built = build_objective(config, parts, concept_images, device)
 
     if config.objective.decoder_checkpointing:
@@ -253,7 +254,8 @@ def build_objective(config: Config, parts: ModelParts, concept_images: list[torc
             diagnostic = reward if reward.differentiable else build_twin(config, concept_images, device)
     if needs.critic:
         side = config.data.resolution // parts.vae_scale_factor
-        spec = CriticSpec(critic_input_channels(config.critic.input, parts.denoiser.config.in_channels), (side, side),
+        # The family's unpacked channels (FLUX's transformer takes 2x2-packed 4C) and text width (not a sum).
+        spec = CriticSpec(critic_input_channels(config.critic.input, parts.latent_channels), (side, side),
                           parts.text_embedding_dim)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.train.seed)  # the critic's initial weights are part of the run's seed
@@ -278,7 +280,7 @@ def reward_setups(config: Config, concept_images: list[torch.Tensor], device: to
 
 
 def build_training_data(config: Config, parts: ModelParts, concept_images: list[torch.Tensor],
-                        train_text_encoder: bool, accelerator: Accelerator) -> TrainingData:
+                        trained_encoders: tuple[str, ...], accelerator: Accelerator) -> TrainingData:
     data_config, flip = config.data, config.data.random_flip
     concepts = concepts_of(data_config)
     cache = config.train.cache_latents
@@ -289,15 +291,10 @@ def build_training_data(config: Config, parts: ModelParts, concept_images: list[
                         for concept in concepts]
         prior = prompted_set(class_images, [c.class_prompt for c in concepts], flip, parts.vae, cache)
     prompts = [prompt for c in concepts for prompt in (c.instance_prompt, c.class_prompt) if prompt]
-    token_ids = {prompt: parts.family.tokenize(parts.tokenizers, [prompt]) for prompt in prompts}
-    if train_text_encoder:
-        conditioning = {prompt: {"token_ids": ids} for prompt, ids in token_ids.items()}
-    else:  # a frozen text encoder gives the same embedding every step: compute it once
-        with torch.no_grad():
-            conditioning = {prompt: {key: value.float().cpu() for key, value in
-                                     parts.family.encode_text(parts.text_encoders, ids).items()}
-                            for prompt, ids in token_ids.items()}
-    return TrainingData(parts.vae, parts.process, instance, prior, conditioning, seed=config.train.seed)
+    # Frozen text encoders give the same embedding every step: the family computes it once per prompt.
+    conditioning = conditioning_of_prompts(parts, prompts, trained_encoders)
+    return TrainingData(parts.vae, parts.latent_space, parts.process, instance, prior, conditioning,
+                        seed=config.train.seed)
 
 
 def prompted_set(image_groups: list[torch.Tensor], prompts: list[str], flip: bool, vae, cache: bool) -> ImageSet:

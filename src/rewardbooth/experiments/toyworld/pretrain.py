@@ -33,7 +33,8 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from rewardbooth.evaluation.plots import make_grid
 from rewardbooth.models.builtin import SD_SCHEDULE
-from rewardbooth.models.families import DiffusionProcess, LatentSpace
+from rewardbooth.models.ddpm import DDPMProcess
+from rewardbooth.models.families import LatentSpace
 from rewardbooth.models.stable_diffusion import tokenize
 from rewardbooth.models.tokenizers import MAX_LENGTH, make_world_tokenizer
 from rewardbooth.toyworld import world
@@ -123,7 +124,7 @@ def train_unet(vae, text_encoder, unet, tokenizer, latents, token_ids, args, out
     """Denoising (epsilon) loss on the SD-1 schedule; text encoder trained jointly; EMA weights are saved."""
     generator = torch.Generator().manual_seed(args.seed + 1)
     scheduler = DDPMScheduler(**{k: v for k, v in SD_SCHEDULE.items() if k not in ("set_alpha_to_one", "steps_offset")})
-    process, latent_space = DiffusionProcess.from_scheduler_config(scheduler.config), LatentSpace.of(vae)
+    process, latent_space = DDPMProcess.from_scheduler_config(scheduler.config), LatentSpace.of(vae)
     parameters = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=1e-2, fused=True)
     warmup = 500

@@ -21,7 +21,7 @@ from rewardbooth.core.config import Config
 from rewardbooth.core.errors import UserError
 from rewardbooth.core.registry import Registry
 from rewardbooth.maths import dpg
-from rewardbooth.models.families import DiffusionProcess
+from rewardbooth.models.families import Process
 from rewardbooth.rewards import Reward, RewardOutput
 from rewardbooth.training.batches import Batch
 
@@ -49,6 +49,7 @@ class Policy:
     critic: nn.Module | None
     critic_module: nn.Module | None  # the same critic unwrapped, evaluated with frozen weights for the actor
     vae: nn.Module  # frozen; decodes x0_hat for rewards that score images
+    latent_space: object  # the family's (rewardbooth.models.families.LatentSpace): denoiser latents -> the VAE's
     objective: Objective
     diagnostic_reward: Reward | None = None  # a differentiable reward (or a black box's twin) for diagnostics
 
@@ -67,7 +68,7 @@ class Objective(Protocol):
 
     needs: ClassVar[Needs]
 
-    def losses(self, policy: Policy, batch: Batch, process: DiffusionProcess, config: Config,
+    def losses(self, policy: Policy, batch: Batch, process: Process, config: Config,
                reward: Reward | None, score: bool = True, diagnose: bool = False) -> Losses:
         """`score`: a scoring step (objective.reward_every); `diagnose`: measure the critic this step."""
 
@@ -83,7 +84,7 @@ class Denoised:
     prior_mse: torch.Tensor | None  # mse[n:], when the batch carries prior samples
 
 
-def denoise(policy: Policy, batch: Batch, process: DiffusionProcess) -> Denoised:
+def denoise(policy: Policy, batch: Batch, process: Process) -> Denoised:
     """Diffuse, act, and the DreamBooth losses of one micro-batch."""
     # Forward diffusion, as the model family defines it (DDPM: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps).
     x_t = process.diffuse(batch.x0, batch.noise, batch.timesteps)

@@ -8,7 +8,7 @@ from functools import partial
 
 from rewardbooth.core.config import Config
 from rewardbooth.maths import dpg
-from rewardbooth.models.families import DiffusionProcess
+from rewardbooth.models.families import Process
 from rewardbooth.rewards import Reward, RewardContext, as_output
 from rewardbooth.training.batches import Batch, decode_latents
 from rewardbooth.training.objectives.base import (
@@ -26,7 +26,7 @@ def reward_context(policy: Policy, batch: Batch, config: Config) -> RewardContex
     """What a reward sees of the instance samples besides x0_hat: x0, the prompts, the decoder."""
     n = batch.num_instance
     return RewardContext(x0=batch.x0[:n].float(), prompts=batch.prompts[:n],
-                         decode=partial(decode_latents, policy.vae, size=config.objective.reward_resolution))
+                         decode=partial(decode_latents, policy.vae, policy.latent_space, size=config.objective.reward_resolution))
 
 
 @objectives.register("direct")
@@ -38,7 +38,7 @@ class Direct:
     def __init__(self, config: Config):
         self.config = config
 
-    def losses(self, policy: Policy, batch: Batch, process: DiffusionProcess, config: Config,
+    def losses(self, policy: Policy, batch: Batch, process: Process, config: Config,
                reward: Reward | None, score: bool = True, diagnose: bool = False) -> Losses:
         step, n = denoise(policy, batch, process), batch.num_instance
         timesteps = batch.timesteps[:n]

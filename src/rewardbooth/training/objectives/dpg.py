@@ -12,7 +12,7 @@ from torch import nn
 
 from rewardbooth.core.config import Config
 from rewardbooth.maths import dpg
-from rewardbooth.models.families import DiffusionProcess
+from rewardbooth.models.families import Process
 from rewardbooth.rewards import Reward, RewardContext, as_output
 from rewardbooth.training.batches import Batch
 from rewardbooth.training.critic_diagnostics import alignment_terms
@@ -40,7 +40,7 @@ class DeterministicPolicyGradient:
     def __init__(self, config: Config):
         self.config = config
 
-    def losses(self, policy: Policy, batch: Batch, process: DiffusionProcess, config: Config,
+    def losses(self, policy: Policy, batch: Batch, process: Process, config: Config,
                reward: Reward | None, score: bool = True, diagnose: bool = False) -> Losses:
         step, n = denoise(policy, batch, process), batch.num_instance
         x_t, action, x0, timesteps = step.x_t[:n], step.action[:n], batch.x0[:n], batch.timesteps[:n]
@@ -68,7 +68,7 @@ class DeterministicPolicyGradient:
                       fit=(q_taken.detach().float(), output.scores.detach().float()))
 
 
-def critic_alignment(critic: nn.Module, reward_fn: Reward, config: Config, process: DiffusionProcess,
+def critic_alignment(critic: nn.Module, reward_fn: Reward, config: Config, process: Process,
                      x_t: torch.Tensor, action: torch.Tensor, x0: torch.Tensor, timesteps: torch.Tensor,
                      text: torch.Tensor, context: RewardContext) -> dict[str, torch.Tensor]:
     """cos(dQ/da, dr/da) and the norm ratio at the actions taken, through the same look-forward step.

@@ -27,7 +27,7 @@ from rewardbooth.core.config import Config, GRPOConfig
 from rewardbooth.core.errors import UserError
 from rewardbooth.maths import dpg, rollout
 from rewardbooth.methods import methods
-from rewardbooth.models.families import DiffusionProcess
+from rewardbooth.models.families import Process, RolloutProcess
 from rewardbooth.rewards import Reward, RewardContext, as_output
 from rewardbooth.training.batches import Batch, decode_latents
 from rewardbooth.training.objectives.base import (
@@ -67,12 +67,16 @@ class GroupRelativePolicyOptimization:
                             f"switching adapters off, but method.name={config.method.name} trains the base "
                             f"weights: use method.name=lora, or objective.grpo.kl_weight=0")
 
-    def losses(self, policy: Policy, batch: Batch, process: DiffusionProcess, config: Config,
+    def losses(self, policy: Policy, batch: Batch, process: Process, config: Config,
                reward: Reward | None, score: bool = True, diagnose: bool = False) -> Losses:
         step, n = denoise(policy, batch, process), batch.num_instance
         terms = dpg.actor_loss(step.mse[:n], step.prior_mse, None, batch.timesteps[:n], **loss_weights(config))
         if not score:
             return Losses(terms)
+        if not hasattr(process, "stochastic_step"):  # not a RolloutProcess
+            raise UserError(f"objective.name=grpo samples with a stochastic step, which the {policy.family.name} "
+                            f"family does not have yet (only the DDPM families: SD 1.x/2.x, SDXL); use "
+                            f"objective.name=dpg or direct there")
         generator = rollout_generator(batch)
         with torch.no_grad():
             rollouts, output = self.sample(policy, batch, process, reward, config, generator)
@@ -80,12 +84,12 @@ class GroupRelativePolicyOptimization:
         terms["loss"] = terms["loss"] + policy_terms.pop("policy_loss")
         return Losses({**terms, **policy_terms, **reward_terms(output)})
 
-    def sample(self, policy: Policy, batch: Batch, process: DiffusionProcess, reward: Reward, config: Config,
+    def sample(self, policy: Policy, batch: Batch, process: RolloutProcess, reward: Reward, config: Config,
                generator: torch.Generator) -> tuple[Rollouts, object]:
         """Draw the groups, score the final samples, and standardise their rewards within each group."""
         options, n = self.options, batch.num_instance
         index = torch.arange(n, device=batch.x0.device).repeat_interleave(options.group_size)
-        conditioning = {key: value[index] for key, value in batch.conditioning.items()}
+        conditioning = batch.conditioning.select(index)
         times = process.sampling_timesteps(options.num_steps).to(batch.x0.device)
         next_times = torch.cat([times[1:], torch.full_like(times[:1], -1)])
         x = torch.randn((len(index), *batch.x0.shape[1:]), generator=generator).to(batch.x0)
@@ -99,13 +103,14 @@ class GroupRelativePolicyOptimization:
             next_states.append(x)
             log_probs.append(log_prob)
         context = RewardContext(x0=batch.x0[index].float(), prompts=[batch.prompts[i] for i in index.tolist()],
-                                decode=partial(decode_latents, policy.vae, size=config.objective.reward_resolution))
+                                decode=partial(decode_latents, policy.vae, policy.latent_space,
+                                               size=config.objective.reward_resolution))
         output = as_output(reward(x.float(), context))
         advantages = rollout.group_advantages(output.scores, options.group_size, options.advantage_clip)
         return Rollouts(torch.stack(states), torch.stack(next_states), torch.stack(log_probs), times, next_times,
                         conditioning, advantages.to(x.device)), output
 
-    def reinforce(self, policy: Policy, process: DiffusionProcess, rollouts: Rollouts,
+    def reinforce(self, policy: Policy, process: RolloutProcess, rollouts: Rollouts,
                   generator: torch.Generator) -> dict[str, torch.Tensor]:
         """The clipped surrogate and the KL anchor at `trained_steps` random steps of every trajectory."""
         options = self.options

@@ -1,0 +1,171 @@
+"""The flow-matching families end to end on their tiny built-ins: training through the CLI with each method
+and objective, results that stock diffusers loads and that reproduce `generate`'s images, the family's
+sampling defaults, and refusals that are one line and write nothing."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FluxPipeline, StableDiffusion3Pipeline
+from PIL import Image
+from safetensors.torch import load_file
+
+from helpers import run_cli, tiny_args
+from rewardbooth.core.config import ModelConfig
+from rewardbooth.inference.generate import generate
+from rewardbooth.models import load_model
+
+TRAIN = ["train.max_steps=2", "validation.every=0", "train.lr=1e-3", "data.num_class_images=2"]
+PROMPT = "a photo of sks dog"
+FAMILIES = {"sd3": ("tiny-sd3", StableDiffusion3Pipeline, 7.0), "flux": ("tiny-flux", FluxPipeline, 3.5)}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def stock_folder(family, tmp_path_factory):
+    """The family's tiny built-in saved as a stock pipeline folder (the path users pass)."""
+    folder = tmp_path_factory.mktemp(family)
+    load_model(ModelConfig(FAMILIES[family][0])).pipeline().save_pretrained(folder)
+    return folder
+
+
+def train(subject_dir, out, model, *overrides):
+    assert run_cli(tiny_args(subject_dir, out, f"model.pretrained={model}", *TRAIN, *overrides)) == 0
+    return out
+
+
+def stock_image(pipeline, steps=2):
+    return np.asarray(pipeline(PROMPT, num_inference_steps=steps, height=64, width=64,
+                               generator=torch.Generator().manual_seed(0)).images[0]).astype(int)
+
+
+def test_lora_dpg_loads_in_the_stock_pipeline_and_reproduces_generate(family, stock_folder, subject_dir, tmp_path):
+    _, pipeline_class, guidance = FAMILIES[family]
+    out = train(subject_dir, tmp_path / "lora", stock_folder, "method.name=lora", "objective.name=dpg")
+    saved = load_file(out / "pytorch_lora_weights.safetensors")
+    layers = {key.split(".lora_")[0].rsplit(".", 1)[-1] for key in saved}
+    assert {"to_q", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"} <= layers  # both streams
+    assert any("lora_B" in key and value.abs().sum() > 0 for key, value in saved.items())  # it trained
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all("critic_loss" in row and np.isfinite(row["loss"]) for row in rows)
+
+    ours = generate(str(out), [PROMPT], tmp_path / "images", num_images=1, num_inference_steps=2, resolution=64)
+    record = json.loads((tmp_path / "images" / "generation.json").read_text())
+    assert record["guidance_scale"] == guidance  # the family's own default (SD3 7, FLUX-dev 3.5), not SD's 7.5
+    stock = pipeline_class.from_pretrained(stock_folder)
+    base = stock_image(stock)
+    stock.load_lora_weights(str(out))
+    expected = stock_image(stock)
+    assert np.abs(np.asarray(Image.open(ours[0])).astype(int) - expected).max() <= 1
+    assert np.abs(base - expected).max() > 0  # the adapters change the images
+
+
+def test_dreambooth_trains_the_transformer_only_and_saves_a_stock_folder(family, stock_folder, subject_dir, tmp_path):
+    pipeline_class = FAMILIES[family][1]
+    out = train(subject_dir, tmp_path / "db", stock_folder, "method.name=dreambooth", "objective.name=baseline")
+    trained, base = pipeline_class.from_pretrained(out), pipeline_class.from_pretrained(stock_folder)
+    moved = [k for k, v in trained.transformer.state_dict().items() if not torch.equal(v, base.transformer.state_dict()[k])]
+    assert moved
+    encoders = [name for name in ("text_encoder", "text_encoder_2", "text_encoder_3") if hasattr(base, name)]
+    for name in (*encoders, "vae"):  # T5 never trains
+        for key, value in getattr(trained, name).state_dict().items():
+            assert torch.equal(value, getattr(base, name).state_dict()[key]), f"{name}.{key}"
+
+
+def test_direct_objective_runs(family, subject_dir, tmp_path):
+    out = train(subject_dir, tmp_path / "direct", FAMILIES[family][0], "method.name=lora", "objective.name=direct",
+                "data.prior_preservation=false")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all("reward" in row and np.isfinite(row["loss"]) for row in rows)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["method.name=custom_diffusion", "data.identifier=<new1>", "data.instance_prompt=a photo of <new1> dog"],
+     "use method.name=lora or method.name=dreambooth"),
+    (["method.name=dreambooth", "method.train_text_encoder=true"], "set method.train_text_encoder=false"),
+    (["data.resolution=60"], "data.resolution=60 is not a multiple of 8"),
+], ids=["custom-diffusion", "text-encoder", "resolution"])
+def test_refusals_are_one_line_and_write_nothing(family, overrides, message, subject_dir, tmp_path, capsys):
+    model = FAMILIES[family][0]
+    assert run_cli(tiny_args(subject_dir, tmp_path / "run", f"model.pretrained={model}", *TRAIN, *overrides)) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and len(error.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+FLUX_RESUME = ["model.pretrained=tiny-flux", "method.name=lora", "validation.every=0", "train.lr=1e-3",
+               "train.max_steps=5", "train.checkpoint_every=2", "train.lr_scheduler=cosine",
+               "train.lr_warmup_steps=2", "objective.name=dpg", "objective.reward=look_forward",
+               "data.num_class_images=2"]
+
+
+def result_files(folder):
+    return {str(path.relative_to(folder)): load_file(path) for path in folder.rglob("*.safetensors")
+            if path.relative_to(folder).parts[0] not in ("checkpoints", "samples", "best")}
+
+
+def test_flux_interrupted_and_resumed_run_matches_an_uninterrupted_one(subject_dir, tmp_path, monkeypatch):
+    """Float 1000σ timesteps, packed latents and the critic resume bitwise, as the DDPM families do."""
+    import rewardbooth.training.loop
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run_cli(tiny_args(subject_dir, straight, *FLUX_RESUME)) == 0
+    accumulate, steps, interrupt_at = rewardbooth.training.loop.accumulate_gradients, [], 3
+
+    def interruptible(run, policy, config, step):
+        if step == interrupt_at:
+            raise KeyboardInterrupt
+        steps.append(step)
+        return accumulate(run, policy, config, step)
+
+    monkeypatch.setattr(rewardbooth.training.loop, "accumulate_gradients", interruptible)
+    assert run_cli(tiny_args(subject_dir, resumed, *FLUX_RESUME)) == 130
+    steps.clear()
+    interrupt_at = None
+    assert run_cli(tiny_args(subject_dir, resumed, *FLUX_RESUME, "train.resume=latest")) == 0
+    assert steps == [2, 3, 4]
+    expected, got = result_files(straight), result_files(resumed)
+    assert {"pytorch_lora_weights.safetensors", "critic.safetensors"} <= expected.keys() == got.keys()
+    for name, tensors in expected.items():
+        for key, value in tensors.items():
+            assert torch.equal(value, got[name][key]), f"{name}:{key}"
+    assert (straight / "metrics.jsonl").read_text() == (resumed / "metrics.jsonl").read_text()
+
+
+@pytest.mark.slow
+def test_flux_two_cpu_processes_match_one(subject_dir, tmp_path):
+    """Two gloo processes with batch 1 each see what one process with batch 2 sees (test_distributed.py's
+    check, on the packed flow family)."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    run = ["model.pretrained=tiny-flux", "method.name=lora", "train.max_steps=3", "validation.every=0",
+           "data.prior_preservation=true", "critic.residual_prior=false", "data.num_class_images=2"]
+    single, double = tmp_path / "single", tmp_path / "double"
+    assert run_cli(tiny_args(subject_dir, single, *run, "train.batch_size=2")) == 0
+    launcher = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "rewardbooth", *tiny_args(subject_dir, double, *run, "train.batch_size=1")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [[json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+            for folder in (single, double)]
+    for single_row, double_row in zip(*rows, strict=True):
+        for key in ("loss", "critic_loss", "reward"):
+            assert double_row[key] == pytest.approx(single_row[key], rel=1e-5), key
+    a, b = (load_file(folder / "pytorch_lora_weights.safetensors") for folder in (single, double))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-3)
