@@ -55,6 +55,25 @@ def test_sd15_random_has_the_sd15_unet_size():
     assert parts.vae_scale_factor == 8
 
 
+def test_flux_random_has_flux_dev_sizes():
+    with torch.device("meta"):
+        parts = load_model(ModelConfig("flux-random"))
+    num_parameters = sum(p.numel() for p in parts.transformer.parameters())
+    assert 11.85e9 < num_parameters < 11.95e9  # FLUX.1-dev's transformer: 11.9 B
+    assert 4.7e9 < sum(p.numel() for p in parts.text_encoder_2.parameters()) < 4.8e9  # T5-XXL's encoder: 4.76 B
+    assert parts.latent_channels == 16 and parts.family.native_resolution(parts) == 1024
+
+
+def test_sd35m_random_has_sd35_medium_sizes():
+    with torch.device("meta"):
+        parts = load_model(ModelConfig("sd35m-random"))
+    transformer = parts.transformer
+    # 2.47 B in SD3.5-medium's checkpoint, 0.23 B of which is the 384 x 384 position table (a buffer here).
+    weights = sum(p.numel() for p in transformer.parameters()) + transformer.pos_embed.pos_embed.numel()
+    assert 2.4e9 < weights < 2.5e9
+    assert parts.latent_channels == 16 and parts.text_embedding_dim == 4096
+
+
 def test_tiny_is_deterministic():
     a, b = load_model(ModelConfig("tiny")), load_model(ModelConfig("tiny"))
     for (name, x), (_, y) in zip(a.unet.state_dict().items(), b.unet.state_dict().items()):

@@ -5,6 +5,8 @@ train mode, and a reloaded pipeline would otherwise draw other images than the o
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -91,3 +93,87 @@ def load_tiny_flux(config: ModelConfig, seed: int = 0) -> FluxParts:
                                                     max_image_seq_len=4096)
     return FluxParts(**modules, tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler=scheduler,
                      source="tiny-flux", family_name=Flux.name)
+
+
+# Real-size architectures with random weights, for `rewardbooth bench step` (a random model times and fills
+# memory exactly like a trained one). T5-XXL (4.7 B) sits in both; tokenizers stay the in-memory ones (the
+# sequence lengths, not the vocabularies, set the cost).
+T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+              feed_forward_proj="gated-gelu", dropout_rate=0.0)
+CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+              projection_dim=768, hidden_act="quick_gelu")
+CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+              projection_dim=1280, hidden_act="gelu")
+VAE_16 = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
+              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+              layers_per_block=2, sample_size=1024, use_quant_conv=False, use_post_quant_conv=False)
+
+
+def _real_size() -> contextlib.AbstractContextManager:
+    """Where a real-size model is built: as asked (e.g. on "meta" to read its sizes), else on the GPU in bf16
+    when there is one (FLUX's 12 B transformer and T5-XXL take 68 GB in fp32, 34 GB in bf16), else here."""
+    if torch.get_default_device().type != "cpu" or not torch.cuda.is_available():
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.device("cuda"))
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    stack.callback(torch.set_default_dtype, previous)
+    return stack
+
+
+def _real_clip(tokenizer, sizes: dict, model_class: type) -> nn.Module:
+    return model_class(CLIPTextConfig(vocab_size=max(len(tokenizer), 49408), max_position_embeddings=77,
+                                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                      pad_token_id=tokenizer.pad_token_id, **sizes))
+
+
+def _real_t5(tokenizer: ByT5Tokenizer) -> T5EncoderModel:
+    return T5EncoderModel(T5Config(**T5_XXL, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id))
+
+
+@loaders.register("flux-random")
+def load_flux_random(config: ModelConfig) -> FluxParts:
+    """FLUX.1-dev's architecture (11.9 B MMDiT: 19 double-stream + 38 single-stream blocks, CLIP-L + T5-XXL,
+    16-channel VAE), random weights."""
+    with torch.random.fork_rng(devices=[]), _real_size():
+        torch.manual_seed(0)
+        tokenizer, tokenizer_2 = make_character_tokenizer(), ByT5Tokenizer()
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+            axes_dims_rope=(16, 56, 56))
+        modules = dict(transformer=transformer, vae=AutoencoderKL(**VAE_16, scaling_factor=0.3611, shift_factor=0.1159),
+                       text_encoder=_real_clip(tokenizer, CLIP_L, CLIPTextModel), text_encoder_2=_real_t5(tokenizer_2))
+    for module in modules.values():
+        module.eval()
+    with torch.device("cpu"):  # FLUX.1-dev's scheduler config
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+                                                    base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                                    max_image_seq_len=4096)
+    return FluxParts(**modules, tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler=scheduler,
+                     source="flux-random", family_name=Flux.name)
+
+
+@loaders.register("sd35m-random")
+def load_sd35m_random(config: ModelConfig) -> StableDiffusion3Parts:
+    """SD3.5-medium's architecture (2.5 B MMDiT-X: 24 blocks, dual attention in the first 13, QK RMS norm;
+    CLIP-L + CLIP-G + T5-XXL; 16-channel VAE), random weights."""
+    with torch.random.fork_rng(devices=[]), _real_size():
+        torch.manual_seed(0)
+        tokenizer, tokenizer_2, tokenizer_3 = make_character_tokenizer(), make_character_tokenizer(), ByT5Tokenizer()
+        transformer = SD3Transformer2DModel(
+            sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
+            num_attention_heads=24, caption_projection_dim=1536, joint_attention_dim=4096,
+            pooled_projection_dim=2048, pos_embed_max_size=384, dual_attention_layers=tuple(range(13)),
+            qk_norm="rms_norm")
+        modules = dict(transformer=transformer, vae=AutoencoderKL(**VAE_16, scaling_factor=1.5305, shift_factor=0.0609),
+                       text_encoder=_real_clip(tokenizer, CLIP_L, CLIPTextModelWithProjection),
+                       text_encoder_2=_real_clip(tokenizer_2, CLIP_G, CLIPTextModelWithProjection),
+                       text_encoder_3=_real_t5(tokenizer_3))
+    for module in modules.values():
+        module.eval()
+    with torch.device("cpu"):
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    return StableDiffusion3Parts(**modules, tokenizer=tokenizer, tokenizer_2=tokenizer_2, tokenizer_3=tokenizer_3,
+                                 scheduler=scheduler, source="sd35m-random", family_name=StableDiffusion3.name)
