@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TRAIN, DATA = "src/rewardbooth/training/loop.py", "src/rewardbooth/training/batches.py"
 DDPM, SD = "src/rewardbooth/models/ddpm.py", "src/rewardbooth/models/stable_diffusion.py"
 MATHS, GENERATE = "src/rewardbooth/maths/dpg.py", "src/rewardbooth/inference/generate.py"
+ROLLOUT = "src/rewardbooth/maths/rollout.py"
 FAMILY_TESTS = ["tests/unit/test_dpg.py", "tests/contract/test_family_contract.py"]
 OBJECTIVES = "src/rewardbooth/training/objectives"
 BASELINE, DIRECT, DPG, GRPO = (f"{OBJECTIVES}/{name}.py" for name in ("baseline", "direct", "dpg", "grpo"))
@@ -94,6 +95,13 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
     "sd-matches-by-prefix": (SD, "return pipeline_class_name in self.pipeline_class_names",
                              'return pipeline_class_name.startswith("StableDiffusion") and "XL" not in pipeline_class_name',
                              FAMILY_TESTS),
+    "flow-sde-dt-sign": (ROLLOUT, "expand_to(sigma_next - sigma, x_t)", "expand_to(sigma - sigma_next, x_t)",
+                         ["tests/unit/test_flow_rollout.py"]),
+    "flow-sde-std-no-sqrt-dt": (ROLLOUT, "return diffusion * (sigma - sigma_next).sqrt()", "return diffusion",
+                                     ["tests/unit/test_flow_rollout.py"]),
+    "flux-rollouts-other-size": (GRPO, "process.sampling_timesteps(options.num_steps, tuple(batch.x0.shape[-2:]))",
+                                      "process.sampling_timesteps(options.num_steps, (128, 128))",
+                                      ["tests/integration/test_flow_families.py", "-k", "grpo"]),
     "global-guidance-for-every-family": (GENERATE, "guidance_scale = guidance if guidance_scale is None else guidance_scale",
                                          "guidance_scale = 7.5 if guidance_scale is None else guidance_scale",
                                          ["tests/integration/test_flow_families.py"]),

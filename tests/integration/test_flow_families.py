@@ -15,6 +15,7 @@ from helpers import run_cli, tiny_args
 from rewardbooth.core.config import ModelConfig
 from rewardbooth.inference.generate import generate
 from rewardbooth.models import load_model
+from rewardbooth.models.flow import FlowProcess
 
 TRAIN = ["train.max_steps=2", "validation.every=0", "train.lr=1e-3", "data.num_class_images=2"]
 PROMPT = "a photo of sks dog"
@@ -169,3 +170,33 @@ def test_flux_two_cpu_processes_match_one(subject_dir, tmp_path):
     a, b = (load_file(folder / "pytorch_lora_weights.safetensors") for folder in (single, double))
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-3)
+
+
+def test_grpo_trains_lora_with_the_pipelines_own_schedule(family, stock_folder, subject_dir, tmp_path, monkeypatch):
+    """Rollout policy gradients on a flow family: Flow-GRPO's SDE step over the schedule the stock pipeline
+    samples with at this resolution (SD3's static shift, FLUX's token-count shift); only the policy term trains
+    (instance weight 0) and it moves the adapters, with the KL anchor to the base."""
+    model, pipeline_class, _ = FAMILIES[family]
+    stock = pipeline_class.from_pretrained(stock_folder)
+    stock_image(stock, steps=3)
+    process = load_model(ModelConfig(model)).process
+    schedule = stock.scheduler.timesteps.float()
+    torch.testing.assert_close(process.sampling_timesteps(3, (16, 16)), schedule)
+    seen, step = [], FlowProcess.stochastic_step
+
+    def recorded(self, x_t, action, t, *args, **kwargs):
+        seen.append(t[0].item())
+        return step(self, x_t, action, t, *args, **kwargs)
+
+    monkeypatch.setattr(FlowProcess, "stochastic_step", recorded)
+    out = train(subject_dir, tmp_path / "grpo", model, "method.name=lora", "objective.name=grpo",
+                "objective.instance_weight=0", "data.prior_preservation=false", "objective.reward=look_forward",
+                "objective.grpo.group_size=2", "objective.grpo.num_steps=3", "objective.grpo.trained_steps=1",
+                "objective.grpo.eta=0.7", "objective.grpo.kl_weight=0.04")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(row["skipped"] == 0 and np.isfinite(row["loss"]) for row in rows)
+    assert all(row["grpo/ratio"] == pytest.approx(1, abs=1e-3) and row["grpo/kl"] >= 0 for row in rows)
+    assert all(row["grpo/advantage_abs"] > 0 for row in rows)
+    assert sorted(set(seen), reverse=True) == pytest.approx(schedule.tolist())  # the run's own rollouts, 64 px
+    adapters = load_file(out / "pytorch_lora_weights.safetensors")
+    assert any(value.abs().max() > 0 for key, value in adapters.items() if "lora_B" in key)

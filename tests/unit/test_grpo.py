@@ -95,3 +95,22 @@ def test_the_anchor_needs_adapters(subject_dir, tmp_path):
     with pytest.raises(UserError, match="method.name=lora, or objective.grpo.kl_weight=0"):
         with tiny_run(subject_dir, tmp_path, "objective.grpo.kl_weight=0.04"):
             pass
+
+
+def test_a_process_without_a_stochastic_step_is_refused_in_one_line(subject_dir, tmp_path):
+    """A third-party family whose process has no `stochastic_step` (not a RolloutProcess)."""
+
+    class NoRollouts:
+        def __init__(self, process):
+            self.process = process
+
+        def __getattr__(self, name):
+            if name in ("sampling_timesteps", "stochastic_step"):
+                raise AttributeError(name)
+            return getattr(self.process, name)
+
+    with tiny_run(subject_dir, tmp_path, "objective.reward=look_forward") as (run, config):
+        batch = run.data.draw(0, 0, 1, 0, 1)
+        with pytest.raises(UserError, match="use objective.name=dpg or direct there") as refused:
+            run.objective.losses(make_policy(run), batch, NoRollouts(run.process), config, run.reward)
+        assert len(str(refused.value).splitlines()) == 1

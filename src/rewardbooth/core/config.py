@@ -97,9 +97,10 @@ class GRPOConfig:
     the sampler's steps reinforced by their group-normalised advantage (docs/architecture.md)."""
 
     group_size: int = _field(4, "images sampled per prompt (the group whose rewards normalise each other)")
-    num_steps: int = _field(10, "stochastic sampler steps per image (DDIM with eta > 0)")
+    num_steps: int = _field(10, "stochastic sampler steps per image (DDIM with eta > 0, or Flow-GRPO's SDE)")
     trained_steps: int = _field(2, "sampler steps per image whose log-probability is trained, drawn at random")
-    eta: float = _field(1.0, "DDIM eta of the rollouts: 1 = the DDPM posterior's noise, > 0 for a log-probability")
+    eta: float = _field(1.0, "the rollouts' noise: DDIM eta (1 = the DDPM posterior's), or Flow-GRPO's noise "
+                            "level a for flow families (their paper: 0.7); > 0 for a log-probability")
     clip_range: float = _field(1e-4, "PPO ratio clip: the ratio is clipped to [1 - c, 1 + c] (DDPO's 1e-4)")
     advantage_clip: float = _field(5.0, "advantages are clipped to [-c, c] (DDPO's 5)")
     kl_weight: float = _field(0.0, "beta: weight of the KL anchor to the base model, which is the denoiser with "

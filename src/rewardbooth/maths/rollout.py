@@ -5,7 +5,13 @@ pi_theta(x_{t'} | x_t) = N(mean_theta(x_t, t), std_t^2 I). For DDPM families tha
 (Song et al. 2021, eq. 12): with x0_hat and eps_hat implied by the denoiser's action,
     std_t = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)
     mean  = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - std_t^2) eps_hat
-(eta = 1 is the DDPM posterior's variance). Log-probabilities are averaged over the latent's dimensions, as
+(eta = 1 is the DDPM posterior's variance). For flow-matching families it is Flow-GRPO's SDE step (Liu et al.
+2025, eq. 9), with sigma decreasing from 1 to 0, dt = sigma_next - sigma < 0, v_hat the velocity and a the
+noise level:
+    s_t   = a * sqrt(sigma / (1 - sigma))      (the SDE's diffusion coefficient)
+    mean  = x (1 + s_t^2 / (2 sigma) dt) + v_hat (1 + s_t^2 (1 - sigma) / (2 sigma)) dt
+    std   = s_t * sqrt(-dt)
+(a -> 0: the Euler step x + dt v_hat of FlowMatchEulerDiscreteScheduler). Log-probabilities are averaged over the latent's dimensions, as
 DDPO's `ddim_step_with_logprob` does, so ratios and KL terms do not scale with the resolution.
 Group advantages (GRPO, Shao et al. 2024): each sample's reward standardised within its prompt's group.
 """
@@ -35,6 +41,34 @@ def ddim_step_mean(x_t: torch.Tensor, x0_hat: torch.Tensor, alpha_bar_t: torch.T
     eps_hat = (x_t - abar_t.sqrt() * x0_hat) / (1 - abar_t).sqrt()
     direction = (1 - abar_prev - expand_to(std, x_t).square()).clamp(min=0).sqrt()
     return abar_prev.sqrt() * x0_hat + direction * eps_hat
+
+
+def flow_sde_diffusion(sigma: torch.Tensor, sigma_next: torch.Tensor, noise_scale: float) -> torch.Tensor:
+    """s_t = a sqrt(sigma / (1 - sigma)) (Liu et al. 2025, below eq. 9). At sigma = 1, where it is infinite,
+    sigma_next stands in for sigma in the denominator, as Flow-GRPO's code takes the schedule's second sigma.
+
+    Shape: (B,), (B,) -> (B,)
+    """
+    bounded = torch.where(sigma >= 1, sigma_next, sigma)
+    return noise_scale * (sigma / (1 - bounded)).sqrt()
+
+
+def flow_sde_step_mean(x_t: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
+                       diffusion: torch.Tensor) -> torch.Tensor:
+    """The SDE step's mean (Liu et al. 2025, eq. 9): the Euler step plus the score correction s_t^2/(2 sigma)
+    (x + (1 - sigma) v_hat) dt that keeps the marginals of the deterministic flow.
+
+    Shape: x_t, velocity (B, C, h, w); sigma, sigma_next, diffusion (B,) -> (B, C, h, w)
+    """
+    sigma, dt = expand_to(sigma, x_t), expand_to(sigma_next - sigma, x_t)
+    correction = expand_to(diffusion, x_t).square() / (2 * sigma)
+    return x_t * (1 + correction * dt) + velocity * (1 + correction * (1 - sigma)) * dt
+
+
+def flow_sde_step_std(diffusion: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+    """The step's Gaussian std s_t sqrt(-dt), dt = sigma_next - sigma < 0 (eq. 9's last term).
+    Shape: (B,), (B,), (B,) -> (B,)"""
+    return diffusion * (sigma - sigma_next).sqrt()
 
 
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

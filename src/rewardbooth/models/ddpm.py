@@ -57,9 +57,10 @@ class DDPMProcess:
         return dpg.predict_x0(x_t, action, self.alpha_bar(timesteps), self.prediction_type)
 
 
-    def sampling_timesteps(self, num_steps: int) -> torch.Tensor:
+    def sampling_timesteps(self, num_steps: int, latent_size: tuple[int, int] | None = None) -> torch.Tensor:
         """A sampler's S time values, descending, spaced as SD's DDIM scheduler spaces them ("leading",
-        steps_offset 1): T/S * (S-1) + 1, ..., T/S + 1, 1. Shape: -> (S,) int64 on the CPU"""
+        steps_offset 1): T/S * (S-1) + 1, ..., T/S + 1, 1, whatever the latents' size.
+        Shape: -> (S,) int64 on the CPU"""
         stride = self.num_train_timesteps // num_steps
         return torch.arange(num_steps - 1, -1, -1) * stride + 1
 

@@ -46,11 +46,12 @@ class Process(Protocol):
 
 class RolloutProcess(Process, Protocol):
     """A process that can also sample stochastically, step by step, with each step's log-probability: what
-    rollout objectives (grpo) need. The DDPM families have it (DDIM with η > 0); the flow families' SDE step
-    (Flow-GRPO) is not written yet, and grpo refuses them with one line."""
+    rollout objectives (grpo) need. The DDPM families have it (DDIM with η > 0, models/ddpm.py), the flow
+    families too (Flow-GRPO's SDE step, models/flow.py); grpo refuses a family without it in one line."""
 
-    def sampling_timesteps(self, num_steps: int) -> torch.Tensor:
-        """A sampler's S time values, descending. Shape: -> (S,) on the CPU"""
+    def sampling_timesteps(self, num_steps: int, latent_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The family's sampler's S time values, descending, for (h, w) latents (a resolution-dependent
+        schedule, FLUX's dynamic shift, needs them). Shape: -> (S,) on the CPU"""
 
     def stochastic_step(self, x_t: torch.Tensor, action: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
                         noise_scale: float, generator: torch.Generator | None = None,

@@ -87,7 +87,8 @@ class Flux:
         return pipeline_class_name in self.pipeline_class_names
 
     def process(self, parts: FluxParts) -> FlowProcess:
-        return FlowProcess.from_scheduler_config(parts.scheduler.config, density="uniform")
+        # FluxPipeline samples with σ = linspace(1, 1/S, S), shifted dynamically: rollouts use the same.
+        return FlowProcess.from_scheduler_config(parts.scheduler.config, linear_sampling_sigmas=True, density="uniform")
 
     def latent_space(self, parts: FluxParts) -> LatentSpace:
         return LatentSpace.of(parts.vae)

@@ -3,8 +3,8 @@ Flow-GRPO, Liu et al. 2025; GRPO's group advantages, Shao et al. 2024).
 
 Per scoring micro-batch, for each instance prompt: a group of `objective.grpo.group_size` images sampled from
 the current policy with the family's stochastic step (`process.stochastic_step`: DDIM with eta > 0 for the
-DDPM families), each step's log-probability kept; the images scored by the reward; advantages standardised
-within the group; then `trained_steps` of each trajectory's steps, drawn at random, recomputed with
+DDPM families, Flow-GRPO's SDE step with noise level a = eta for the flow families), each step's
+log-probability kept; the images scored by the reward; advantages standardised within the group; then `trained_steps` of each trajectory's steps, drawn at random, recomputed with
 gradients and reinforced through PPO's clipped ratio, plus beta * KL to the base model (LoRA: the same
 denoiser with its adapters switched off, no second copy). The DreamBooth terms (objective.instance_weight,
 prior_weight) are added as for every objective; set them to 0 for pure RL. Rollouts are sampled without
@@ -75,7 +75,7 @@ class GroupRelativePolicyOptimization:
             return Losses(terms)
         if not hasattr(process, "stochastic_step"):  # not a RolloutProcess
             raise UserError(f"objective.name=grpo samples with a stochastic step, which the {policy.family.name} "
-                            f"family does not have yet (only the DDPM families: SD 1.x/2.x, SDXL); use "
+                            f"family's process does not have (the SD, SDXL, SD3 and FLUX families do); use "
                             f"objective.name=dpg or direct there")
         generator = rollout_generator(batch)
         with torch.no_grad():
@@ -90,7 +90,7 @@ class GroupRelativePolicyOptimization:
         options, n = self.options, batch.num_instance
         index = torch.arange(n, device=batch.x0.device).repeat_interleave(options.group_size)
         conditioning = batch.conditioning.select(index)
-        times = process.sampling_timesteps(options.num_steps).to(batch.x0.device)
+        times = process.sampling_timesteps(options.num_steps, tuple(batch.x0.shape[-2:])).to(batch.x0.device)
         next_times = torch.cat([times[1:], torch.full_like(times[:1], -1)])
         x = torch.randn((len(index), *batch.x0.shape[1:]), generator=generator).to(batch.x0)
         states, next_states, log_probs = [], [], []
