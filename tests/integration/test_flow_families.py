@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import FluxPipeline, StableDiffusion3Pipeline
+from diffusers import FluxPipeline, StableDiffusion3Pipeline, ZImagePipeline
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -15,10 +15,12 @@ from helpers import run_cli, tiny_args
 from rewardbooth.core.config import ModelConfig
 from rewardbooth.inference.generate import generate
 from rewardbooth.models import load_model
+from rewardbooth.models.families import family_for_pipeline
 
 TRAIN = ["train.max_steps=2", "validation.every=0", "train.lr=1e-3", "data.num_class_images=2"]
 PROMPT = "a photo of sks dog"
-FAMILIES = {"sd3": ("tiny-sd3", StableDiffusion3Pipeline, 7.0), "flux": ("tiny-flux", FluxPipeline, 3.5)}
+FAMILIES = {"sd3": ("tiny-sd3", StableDiffusion3Pipeline, 7.0), "flux": ("tiny-flux", FluxPipeline, 3.5),
+            "zimage": ("tiny-zimage", ZImagePipeline, 5.0)}
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
@@ -48,8 +50,11 @@ def test_lora_dpg_loads_in_the_stock_pipeline_and_reproduces_generate(family, st
     _, pipeline_class, guidance = FAMILIES[family]
     out = train(subject_dir, tmp_path / "lora", stock_folder, "method.name=lora", "objective.name=dpg")
     saved = load_file(out / "pytorch_lora_weights.safetensors")
-    layers = {key.split(".lora_")[0].rsplit(".", 1)[-1] for key in saved}
-    assert {"to_q", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"} <= layers  # both streams
+    # Every default target the family names (both streams of an MMDiT: add_{q,k,v}_proj, to_add_out), no other.
+    targets, layers = family_for_pipeline(pipeline_class.__name__).lora_targets["denoiser"], {
+        key.split(".lora_")[0] for key in saved}
+    assert all(any(layer.endswith(target) for layer in layers) for target in targets)
+    assert all(any(layer.endswith(target) for target in targets) for layer in layers)
     assert any("lora_B" in key and value.abs().sum() > 0 for key, value in saved.items())  # it trained
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all("critic_loss" in row and np.isfinite(row["loss"]) for row in rows)
