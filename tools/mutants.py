@@ -27,6 +27,8 @@ BASELINE, DIRECT, DPG, GRPO = (f"{OBJECTIVES}/{name}.py" for name in ("baseline"
 SETUP = "src/rewardbooth/training/setup.py"
 CONTRACT = ["tests/contract/test_objective_contract.py"]  # what an objective declares is what it gets
 UNTRUSTED = "tests/integration/test_untrusted_input.py"
+ZIMAGE, FLUX = "src/rewardbooth/models/zimage.py", "src/rewardbooth/models/flux.py"
+STOCK_STEP = "tests/integration/test_flow_families.py::test_denoise_is_what_the_stock_sampler_steps_with"
 
 FOLDER, RESULT = "src/rewardbooth/training/output_folder.py", "src/rewardbooth/training/result.py"
 STORAGE, CHECKPOINTS = "src/rewardbooth/core/storage.py", "src/rewardbooth/training/checkpoints.py"
@@ -105,6 +107,13 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
     "global-guidance-for-every-family": (GENERATE, "guidance_scale = guidance if guidance_scale is None else guidance_scale",
                                          "guidance_scale = 7.5 if guidance_scale is None else guidance_scale",
                                          ["tests/integration/test_flow_families.py"]),
+    # A family's denoiser convention: Z-Image outputs −v at 1 − σ, FLUX takes σ (checked against one stock step).
+    "zimage-velocity-sign": (ZIMAGE, "return -torch.stack(outputs).squeeze(2), embeds",
+                             "return torch.stack(outputs).squeeze(2), embeds", [STOCK_STEP]),
+    "zimage-time-not-flipped": (ZIMAGE, "time = (1000 - timesteps.float()) / 1000", "time = timesteps.float() / 1000",
+                                [STOCK_STEP]),
+    "flux-time-unscaled": (FLUX, "timestep=timesteps.to(x_t.dtype) / 1000", "timestep=timesteps.to(x_t.dtype)",
+                           [STOCK_STEP]),
 }
 
 

@@ -68,7 +68,7 @@ def _add_bench(commands) -> None:
 def _add_bench_step(kinds) -> None:
     parser = kinds.add_parser("step", help="time baseline vs DPG steps (ratios of median time and memory)")
     parser.add_argument("--model", default="tiny",
-                        help="'tiny', 'tiny-sdxl', 'tiny-sd3', 'tiny-flux', 'sd15-random', 'sdxl-random', 'sd35m-random', "
+                        help="'tiny', 'tiny-sdxl', 'tiny-sd3', 'tiny-flux', 'tiny-zimage', 'sd15-random', 'sdxl-random', 'sd35m-random', "
                              "'flux-random' or a diffusers folder")
     parser.add_argument("--method", default="dreambooth",
                         help="base method of every variant: dreambooth, lora, custom_diffusion")

@@ -16,7 +16,7 @@ from rewardbooth.models import load_model
 from rewardbooth.models.families import Conditioning, families, family_for_pipeline
 
 TINY_MODEL = {"stable-diffusion": "tiny", "stable-diffusion-xl": "tiny-sdxl", "stable-diffusion-3": "tiny-sd3",
-              "flux": "tiny-flux"}
+              "flux": "tiny-flux", "z-image": "tiny-zimage"}
 PROMPTS = ["a photo of sks dog", "a dog on the beach"]
 
 

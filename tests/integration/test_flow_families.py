@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import FluxPipeline, StableDiffusion3Pipeline
+from diffusers import FluxPipeline, StableDiffusion3Pipeline, ZImagePipeline
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -15,11 +15,16 @@ from helpers import run_cli, tiny_args
 from rewardbooth.core.config import ModelConfig
 from rewardbooth.inference.generate import generate
 from rewardbooth.models import load_model
+from rewardbooth.models.families import family_for_pipeline
 from rewardbooth.models.flow import FlowProcess
+from rewardbooth.training.batches import decode_latents
 
 TRAIN = ["train.max_steps=2", "validation.every=0", "train.lr=1e-3", "data.num_class_images=2"]
 PROMPT = "a photo of sks dog"
-FAMILIES = {"sd3": ("tiny-sd3", StableDiffusion3Pipeline, 7.0), "flux": ("tiny-flux", FluxPipeline, 3.5)}
+# (built-in, stock pipeline, default guidance, the guidance_scale that samples without classifier-free guidance:
+# SD3 takes CFG above 1, Z-Image above 0; FLUX-dev embeds its guidance, which training sets to 3.5)
+FAMILIES = {"sd3": ("tiny-sd3", StableDiffusion3Pipeline, 7.0, 1.0), "flux": ("tiny-flux", FluxPipeline, 3.5, 3.5),
+            "zimage": ("tiny-zimage", ZImagePipeline, 5.0, 0.0)}
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
@@ -45,12 +50,35 @@ def stock_image(pipeline, steps=2):
                                generator=torch.Generator().manual_seed(0)).images[0]).astype(int)
 
 
+def test_denoise_is_what_the_stock_sampler_steps_with(family):
+    """From pure noise, one stock Euler step (σ 1 -> 0) lands on the x̂0 of the family's own `denoise`: the time
+    value the transformer is fed, the sign of its output (Z-Image's −v), the packing and the text conditioning
+    are the pipeline's."""
+    model, _, _, unguided = FAMILIES[family]
+    parts = load_model(ModelConfig(model))
+    pipeline = parts.pipeline()
+    pipeline.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        stock = pipeline([PROMPT], height=64, width=64, num_inference_steps=1, guidance_scale=unguided,
+                         output_type="pt", generator=torch.Generator().manual_seed(0)).images
+        side = 64 // parts.vae_scale_factor  # the pipeline draws its (B, C, h, w) noise from the generator first
+        noise = torch.randn(1, parts.latent_channels, side, side, generator=torch.Generator().manual_seed(0))
+        t = torch.full((1,), 1000.0)
+        conditioning = parts.family.encode_text(parts.text_encoders, parts.family.tokenize(parts.tokenizers, [PROMPT]))
+        action, _ = parts.family.denoise(parts.denoiser, noise, t, conditioning, parts.text_encoders)
+        ours = decode_latents(parts.vae, parts.latent_space, parts.process.look_forward(noise, action, t))
+    torch.testing.assert_close(ours, stock, atol=1e-4, rtol=0)
+
+
 def test_lora_dpg_loads_in_the_stock_pipeline_and_reproduces_generate(family, stock_folder, subject_dir, tmp_path):
-    _, pipeline_class, guidance = FAMILIES[family]
+    _, pipeline_class, guidance, _ = FAMILIES[family]
     out = train(subject_dir, tmp_path / "lora", stock_folder, "method.name=lora", "objective.name=dpg")
     saved = load_file(out / "pytorch_lora_weights.safetensors")
-    layers = {key.split(".lora_")[0].rsplit(".", 1)[-1] for key in saved}
-    assert {"to_q", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"} <= layers  # both streams
+    # Every default target the family names (both streams of an MMDiT: add_{q,k,v}_proj, to_add_out), no other.
+    targets, layers = family_for_pipeline(pipeline_class.__name__).lora_targets["denoiser"], {
+        key.split(".lora_")[0] for key in saved}
+    assert all(any(layer.endswith(target) for layer in layers) for target in targets)
+    assert all(any(layer.endswith(target) for target in targets) for layer in layers)
     assert any("lora_B" in key and value.abs().sum() > 0 for key, value in saved.items())  # it trained
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all("critic_loss" in row and np.isfinite(row["loss"]) for row in rows)
@@ -176,7 +204,7 @@ def test_grpo_trains_lora_with_the_pipelines_own_schedule(family, stock_folder, 
     """Rollout policy gradients on a flow family: Flow-GRPO's SDE step over the schedule the stock pipeline
     samples with at this resolution (SD3's static shift, FLUX's token-count shift); only the policy term trains
     (instance weight 0) and it moves the adapters, with the KL anchor to the base."""
-    model, pipeline_class, _ = FAMILIES[family]
+    model, pipeline_class, *_ = FAMILIES[family]
     stock = pipeline_class.from_pretrained(stock_folder)
     stock_image(stock, steps=3)
     process = load_model(ModelConfig(model)).process

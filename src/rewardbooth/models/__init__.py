@@ -7,7 +7,7 @@ every loader. ``model.pretrained`` picks a loader: a built-in name (``tiny``, ``
 ``pkg.mod:factory``, or else a diffusers folder / hub id handled by the ``diffusers`` loader.
 """
 
-from rewardbooth.models import stable_diffusion, sd3, flux  # noqa: F401, I001  (registers the families, before the loaders)
+from rewardbooth.models import stable_diffusion, sd3, flux, zimage  # noqa: F401, I001  (registers the families, before the loaders)
 from rewardbooth.models import builtin  # noqa: F401  (importing registers the built-in architectures)
 from rewardbooth.models.loaders import load_model, loaders
 from rewardbooth.models.parts import ModelParts

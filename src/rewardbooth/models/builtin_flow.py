@@ -1,6 +1,6 @@
-"""The flow families' built-ins, offline and in code: `tiny-sd3` and `tiny-flux` (the configs of diffusers'
-own StableDiffusion3Pipeline / FluxPipeline fast tests, with an in-memory byte-level CLIPTokenizer and `ByT5Tokenizer()` in
-the T5 slot). Every component is built in eval mode and T5 with dropout 0: modules built in code start in
+"""The flow families' built-ins, offline and in code: `tiny-sd3`, `tiny-flux` and `tiny-zimage` (the configs of
+diffusers' own StableDiffusion3Pipeline / FluxPipeline / ZImagePipeline fast tests, with an in-memory byte-level
+CLIPTokenizer, `ByT5Tokenizer()` in the T5 slot, and an in-memory byte-level Qwen2Tokenizer with Qwen3's chat template). Every component is built in eval mode and T5 with dropout 0: modules built in code start in
 train mode, and a reloaded pipeline would otherwise draw other images than the one that saved it."""
 
 from __future__ import annotations
@@ -13,13 +13,18 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     FluxTransformer2DModel,
     SD3Transformer2DModel,
+    ZImageTransformer2DModel,
 )
+from tokenizers import AddedToken
 from torch import nn
 from transformers import (
     ByT5Tokenizer,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
+    Qwen2Tokenizer,
+    Qwen3Config,
+    Qwen3Model,
     T5Config,
     T5EncoderModel,
 )
@@ -28,7 +33,8 @@ from rewardbooth.core.config import ModelConfig
 from rewardbooth.models.flux import Flux, FluxParts
 from rewardbooth.models.loaders import loaders
 from rewardbooth.models.sd3 import StableDiffusion3, StableDiffusion3Parts
-from rewardbooth.models.tokenizers import make_character_tokenizer
+from rewardbooth.models.tokenizers import bytes_to_unicode, make_character_tokenizer
+from rewardbooth.models.zimage import TEXT_LENGTH, ZImage, ZImageParts
 
 # VAE factor 4 (three levels): a 64 px image is a 4x16x16 latent, 2x2-patched into 64 tokens.
 TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 32),
@@ -93,6 +99,50 @@ def load_tiny_flux(config: ModelConfig, seed: int = 0) -> FluxParts:
                                                     max_image_seq_len=4096)
     return FluxParts(**modules, tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler=scheduler,
                      source="tiny-flux", family_name=Flux.name)
+
+
+# Qwen3's chat template, as far as ZImagePipeline.encode_prompt uses it (a user turn, the assistant's opening;
+# enable_thinking=False would add an empty think block).
+QWEN3_CHAT_TEMPLATE = (
+    "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}{%- endif %}")
+
+
+def make_qwen_tokenizer() -> Qwen2Tokenizer:
+    """A byte-level Qwen2Tokenizer with no merges (every byte a token) and Qwen's special tokens."""
+    vocab = {symbol: index for index, symbol in enumerate(bytes_to_unicode().values())}
+    for special in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):
+        vocab[special] = len(vocab)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], chat_template=QWEN3_CHAT_TEMPLATE,
+                               model_max_length=TEXT_LENGTH)
+    tokenizer.add_tokens([AddedToken(special, special=True) for special in ("<|im_start|>", "<|im_end|>")])
+    return tokenizer
+
+
+@loaders.register("tiny-zimage")
+def load_tiny_zimage(config: ModelConfig, seed: int = 0) -> ZImageParts:
+    """Z-Image's wiring (single-stream DiT with noise and context refiners, Qwen3 text encoder, rectified flow
+    with shift 3) at a tiny size: a 64 px image is a 4x16x16 latent, 64 patches."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tokenizer = make_qwen_tokenizer()
+        transformer = ZImageTransformer2DModel(
+            all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=32, n_layers=2, n_refiner_layers=1,
+            n_heads=2, n_kv_heads=2, cap_feat_dim=TEXT_WIDTH // 2, axes_dims=[8, 4, 4], axes_lens=[1024, 64, 64])
+        text_encoder = Qwen3Model(Qwen3Config(
+            vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH // 2, intermediate_size=TEXT_WIDTH, head_dim=8,
+            num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=TEXT_LENGTH,
+            pad_token_id=tokenizer.pad_token_id))
+        vae = AutoencoderKL(**{**TINY_VAE, "scaling_factor": 0.3611, "shift_factor": 0.1159})  # FLUX.1's VAE
+        modules = dict(transformer=transformer, vae=vae, text_encoder=text_encoder)
+    for module in modules.values():
+        module.eval()
+    with torch.device("cpu"):  # Z-Image's scheduler config
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    return ZImageParts(**modules, tokenizer=tokenizer, scheduler=scheduler, source="tiny-zimage",
+                       family_name=ZImage.name)
 
 
 # Real-size architectures with random weights, for `rewardbooth bench step` (a random model times and fills
