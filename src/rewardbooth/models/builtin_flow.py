@@ -41,6 +41,8 @@ TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_chan
                 down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
                 layers_per_block=1, norm_num_groups=8, sample_size=64, use_quant_conv=False,
                 use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)  # SD3's VAE: shift, scale
+FLUX_DEV_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                          max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)  # FLUX.1-dev's config
 TEXT_WIDTH = 32  # T5's d_model = the transformer's joint attention width; the CLIPs are 16 + 16 = 32 wide
 
 
@@ -93,10 +95,8 @@ def load_tiny_flux(config: ModelConfig, seed: int = 0) -> FluxParts:
                        text_encoder=_clip(tokenizer, TEXT_WIDTH, CLIPTextModel), text_encoder_2=_t5(tokenizer_2))
     for module in modules.values():
         module.eval()
-    with torch.device("cpu"):  # FLUX.1-dev's scheduler config
-        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
-                                                    base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
-                                                    max_image_seq_len=4096)
+    with torch.device("cpu"):
+        scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER)
     return FluxParts(**modules, tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler=scheduler,
                      source="tiny-flux", family_name=Flux.name)
 
@@ -197,10 +197,8 @@ def load_flux_random(config: ModelConfig) -> FluxParts:
                        text_encoder=_real_clip(tokenizer, CLIP_L, CLIPTextModel), text_encoder_2=_real_t5(tokenizer_2))
     for module in modules.values():
         module.eval()
-    with torch.device("cpu"):  # FLUX.1-dev's scheduler config
-        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
-                                                    base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
-                                                    max_image_seq_len=4096)
+    with torch.device("cpu"):
+        scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER)
     return FluxParts(**modules, tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler=scheduler,
                      source="flux-random", family_name=Flux.name)
 
