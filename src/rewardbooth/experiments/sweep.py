@@ -60,8 +60,10 @@ class SweepConfig:
     class_prompt: str = _field("a photo of {class_noun}", "prior-preservation prompt template")
     num_images: int = _field(4, "generated images per evaluation prompt (image k uses seed + k)")
     seed: int = _field(0, "training and generation seed of every run")
-    num_inference_steps: int = _field(25, "sampler steps when generating")
-    guidance_scale: float = _field(7.5, "classifier-free guidance when generating")
+    num_inference_steps: int | None = _field(None, "sampler steps when generating (default: the model family's, "
+                                                   "SD 25, SD3 28, FLUX-dev 28)")
+    guidance_scale: float | None = _field(None, "guidance when generating (default: the model family's, SD 7.5, "
+                                                "SD3 7, FLUX-dev 3.5)")
     resolution: int | None = _field(None, "generated pixels (default: the training resolution)")
     metrics: tuple[str, ...] = _field(("dino", "clip_i", "clip_t"), "evaluation metrics (`rewardbooth evaluate`)")
     dino_model: str = _field("facebook/dino-vits16", "DINO backbone: hub id or local folder")
