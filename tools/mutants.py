@@ -104,6 +104,8 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
     "flux-rollouts-other-size": (GRPO, "process.sampling_timesteps(options.num_steps, tuple(batch.x0.shape[-2:]))",
                                       "process.sampling_timesteps(options.num_steps, (128, 128))",
                                       ["tests/integration/test_flow_families.py", "-k", "grpo"]),
+    "fp16-unchecked": (SETUP, "    check_precision(config.train.mixed_precision, parts)\n", "",
+                       ["tests/integration/test_flow_families.py", "-k", "fp16"]),
     "global-guidance-for-every-family": (GENERATE, "guidance_scale = guidance if guidance_scale is None else guidance_scale",
                                          "guidance_scale = 7.5 if guidance_scale is None else guidance_scale",
                                          ["tests/integration/test_flow_families.py"]),

@@ -127,6 +127,16 @@ def test_refusals_are_one_line_and_write_nothing(family, overrides, message, sub
     assert not (tmp_path / "run").exists()
 
 
+
+@pytest.mark.parametrize("model", ["tiny-flux", "tiny-zimage"])
+def test_fp16_is_refused_where_the_family_overflows(model, subject_dir, tmp_path, capsys):
+    args = tiny_args(subject_dir, tmp_path / "run", f"model.pretrained={model}", *TRAIN, "train.mixed_precision=fp16")
+    assert run_cli(args) == 2
+    error = capsys.readouterr().err.strip()
+    assert "train.mixed_precision=fp16" in error and "use train.mixed_precision=bf16" in error
+    assert len(error.splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
 FLUX_RESUME = ["model.pretrained=tiny-flux", "method.name=lora", "validation.every=0", "train.lr=1e-3",
                "train.max_steps=5", "train.checkpoint_every=2", "train.lr_scheduler=cosine",
                "train.lr_warmup_steps=2", "objective.name=dpg", "objective.reward=look_forward",

@@ -124,6 +124,7 @@ class Family(Protocol):
     load_options: ClassVar[dict]  # for from_pretrained
     lora_targets: ClassVar[dict[str, tuple[str, ...]]]  # "denoiser" and each trainable encoder -> layer names
     trainable_text_encoders: ClassVar[tuple[str, ...]]  # encoders `train_text_encoder` trains (never T5)
+    mixed_precisions: ClassVar[tuple[str, ...]]  # train.mixed_precision values it trains under ("no" always)
 
     def matches(self, pipeline_class_name: str) -> bool: ...
     def process(self, parts) -> Process: ...

@@ -82,6 +82,8 @@ class Flux:
                      "attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out"),
         "text_encoder": ("q_proj", "k_proj", "v_proj", "out_proj")}
     trainable_text_encoders: ClassVar[tuple] = ()
+    # FLUX.1 was trained and ships in bf16; its activations leave fp16's range (black or NaN images).
+    mixed_precisions: ClassVar[tuple] = ("no", "bf16")
 
     def matches(self, pipeline_class_name: str) -> bool:
         return pipeline_class_name in self.pipeline_class_names

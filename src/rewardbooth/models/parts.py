@@ -76,6 +76,14 @@ class ModelParts:
         return parts.family.pipeline(parts)
 
 
+def check_precision(mixed_precision: str, parts: ModelParts, key: str = "train.mixed_precision") -> None:
+    """Refuse a precision the family does not train under (FLUX in fp16 overflows), before any slow work."""
+    allowed = parts.family.mixed_precisions
+    if mixed_precision not in allowed:
+        raise UserError(f"{key}={mixed_precision}: the {parts.family.name} family does not train in {mixed_precision} "
+                        f"(its activations overflow it); use {key}={allowed[-1]}")
+
+
 def check_resolution(resolution: int, parts: ModelParts, key: str = "data.resolution") -> None:
     """Refuse a size the denoiser cannot take; warn about one far above the size the model was trained at."""
     factor = parts.family.resolution_multiple(parts)

@@ -70,6 +70,7 @@ class StableDiffusion3:
                      "attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out"),
         "text_encoder": CLIP_TARGETS, "text_encoder_2": CLIP_TARGETS}
     trainable_text_encoders: ClassVar[tuple] = ()
+    mixed_precisions: ClassVar[tuple] = ("no", "fp16", "bf16")  # SD3 ships fp16 weights
     sampling = SamplingDefaults(num_inference_steps=28, guidance_scale=7.0)  # the pipeline's own defaults
 
     def matches(self, pipeline_class_name: str) -> bool:

@@ -75,6 +75,7 @@ class StableDiffusion:
     lora_targets = {"denoiser": ("to_k", "to_q", "to_v", "to_out.0"),
                     **{name: ("q_proj", "k_proj", "v_proj", "out_proj") for name in TEXT_ENCODER_NAMES}}
     trainable_text_encoders = TEXT_ENCODER_NAMES
+    mixed_precisions = ("no", "fp16", "bf16")
     sampling = SamplingDefaults(num_inference_steps=25, guidance_scale=7.5)
 
     def matches(self, pipeline_class_name: str) -> bool:

@@ -69,6 +69,7 @@ class ZImage:
     lora_targets: ClassVar[dict] = {"denoiser": ("attention.to_q", "attention.to_k", "attention.to_v",
                                                  "attention.to_out.0")}
     trainable_text_encoders: ClassVar[tuple] = ()
+    mixed_precisions: ClassVar[tuple] = ("no", "bf16")  # Z-Image ships and runs in bf16, as FLUX does
     sampling = SamplingDefaults(num_inference_steps=50, guidance_scale=5.0)  # the pipeline's own defaults
 
     def matches(self, pipeline_class_name: str) -> bool:

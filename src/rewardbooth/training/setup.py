@@ -27,7 +27,7 @@ from rewardbooth.maths.dpg import critic_input_channels
 from rewardbooth.methods import Method, make_method, methods
 from rewardbooth.models import ModelParts, load_model
 from rewardbooth.models.families import Process, conditioning_of_prompts
-from rewardbooth.models.parts import check_resolution
+from rewardbooth.models.parts import check_precision, check_resolution
 from rewardbooth.rewards import (
     Reward,
     RewardSetup,
@@ -165,6 +165,7 @@ def build_run(config: Config) -> RunSetup:
     concept_images = load_concepts(config)
     parts = load_model(config.model)
     check_resolution(config.data.resolution, parts)
+    check_precision(config.train.mixed_precision, parts)
     device, autocast_dtype = accelerator.device, AUTOCAST_DTYPES[config.train.mixed_precision]
     method = make_method(parts, config)
     train_text_encoder = any(name in method.trainable for name in parts.named_text_encoders)
