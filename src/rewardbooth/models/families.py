@@ -59,6 +59,11 @@ class RolloutProcess(Process, Protocol):
         """x_next and its log-probability (B,); with `x_next` given, only its log-probability."""
 
 
+def device_of(module: nn.Module) -> torch.device:
+    """Where a module's weights are (text ids are moved there before encoding)."""
+    return next(module.parameters()).device
+
+
 @dataclass(frozen=True)
 class LatentSpace:
     """The denoiser's latents from the VAE's: z = (z_vae - shift) * scale (SD: scale 0.18215, no shift; SD3 and

@@ -24,7 +24,7 @@ from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
 from diffusers.schedulers import SchedulerMixin
 from torch import nn
 
-from rewardbooth.models.families import Conditioning, LatentSpace, SamplingDefaults, families
+from rewardbooth.models.families import Conditioning, LatentSpace, SamplingDefaults, device_of, families
 from rewardbooth.models.flow import FlowProcess
 from rewardbooth.models.parts import ModelParts
 
@@ -128,8 +128,8 @@ class Flux:
     def encode_text(self, encoders: list[nn.Module], token_ids: tuple[torch.Tensor, ...]) -> Conditioning:
         """Shape: -> {"embeds": (B, 512, D_joint), "pooled": (B, D_clip)}"""
         clip, t5 = encoders
-        pooled = clip(token_ids[0].to(_device(clip)), output_hidden_states=False).pooler_output
-        embeds = t5(token_ids[1].to(_device(t5)), output_hidden_states=False)[0]
+        pooled = clip(token_ids[0].to(device_of(clip)), output_hidden_states=False).pooler_output
+        embeds = t5(token_ids[1].to(device_of(t5)), output_hidden_states=False)[0]
         return Conditioning({"embeds": embeds, "pooled": pooled})
 
     def lora_state_dict(self, component: str, peft_state: dict) -> dict:
@@ -169,10 +169,6 @@ class Flux:
                          text_encoder_2=pipeline.text_encoder_2, tokenizer=pipeline.tokenizer,
                          tokenizer_2=pipeline.tokenizer_2, scheduler=pipeline.scheduler, source=source,
                          family_name=self.name)
-
-
-def _device(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
 
 
 families.register(Flux.name)(Flux())

@@ -21,7 +21,7 @@ from diffusers import AutoencoderKL, SD3Transformer2DModel, StableDiffusion3Pipe
 from diffusers.schedulers import SchedulerMixin
 from torch import nn
 
-from rewardbooth.models.families import Conditioning, LatentSpace, SamplingDefaults, families
+from rewardbooth.models.families import Conditioning, LatentSpace, SamplingDefaults, device_of, families
 from rewardbooth.models.flow import FlowProcess
 from rewardbooth.models.parts import ModelParts
 
@@ -116,10 +116,10 @@ class StableDiffusion3:
         """Shape: -> {"embeds": (B, 77 + 256, D_joint), "pooled": (B, P_L + P_G)}"""
         hidden, pooled = [], []
         for ids, encoder in zip(token_ids[:2], encoders[:2], strict=True):
-            output = encoder(ids.to(_device(encoder)), output_hidden_states=True)
+            output = encoder(ids.to(device_of(encoder)), output_hidden_states=True)
             hidden.append(output.hidden_states[-2])
             pooled.append(output[0])
-        t5 = encoders[2](token_ids[2].to(_device(encoders[2])))[0]
+        t5 = encoders[2](token_ids[2].to(device_of(encoders[2])))[0]
         clip = torch.cat(hidden, dim=-1)
         clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))  # as the pipeline: zeros up to T5's width
         return Conditioning({"embeds": torch.cat([clip, t5.to(clip.dtype)], dim=-2),
@@ -160,10 +160,6 @@ class StableDiffusion3:
             text_encoder_2=pipeline.text_encoder_2, text_encoder_3=pipeline.text_encoder_3,
             tokenizer=pipeline.tokenizer, tokenizer_2=pipeline.tokenizer_2, tokenizer_3=pipeline.tokenizer_3,
             scheduler=pipeline.scheduler, source=source, family_name=self.name)
-
-
-def _device(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
 
 
 families.register(StableDiffusion3.name)(StableDiffusion3())

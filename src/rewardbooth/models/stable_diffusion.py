@@ -24,7 +24,7 @@ from torch import nn
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from rewardbooth.models.ddpm import DDPMProcess, prediction_type_of
-from rewardbooth.models.families import Conditioning, LatentSpace, SamplingDefaults, families
+from rewardbooth.models.families import Conditioning, LatentSpace, SamplingDefaults, device_of, families
 from rewardbooth.models.parts import ModelParts
 
 TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")  # the pipelines' component names, in this order
@@ -121,7 +121,7 @@ class StableDiffusion:
     def encode_text(self, encoders: list[nn.Module], token_ids: tuple[torch.Tensor, ...]) -> Conditioning:
         """The UNet's text context: the encoder's last hidden state. Shape: 1 x (B, L) -> {"embeds": (B, L, D)}"""
         encoder = encoders[0]
-        return Conditioning({"embeds": encoder(token_ids[0].to(_device(encoder)))[0]})
+        return Conditioning({"embeds": encoder(token_ids[0].to(device_of(encoder)))[0]})
 
     def lora_state_dict(self, component: str, peft_state: dict) -> dict:
         """A component's adapters as its pipeline's `save_lora_weights` expects them (diffusers' SD scripts
@@ -180,7 +180,7 @@ class StableDiffusionXL(StableDiffusion):
         Shape: token_ids 2 x (B, L) -> {"embeds": (B, L, D1 + D2), "pooled": (B, P)}"""
         hidden = []
         for ids, encoder in zip(token_ids, encoders, strict=True):
-            output = encoder(ids.to(_device(encoder)), output_hidden_states=True)
+            output = encoder(ids.to(device_of(encoder)), output_hidden_states=True)
             hidden.append(output.hidden_states[-2])
         # CLIPTextModelWithProjection's first output is text_embeds: the pooled, projected EOS feature.
         return Conditioning({"embeds": torch.cat(hidden, dim=-1), "pooled": output[0]})
@@ -208,10 +208,6 @@ class StableDiffusionXL(StableDiffusion):
                                     tokenizer=pipeline.tokenizer, text_encoder_2=pipeline.text_encoder_2,
                                     tokenizer_2=pipeline.tokenizer_2, scheduler=pipeline.scheduler, source=source,
                                     family_name=self.name)
-
-
-def _device(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
 
 
 families.register(StableDiffusion.name)(StableDiffusion())

@@ -27,7 +27,7 @@ from diffusers import AutoencoderKL, ZImagePipeline, ZImageTransformer2DModel
 from diffusers.schedulers import SchedulerMixin
 from torch import nn
 
-from rewardbooth.models.families import Conditioning, LatentSpace, SamplingDefaults, families
+from rewardbooth.models.families import Conditioning, LatentSpace, SamplingDefaults, device_of, families
 from rewardbooth.models.flow import FlowProcess
 from rewardbooth.models.parts import ModelParts
 
@@ -116,7 +116,7 @@ class ZImage:
     def encode_text(self, encoders: list[nn.Module], token_ids: tuple[torch.Tensor, ...]) -> Conditioning:
         """Second-to-last hidden states, zero at the padding. Shape: -> {"embeds": (B, 512, D), "mask": (B, 512)}"""
         encoder = encoders[0]
-        ids = token_ids[0].to(_device(encoder))
+        ids = token_ids[0].to(device_of(encoder))
         mask = ids != PADDING
         # Right padding under a causal mask: what stands at the padding never reaches a real token.
         hidden = encoder(input_ids=ids.clamp(min=0), attention_mask=mask, output_hidden_states=True).hidden_states[-2]
@@ -157,10 +157,6 @@ class ZImage:
         return ZImageParts(transformer=pipeline.transformer, vae=pipeline.vae, text_encoder=pipeline.text_encoder,
                            tokenizer=pipeline.tokenizer, scheduler=pipeline.scheduler, source=source,
                            family_name=self.name)
-
-
-def _device(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
 
 
 families.register(ZImage.name)(ZImage())
