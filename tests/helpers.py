@@ -106,3 +106,23 @@ def load_custom_diffusion(base, output):
     pipeline.unet.load_attn_procs(output, weight_name="pytorch_custom_diffusion_weights.safetensors")
     pipeline.load_textual_inversion(output, weight_name="<new1>.safetensors")
     return pipeline
+
+
+class StepRecorder:
+    """Records the optimizer steps the training loop runs and presses Ctrl-C (KeyboardInterrupt) at step
+    `interrupt_at`; set it to None to let the next run finish."""
+
+    def __init__(self, monkeypatch, interrupt_at: int | None = None):
+        import rewardbooth.training.loop as loop
+
+        self.steps: list[int] = []
+        self.interrupt_at = interrupt_at
+        accumulate = loop.accumulate_gradients
+
+        def interruptible(run, policy, config, step):
+            if step == self.interrupt_at:
+                raise KeyboardInterrupt
+            self.steps.append(step)
+            return accumulate(run, policy, config, step)
+
+        monkeypatch.setattr(loop, "accumulate_gradients", interruptible)

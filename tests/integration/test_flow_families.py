@@ -11,7 +11,7 @@ from diffusers import FluxPipeline, StableDiffusion3Pipeline, ZImagePipeline
 from PIL import Image
 from safetensors.torch import load_file
 
-from helpers import run_cli, tiny_args
+from helpers import StepRecorder, run_cli, tiny_args
 from rewardbooth.core.config import ModelConfig
 from rewardbooth.inference.generate import generate
 from rewardbooth.models import load_model
@@ -150,24 +150,14 @@ def result_files(folder):
 
 def test_flux_interrupted_and_resumed_run_matches_an_uninterrupted_one(subject_dir, tmp_path, monkeypatch):
     """Float 1000σ timesteps, packed latents and the critic resume bitwise, as the DDPM families do."""
-    import rewardbooth.training.loop
-
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert run_cli(tiny_args(subject_dir, straight, *FLUX_RESUME)) == 0
-    accumulate, steps, interrupt_at = rewardbooth.training.loop.accumulate_gradients, [], 3
-
-    def interruptible(run, policy, config, step):
-        if step == interrupt_at:
-            raise KeyboardInterrupt
-        steps.append(step)
-        return accumulate(run, policy, config, step)
-
-    monkeypatch.setattr(rewardbooth.training.loop, "accumulate_gradients", interruptible)
+    recorder = StepRecorder(monkeypatch, interrupt_at=3)
     assert run_cli(tiny_args(subject_dir, resumed, *FLUX_RESUME)) == 130
-    steps.clear()
-    interrupt_at = None
+    recorder.steps.clear()
+    recorder.interrupt_at = None
     assert run_cli(tiny_args(subject_dir, resumed, *FLUX_RESUME, "train.resume=latest")) == 0
-    assert steps == [2, 3, 4]
+    assert recorder.steps == [2, 3, 4]
     expected, got = result_files(straight), result_files(resumed)
     assert {"pytorch_lora_weights.safetensors", "critic.safetensors"} <= expected.keys() == got.keys()
     for name, tensors in expected.items():

@@ -4,7 +4,7 @@ contract of the methods, end to end: several short training runs per method)."""
 import pytest
 from safetensors.torch import load_file
 
-from helpers import assert_same_weights, run_cli, tiny_args
+from helpers import StepRecorder, assert_same_weights, run_cli, tiny_args
 from rewardbooth.methods import methods
 
 METHOD_ARGS = {"custom_diffusion": ["data.identifier=<new1>", "data.instance_prompt=a photo of <new1> dog"]}
@@ -35,29 +35,19 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(method, tiny_f
                                                                    monkeypatch):
     """Ctrl-C one step after the step-2 checkpoint (step 3 done and logged, never checkpointed), then
     train.resume=latest: the result, critic and metrics log are bitwise those of a run never interrupted."""
-    import rewardbooth.training.loop
-
     args = [f"model.pretrained={tiny_folder}", f"method.name={method}", *RESUME_RUN, *METHOD_ARGS.get(method, [])]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert run_cli(tiny_args(subject_dir, straight, *args)) == 0
 
-    accumulate, steps, interrupt_at = rewardbooth.training.loop.accumulate_gradients, [], 3
-
-    def interruptible(run, policy, config, step):
-        if step == interrupt_at:
-            raise KeyboardInterrupt
-        steps.append(step)
-        return accumulate(run, policy, config, step)
-
-    monkeypatch.setattr(rewardbooth.training.loop, "accumulate_gradients", interruptible)
+    recorder = StepRecorder(monkeypatch, interrupt_at=3)
     assert run_cli(tiny_args(subject_dir, resumed, *args)) == 130
-    assert steps == [0, 1, 2] and not (resumed / RESULT_FILES[method][0]).exists()
+    assert recorder.steps == [0, 1, 2] and not (resumed / RESULT_FILES[method][0]).exists()
     assert len((resumed / "metrics.jsonl").read_text().splitlines()) == 3  # step 3's line, to be dropped
 
-    steps.clear()
-    interrupt_at = None
+    recorder.steps.clear()
+    recorder.interrupt_at = None
     assert run_cli(tiny_args(subject_dir, resumed, *args, "train.resume=latest")) == 0
-    assert steps == [2, 3, 4]  # continued from the checkpoint, not retrained from scratch
+    assert recorder.steps == [2, 3, 4]  # continued from the checkpoint, not retrained from scratch
 
     expected, got = result_files(straight), result_files(resumed)
     assert expected.keys() == got.keys()
