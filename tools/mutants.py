@@ -34,7 +34,23 @@ FOLDER, RESULT = "src/rewardbooth/training/output_folder.py", "src/rewardbooth/t
 STORAGE, CHECKPOINTS = "src/rewardbooth/core/storage.py", "src/rewardbooth/training/checkpoints.py"
 OUTPUT_TESTS, DISK_TESTS = "tests/integration/test_output_folder.py", "tests/integration/test_disk.py"
 
+FEATURE, ENCODERS = "src/rewardbooth/training/feature_critic.py", "src/rewardbooth/rewards/encoders.py"
+FEATURE_TESTS = ["tests/unit/test_feature_critic.py"]
+
 MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard it, when not the default])
+    "feature-critic-detached": (FEATURE, "return self.trust * self.value(self.embed(inputs))",
+                                "return self.trust * self.value(self.embed(inputs.detach()))",
+                                ["tests/unit/test_wiring.py::test_the_feature_critic_reaches_theta_only_through_x0_hat_decoded_and_encoded"]),
+    "feature-critic-no-replay": (FEATURE, "self.recall(max(0, self.replay_batch - len(features)))",
+                                 "self.recall(0)", FEATURE_TESTS),
+    "probe-against-gradient": (FEATURE, "agreement = (rise[decided] > 0).float().mean()",
+                               "agreement = (rise[decided] < 0).float().mean()", FEATURE_TESTS),
+    "trust-ignored": (FEATURE, "            return self.trust * self.value(self.embed(inputs))",
+                      "            return self.value(self.embed(inputs))", FEATURE_TESTS),
+    "critic-encoder-is-heldout-judge": (
+        ENCODERS, "folder = Path(model) if model else require(FEATURE_ENCODER_DIR,",
+        "folder = Path(model) if model else require(FEATURE_ENCODER_DIR.parent / 'judge-heldout',",
+        ["tests/unit/test_benchmark_integrity.py"]),
     "detach-policy": (DPG, "terms = dpg.actor_loss(step.mse[:n], step.prior_mse, q_policy, timesteps,",
                       "terms = dpg.actor_loss(step.mse[:n], step.prior_mse, q_policy.detach(), timesteps,"),
     "abar-t-minus-1": (DDPM, "return self.alphas_cumprod[timesteps]",

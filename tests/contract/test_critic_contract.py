@@ -1,13 +1,41 @@
-"""One contract every registered critic passes: registering a critic enrolls it here.\n\nBesides shapes and precision, the contract is about what the policy receives, dQ/da: a critic must carry a\nknown differentiable reward's gradient, not merely regress its values."""
+"""One contract every registered critic passes: registering a critic enrolls it here.
+
+Besides shapes and precision, the contract is about what the policy receives, dQ/da: a critic must carry a
+known differentiable reward's gradient, not merely regress its values. A factory may declare what its critic
+reads (`inputs`, `reads_text`); each check runs on what it declares.
+"""
 
 import pytest
 import torch
+import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from rewardbooth.core.config import CriticConfig
 from rewardbooth.maths import dpg
-from rewardbooth.training.critic import CriticSpec, critics, make_critic, make_critic_optimizer
+from rewardbooth.training.critic import CriticSpec, critic_fit, critics, make_critic, make_critic_optimizer
 from rewardbooth.training.critic_diagnostics import alignment_terms
+
+DECODER = torch.randn(3, 8, 1, 1, generator=torch.Generator().manual_seed(0)) * 0.5
+
+
+def decode(latents):
+    """The run's decoder as critics that read images see it: latents (B, C, h, w) -> (B, 3, 2h, 2w) in [0, 1]."""
+    return torch.sigmoid(F.interpolate(F.conv2d(latents.float(), DECODER[:, :latents.shape[1]]), scale_factor=2))
+
+
+def spec(channels, size, text_dim=None):
+    return CriticSpec(channels, size, text_dim, decode=decode,
+                      reference_images=decode(torch.randn(3, channels, *size, generator=torch.Generator().manual_seed(1))))
+
+
+def settings(**options):
+    """The critic's config; an encoder-reading critic reads the toy world's shipped encoder (offline)."""
+    return CriticConfig(**{"encoder": "toy_encoder", **options})
+
+
+def reads(name, what):
+    factory = critics.get(name)
+    return what in getattr(factory, "inputs", ()) if what != "text" else getattr(factory, "reads_text", True)
 
 
 @pytest.fixture(params=critics.names())
@@ -18,23 +46,27 @@ def name(request):
 @pytest.mark.parametrize("condition_on_text", [False, True])
 @pytest.mark.parametrize("batch_size,size", [(1, 8), (3, 16), (2, 64), (5, 13)])
 def test_any_batch_and_resolution(name, condition_on_text, batch_size, size):
-    critic = make_critic(CriticSpec(8, (16, 16), 32),
-                         CriticConfig(name=name, hidden_channels=16, condition_on_text=condition_on_text))
+    if condition_on_text and not reads(name, "text"):
+        pytest.skip(f"{name} declares it reads no text")
+    critic = make_critic(spec(8, (16, 16), 32), settings(name=name, hidden_channels=16, input="prediction",
+                                                             condition_on_text=condition_on_text))
     q = critic(torch.randn(batch_size, 8, size, size), torch.randint(1000, (batch_size,)), torch.randn(batch_size, 7, 32))
     assert q.shape == (batch_size,) and q.dtype == torch.float32 and torch.isfinite(q).all()
 
 
 def test_learns_to_regress_a_reward_of_its_features(name):
     torch.manual_seed(0)
-    config = CriticConfig(name=name, hidden_channels=32, lr=3e-3, input="prediction")
-    critic = make_critic(CriticSpec(4, (8, 8)), config)
+    config = settings(name=name, hidden_channels=32, lr=3e-3, input="prediction")
+    critic = make_critic(spec(4, (8, 8)), config)
     optimizer = make_critic_optimizer(critic, config)
     features = torch.randn(16, 4, 8, 8)
     timesteps = torch.arange(16) * 60
     target = features[:, 0].mean(dim=(1, 2)) - features.square().mean(dim=(1, 2, 3))
     initial = (critic(features, timesteps) - target).square().mean().item()
     for _ in range(300):
-        loss = (critic(features, timesteps) - target).square().mean()
+        # What a scoring step fits on (the critic's own choice: this batch, or with replay).
+        fit = critic_fit(critic, features, timesteps, None, target, lambda latents: torch.zeros(len(latents)))
+        loss = (critic(fit.inputs, fit.timesteps)[:16] - target).square().mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -70,8 +102,10 @@ def test_carries_the_look_forward_gradient_from_the_start_and_after_a_short_fit(
     """What the policy receives is dQ/da: with the residual input it must point where the reward's gradient
     points, before any regression (the presets' critics start there; the released one at ~0.4x the norm) and,
     at about the reward's own magnitude, after 200 on-policy steps."""
+    if not reads(name, "residual"):
+        pytest.skip(f"{name} does not read the residual input the look-forward reward is a function of")
     torch.manual_seed(0)
-    config = CriticConfig(name=name, input="residual")
+    config = settings(name=name, input="residual")
     critic = make_critic(CriticSpec(4, (16, 16)), config)
     optimizer = make_critic_optimizer(critic, config)
     figures = [look_forward_alignment(critic, torch.Generator().manual_seed(99))]
@@ -91,7 +125,7 @@ def test_carries_the_look_forward_gradient_from_the_start_and_after_a_short_fit(
 
 
 def test_gradient_reaches_the_action_features(name):
-    critic = make_critic(CriticSpec(4, (8, 8)), CriticConfig(name=name, hidden_channels=16))
+    critic = make_critic(spec(4, (8, 8)), settings(name=name, hidden_channels=16, input="prediction"))
     for parameter in critic.parameters():  # move off the zero-initialized head
         torch.nn.init.normal_(parameter, std=0.1)
     features = torch.randn(2, 4, 8, 8, requires_grad=True)
@@ -100,7 +134,8 @@ def test_gradient_reaches_the_action_features(name):
 
 
 def test_parameters_and_output_stay_fp32_under_autocast(name):
-    critic = make_critic(CriticSpec(4, (8, 8), 32), CriticConfig(name=name, hidden_channels=16, condition_on_text=True))
+    critic = make_critic(spec(4, (8, 8), 32), settings(name=name, hidden_channels=16, input="prediction",
+                                                           condition_on_text=reads(name, "text")))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         q = critic(torch.randn(2, 4, 8, 8, dtype=torch.bfloat16), torch.tensor([1, 2]),
                    torch.randn(2, 5, 32, dtype=torch.bfloat16))
@@ -109,7 +144,9 @@ def test_parameters_and_output_stay_fp32_under_autocast(name):
 
 
 def test_text_conditioned_critic_needs_text(name):
-    critic = make_critic(CriticSpec(4, (8, 8), 32), CriticConfig(name=name, hidden_channels=16, condition_on_text=True))
+    if not reads(name, "text"):
+        pytest.skip(f"{name} declares it reads no text")
+    critic = make_critic(spec(4, (8, 8), 32), settings(name=name, hidden_channels=16, condition_on_text=True))
     with pytest.raises(ValueError, match="text"):
         critic(torch.randn(1, 4, 8, 8), torch.tensor([1]), None)
 

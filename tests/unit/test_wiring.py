@@ -194,3 +194,36 @@ def test_gradient_accumulation_equals_the_larger_batch(subject_dir, tmp_path):
     for key in ("loss", "critic_loss", "instance_loss", "prior_loss", "reward"):
         torch.testing.assert_close(terms_a[key], terms_b[key], atol=1e-6, rtol=1e-5, msg=key)
     torch.testing.assert_close(fit_a[1], fit_b[1])
+
+
+FEATURE_CRITIC = ["critic.name=feature", "critic.input=prediction", "critic.encoder=toy_encoder",
+                  "objective.reward=toy_identity_blackbox"]
+
+
+def test_the_feature_critic_reaches_theta_only_through_x0_hat_decoded_and_encoded(subject_dir, tmp_path):
+    """The policy term of the feature critic is -gamma^t Q(f(decode(x0_hat))): recomputed by hand through the
+    scheduler's pred_original_sample, the VAE and the encoder, it gives the loop's gradient."""
+    with tiny_run(subject_dir, tmp_path, *PRIOR, *FEATURE_CRITIC) as (run, config):
+        torch.manual_seed(0)
+        for parameter in run.critic.parameters():  # off the constant start, so dQ/da != 0
+            torch.nn.init.normal_(parameter, std=0.3)
+        batch = first_batch(run, config)
+        losses_of(run, config, batch, score=False).terms["loss"].backward()
+        with_policy = gradients(run.denoiser)
+        zero_grad(run.denoiser)
+        silent = dataclasses.replace(config, objective=dataclasses.replace(config.objective, critic_weight=0.0))
+        losses_of(run, silent, batch, score=False).terms["loss"].backward()
+        without_policy = gradients(run.denoiser)
+        zero_grad(run.denoiser, run.critic)
+        n, vae = batch.num_instance, run.parts.vae
+        x_t, action = reference_action(run, batch)
+        x0_hat = scheduler_x0(run, x_t[:n], action[:n], batch.timesteps[:n])
+        images = ((vae.decode(x0_hat / vae.config.scaling_factor).sample + 1) / 2).clamp(0, 1)
+        encoder, _ = run.critic._frozen
+        q = run.critic.trust * run.critic.value(encoder(images))
+        (-(dpg.discount(batch.timesteps[:n], config.objective.gamma) * q).mean()).backward()
+        by_hand = gradients(run.denoiser)
+    differences = [with_policy[k] - without_policy[k] for k in with_policy if with_policy[k] is not None]
+    assert max(d.abs().max() for d in differences) > 0, "the feature critic does not move the policy"
+    for name in with_policy:
+        assert_same_gradient(with_policy[name] - without_policy[name], by_hand[name], name, tolerance=1e-4)

@@ -155,6 +155,17 @@ class CriticConfig:
         10, "log critic/grad_cosine = cos(dQ/da, dr/da) and critic/grad_ratio = |dQ/da| / |dr/da| every N steps "
             "when the reward is differentiable (0 = never); critic/r2 is logged on every scoring step")
     r2_window: int = _field(64, "samples over which the on-policy R^2 of Q against the reward is computed")
+    encoder: str = _field(
+        "dinov2", "critic.name=feature: the frozen image encoder Q reads, by what the reward measures: 'dinov2' "
+                  "or 'dino' (identity), 'clip' or 'siglip' (content), 'toy_encoder' (toy world), or "
+                  "'pkg.mod:factory' (docs/critic.md)")
+    encoder_model: str | None = _field(
+        None, "critic.name=feature: a local folder or hub id replacing the encoder's default checkpoint")
+    replay_size: int = _field(1024, "critic.name=feature: (features, reward) samples kept for replay")
+    replay_batch: int = _field(64, "critic.name=feature: samples per critic update (this step's, then replayed)")
+    probe_step: float = _field(
+        0.1, "critic.name=feature: each scoring step scores x0_hat moved by +-probe_step*|x0_hat| along the "
+             "critic's gradient; whether the reward rises there sets the trust the policy gives Q (0 = no check)")
 
 
 @dataclass(frozen=True)
@@ -320,6 +331,9 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("critic.lr", lambda v: v > 0, "positive"),
     ("critic.diagnostics_every", lambda v: v >= 0, "non-negative (0 = never)"),
     ("critic.r2_window", lambda v: v >= 2, "at least 2"),
+    ("critic.replay_size", lambda v: v >= 1, "at least 1"),
+    ("critic.replay_batch", lambda v: v >= 1, "at least 1"),
+    ("critic.probe_step", lambda v: v >= 0, "non-negative (0 = no check)"),
     ("train.max_steps", lambda v: v >= 1, "at least 1"),
     ("train.batch_size", lambda v: v >= 1, "at least 1"),
     ("train.gradient_accumulation_steps", lambda v: v >= 1, "at least 1"),

@@ -8,6 +8,9 @@ training, decode(x0_hat)) to the subject's reference photos.
   gradient is zero almost everywhere and none is recorded: a reward with truly no gradient, as `face` (dlib) or
   a user's black box. `direct` refuses it; `dpg` learns it. It declares `toy_identity` as its differentiable
   twin, which serves only the critic diagnostics (cos(dQ/da, d r_twin/da)).
+- `toy_encoder_identity`: the cosine of the toy world's third identity network (`critic.encoder=toy_encoder`).
+  It is the control for a feature critic on that encoder: `direct` on it is what the encoder alone gives, so
+  a critic that does not beat it gains nothing from the reward it learns.
 """
 
 from __future__ import annotations
@@ -49,6 +52,17 @@ class ToyIdentityReward:
     def score_images(self, images: torch.Tensor, prompts: list[str]) -> RewardOutput:
         embedding, _ = self.judge(self._resize(images))
         return RewardOutput(cosine_to_centroid(embedding, self.reference).float())  # (B,) cosine in [-1, 1]
+
+
+@rewards.register("toy_encoder_identity")
+class ToyEncoderIdentityReward(ToyIdentityReward):
+    """The third identity network's cosine to the subject's photos (a feature critic's encoder, as a reward)."""
+
+    def __init__(self, setup: RewardSetup, judge_dir: str | None = None):
+        from rewardbooth.toyworld.assets import FEATURE_ENCODER_DIR, require
+
+        folder = judge_dir or str(require(FEATURE_ENCODER_DIR, "judge.json", "rewardbooth.toyworld.judge"))
+        super().__init__(setup, folder)
 
 
 QUANTUM = 0.05  # the black box's score resolution: ~1/40 of the cosine's [-1, 1] range, coarser than one step moves it

@@ -8,6 +8,8 @@ ASSETS = Path(__file__).parent / "assets"
 BASE_MODEL_DIR = ASSETS / "base"
 JUDGE_DIR = ASSETS / "judge"
 HELDOUT_JUDGE_DIR = ASSETS / "judge-heldout"  # scores only, never a reward (see toyworld.judge)
+# A third identity network (seed 2, subjects 30,000+): what a feature critic may read, never a reward or a judge.
+FEATURE_ENCODER_DIR = ASSETS / "feature-encoder"
 
 
 def require(folder: Path, marker: str, script: str) -> Path:

@@ -9,13 +9,16 @@ batch N*b or k*b sees — no RNG state has to be saved or synchronised.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
+from rewardbooth.core.config import Config
 from rewardbooth.models.families import Conditioning, LatentSpace, Process
 
 
@@ -58,6 +61,12 @@ def decode_latents(vae: AutoencoderKL, latent_space: LatentSpace, latents: torch
         latents = F.interpolate(latents, size=(side, side), mode="bilinear", antialias=side < latents.shape[-1])
     raw = latent_space.to_vae(latents)
     return ((vae.decode(raw.to(vae.dtype)).sample.float() + 1) / 2).clamp(0, 1)
+
+
+def image_decoder(vae: AutoencoderKL, latent_space: LatentSpace, config: Config
+                  ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`decode_latents` at the run's reward resolution: how rewards and critics see x0_hat as images."""
+    return partial(decode_latents, vae, latent_space, size=config.objective.reward_resolution)
 
 
 def with_flips(images: torch.Tensor, random_flip: bool) -> torch.Tensor:

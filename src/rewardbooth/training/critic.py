@@ -12,6 +12,8 @@ receives is dQ/da, not Q).
   its all-positive initialisation makes Q monotone in the residual from step 0 (the `paper` preset).
 - ``pooled``: an MLP on per-channel statistics, t-conditioned.
 - ``conv``: a strided conv trunk with FiLM conditioning (t, optionally text) and global pooling.
+- ``feature``: a head on a frozen image encoder's features of decode(x0_hat) (`training.feature_critic`), the
+  one critic that can carry an image reward's gradient; it reads `critic.input=prediction` only, no text.
 
 Both of ours add a linear function of the per-channel means and mean squares (`ResidualPrior`), which with
 the `residual` input and `critic.residual_prior` (the default) starts as the look-forward reward itself,
@@ -22,6 +24,7 @@ head gives none for the first ~50 steps; their networks start at 0 and learn wha
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -29,8 +32,10 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import get_timestep_embedding
 from torch import nn
 
-from rewardbooth.core.config import CriticConfig
+from rewardbooth.core.config import Config, CriticConfig
+from rewardbooth.core.errors import UserError
 from rewardbooth.core.registry import Registry
+from rewardbooth.training.feature_critic import FeatureCritic
 
 critics = Registry("critic")
 
@@ -39,12 +44,15 @@ TIME_EMBEDDING_DIM = 64
 
 @dataclass(frozen=True)
 class CriticSpec:
-    """What a critic is built for: its input's channels, the run's latent size (h, w) and the width of the
-    model's text embedding (used when `critic.condition_on_text`)."""
+    """What a critic is built for: its input's channels, the run's latent size (h, w), the width of the
+    model's text embedding (used when `critic.condition_on_text`), and for critics that read images, the
+    run's decoder (latents -> (B, 3, H, W) in [0, 1], as rewards see them) and the subject's photos."""
 
     in_channels: int
     latent_size: tuple[int, int]
     text_dim: int | None = None
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None
+    reference_images: torch.Tensor | None = None  # (N, 3, H, W) in [0, 1]
 
 
 class _Conditioning(nn.Module):
@@ -207,12 +215,76 @@ def make_released_critic(spec: CriticSpec, config: CriticConfig) -> nn.Module:
     return ReleasedCritic(spec.in_channels, spec.latent_size, _text_dim(spec, config))
 
 
+@critics.register("feature")
+def make_feature_critic(spec: CriticSpec, config: CriticConfig) -> nn.Module:
+    from rewardbooth.rewards.encoders import make_encoder
+
+    if spec.decode is None or spec.reference_images is None:
+        raise ValueError("the feature critic needs the run's decoder and the subject's photos (CriticSpec)")
+    encoder = make_encoder(config.encoder, spec.reference_images.device, config.encoder_model)
+    return FeatureCritic(encoder, encoder.dim, spec.decode, spec.reference_images, config.hidden_channels,
+                         config.replay_size, config.replay_batch, config.probe_step)
+
+
+# What each factory's critic reads (the contract suite and `check_critic` ask): inputs and text conditioning.
+for _factory in (make_conv_critic, make_pooled_critic, make_released_critic):
+    _factory.inputs, _factory.reads_text = ("state_action", "residual", "prediction"), True
+make_feature_critic.inputs, make_feature_critic.reads_text = ("prediction",), False
+
+
+def check_critic(config: Config) -> None:
+    """Refuse, before any slow work, a critic the run cannot build: an unknown name, an input or text
+    conditioning it does not read (a factory's `inputs` and `reads_text`), the feature critic on several
+    concepts or with an unknown encoder."""
+    factory, name = critics.get(config.critic.name), config.critic.name
+    inputs = getattr(factory, "inputs", ("state_action", "residual", "prediction"))
+    if config.critic.input not in inputs:
+        raise UserError(f"critic.name={name} reads {' or '.join(inputs)}, not critic.input={config.critic.input}: "
+                        f"set critic.input={inputs[0]}")
+    if config.critic.condition_on_text and not getattr(factory, "reads_text", True):
+        raise UserError(f"critic.name={name} takes no text: set critic.condition_on_text=false")
+    if name != "feature":
+        return
+    if config.data.concepts:
+        raise UserError("critic.name=feature is built on one subject's photos: train one concept per run, or "
+                        "use critic.name=conv")
+    from rewardbooth.rewards.encoders import encoders
+
+    encoders.get(config.critic.encoder)
+
+
 def _text_dim(spec: CriticSpec, config: CriticConfig) -> int | None:
     return spec.text_dim if config.condition_on_text else None
 
 
 def _exact_prior(config: CriticConfig) -> bool:
     return config.residual_prior and config.input == "residual"
+
+
+@dataclass
+class CriticFit:
+    """What one scoring step regresses Q on: inputs, their timesteps and text, the rewards (the step's own
+    samples first), and what the critic logs about it."""
+
+    inputs: torch.Tensor
+    timesteps: torch.Tensor
+    text: torch.Tensor | None
+    rewards: torch.Tensor
+    logs: dict[str, torch.Tensor]
+
+
+def critic_fit(critic: nn.Module, features: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor | None,
+               rewards: torch.Tensor, score: Callable[[torch.Tensor], torch.Tensor]) -> CriticFit:
+    """The step's (features, r) as they are, unless the critic chooses its own regression batch
+    (`regression_batch(features, rewards, score)`: replay, probes scored with `score`, latents -> rewards).
+
+    Shape: features (B, ...), timesteps (B,), rewards (B,) -> inputs (M, ...), rewards (M,), M >= B
+    """
+    choose = getattr(critic, "regression_batch", None)
+    if choose is None:
+        return CriticFit(features, timesteps, text, rewards, {})
+    inputs, targets, logs = choose(features, rewards, score)
+    return CriticFit(inputs, timesteps.new_zeros(len(inputs)), None, targets, logs)
 
 
 def make_critic(spec: CriticSpec, config: CriticConfig) -> nn.Module:

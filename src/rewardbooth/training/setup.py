@@ -37,9 +37,9 @@ from rewardbooth.rewards import (
     rewards,
 )
 from rewardbooth.rewards.concepts import build_concept_reward
-from rewardbooth.training.batches import ImageSet, TrainingData, with_flips
+from rewardbooth.training.batches import ImageSet, TrainingData, image_decoder, with_flips
 from rewardbooth.training.class_images import class_image_dir, generate_class_images, read_class_images
-from rewardbooth.training.critic import CriticSpec, critics, make_critic, make_critic_optimizer
+from rewardbooth.training.critic import CriticSpec, check_critic, make_critic, make_critic_optimizer
 from rewardbooth.training.objectives import (
     Objective,
     build_objective_component,
@@ -147,7 +147,7 @@ def check_component_names(config: Config) -> None:
             if needs.reward_gradient and getattr(factory, "differentiable", True) is False:
                 raise not_differentiable(name, reward)
     if needs.critic:
-        critics.get(config.critic.name)
+        check_critic(config)
     for name in reward_weights(config.validation.reward) if config.validation.reward is not None else ():
         rewards.get(name)  # scored at the first validation, after the model and class images: check it now
 
@@ -257,7 +257,8 @@ def build_objective(config: Config, parts: ModelParts, concept_images: list[torc
         side = config.data.resolution // parts.vae_scale_factor
         # The family's unpacked channels (FLUX's transformer takes 2x2-packed 4C) and text width (not a sum).
         spec = CriticSpec(critic_input_channels(config.critic.input, parts.latent_channels), (side, side),
-                          parts.text_embedding_dim)
+                          parts.text_embedding_dim, decode=image_decoder(parts.vae, parts.latent_space, config),
+                          reference_images=concept_images[0].to(device))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.train.seed)  # the critic's initial weights are part of the run's seed
             critic = make_critic(spec, config.critic).to(device)

@@ -50,7 +50,8 @@ def run_toyworld_benchmark(output: Path, num_subjects: int = 8, seeds: tuple[int
     objectives = ("baseline", *[name for name in objectives if name != "baseline"])  # deltas need baseline
     indices = list(range(first_subject, first_subject + num_subjects))
     runs = [(index, seed, objective) for index in indices for seed in seeds for objective in objectives]
-    pending = [run for run in runs if not _result_file(output, *run).is_file()]
+    recorded = _recorded(output)
+    pending = [run for run in runs if not _result_file(output, *run).is_file() and _key(*run) not in recorded]
     if jobs > 1 and len(pending) > 1:
         import multiprocessing
 
@@ -62,7 +63,7 @@ def run_toyworld_benchmark(output: Path, num_subjects: int = 8, seeds: tuple[int
         for run in progress(pending, desc="toy benchmark"):
             _run_one((output, *run, setting))
     judges = load_judges()
-    scores = {run: _scores(output, run, judges) for run in runs}
+    scores = {run: _scores(output, run, judges, recorded) for run in runs}
     report = summarize(scores, indices, seeds, objectives)
     ceilings = {index: {name: fidelity_ceiling(subjects.make_subject(index), judge) for name, judge in judges.items()}
                 for index in indices}
@@ -71,7 +72,8 @@ def run_toyworld_benchmark(output: Path, num_subjects: int = 8, seeds: tuple[int
         "seeds": list(seeds), "headline_judge": "heldout",
         "fidelity_ceiling": {name: statistics.fmean(c[name] for c in ceilings.values()) for name in judges},
         "fidelity_ceiling_per_subject": ceilings,
-        "per_subject": {f"{i}/{s}/{o}": scores[(i, s, o)] for i, s, o in runs}})
+        # Every run ever scored here, this invocation's and earlier ones' (so a later, wider one resumes).
+        "per_subject": {**recorded, **{_key(*run): scores[run] for run in runs}}})
     (output / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     (output / "results.md").write_text(markdown_report(report, setting))
     frontier_plot(report, output / "results.png")
@@ -82,9 +84,25 @@ def _result_file(output: Path, index: int, seed: int, objective: str) -> Path:
     return output / "runs" / f"subject{index:03d}-seed{seed}" / objective / "scores.json"
 
 
-def _scores(output: Path, run: tuple, judges: dict) -> dict:
-    """A run's stored scores; a run stored before a judge existed is scored by it from its saved images."""
+def _key(index: int, seed: int, objective: str) -> str:
+    return f"{index}/{seed}/{objective}"
+
+
+def _recorded(output: Path) -> dict[str, dict]:
+    """The runs results.json holds (committed with the benchmark, unlike the run folders): done already."""
+    results = output / "results.json"
+    if not results.is_file():
+        return {}
+    per_subject = json.loads(results.read_text()).get("per_subject", {})
+    return {key: value for key, value in per_subject.items() if set(KEYS) <= value.keys()}
+
+
+def _scores(output: Path, run: tuple, judges: dict, recorded: dict[str, dict]) -> dict:
+    """A run's stored scores (its folder's, else results.json's); a run stored before a judge existed is scored
+    by it from its saved images."""
     path = _result_file(output, *run)
+    if not path.is_file():
+        return recorded[_key(*run)]
     stored = json.loads(path.read_text())
     if not set(KEYS) <= stored.keys():
         stored.update(score_generated(path.parent, judges))

@@ -25,14 +25,17 @@ CRITICS = {  # label: overrides
     "pooled": ["critic.name=pooled"],
     "conv": ["critic.name=conv"],
     "conv, zero start": ["critic.name=conv", "critic.residual_prior=false"],
+    "feature": [],  # the objective's own (critic.name=feature on the toy encoder)
 }
 STUDIED = {  # objective of rewardbooth.experiments.toyworld.experiment: the critics run under it
     # conv with its prior is pooled's twin (both start as the reward, both stay at cos 1.000): not repeated.
     "dpg-look-forward": ("pooled", "released", "conv, zero start"),
     "dpg-look-forward-paper": ("released", "pooled", "conv, zero start"),
     "dpg-toy-identity-x0": ("pooled", "conv"),
+    "dpg-feature-blackbox": ("feature",),  # the black box's twin (toy_identity) gives the gradient compared
 }
-DIAGNOSTICS = ("critic/grad_cosine", "critic/grad_ratio", "critic/r2")
+# The feature critic's probe guard logs two more (docs/critic.md); other critics show n/a.
+DIAGNOSTICS = ("critic/grad_cosine", "critic/grad_ratio", "critic/r2", "critic/probe_agreement", "critic/trust")
 
 
 def second_half_means(metrics_file: Path, steps: int) -> dict[str, float]:
@@ -81,18 +84,19 @@ def run_one(task: tuple) -> dict:
 
 def summarize(results: list[dict]) -> str:
     lines = ["Critic diagnostics on toy subject 1, second half of 600-step runs, mean over seeds [min, max]:",
-             "", "| objective | critic | cos(dQ/da, dr/da) | ‖dQ/da‖ / ‖dr/da‖ | on-policy R² of Q |",
-             "|---|---|---|---|---|"]
+             "", "| objective | critic | cos(dQ/da, dr/da) | ‖dQ/da‖ / ‖dr/da‖ | on-policy R² of Q | probe agreement | trust |",
+             "|---|---|---|---|---|---|---|"]
     for objective, critics in STUDIED.items():
         for critic in critics:
             rows = [r for r in results if r["objective"] == objective and r["critic"] == critic]
             cells = []
             for key in DIAGNOSTICS:
-                values = [r[key] for r in rows if math.isfinite(r[key])]
+                logged = [r[key] for r in rows if key in r]  # runs from before a key existed lack it
+                values = [value for value in logged if math.isfinite(value)]
                 cell = (f"{_number(statistics.fmean(values))} [{_number(min(values))}, {_number(max(values))}]"
                         if values else "n/a")
-                if len(values) < len(rows):  # a diverged critic: its loss went non-finite
-                    cell += f" ({len(rows) - len(values)} of {len(rows)} seeds non-finite)"
+                if 0 < len(values) < len(logged):  # a diverged critic: its loss went non-finite
+                    cell += f" ({len(logged) - len(values)} of {len(logged)} seeds non-finite)"
                 cells.append(cell)
             lines.append(f"| {objective} | {critic} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -109,17 +113,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each")
     args = parser.parse_args(argv)
     (args.output / "runs").mkdir(parents=True, exist_ok=True)
+    # critics.json (committed, unlike the run folders) holds runs done before: they are not run again.
+    stored = args.output / "critics.json"
+    done = {(r["objective"], r["critic"], r["seed"]): r for r in json.loads(stored.read_text())} \
+        if stored.is_file() else {}
     tasks = [(args.output, objective, critic, seed) for objective, critics in STUDIED.items()
-             for critic in critics for seed in args.seeds]
+             for critic in critics for seed in args.seeds if (objective, critic, seed) not in done]
     # Class images first, once, so that parallel runs never write the same cache.
-    run_one((args.output, "dpg-look-forward", "pooled", args.seeds[0]))
+    if tasks:
+        run_one(tasks[0])
     if args.jobs > 1:
         import multiprocessing
 
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-            results = list(progress(pool.imap(run_one, tasks), total=len(tasks), desc="critic study"))
+            new = list(progress(pool.imap(run_one, tasks), total=len(tasks), desc="critic study"))
     else:
-        results = [run_one(task) for task in progress(tasks, desc="critic study")]
+        new = [run_one(task) for task in progress(tasks, desc="critic study")]
+    results = [*done.values(), *new]
     (args.output / "critics.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.output / "critics.md").write_text(summarize(results))
     print(summarize(results))

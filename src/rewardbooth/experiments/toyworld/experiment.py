@@ -28,6 +28,12 @@ BASE_MODEL = "base-model"
 PAPER_OBJECTIVE = ["objective.instance_weight=0", "objective.gamma=0.9986", "critic.name=released",
                    "critic.input=residual", "critic.optimizer=sgd", "critic.lr=0.01"]  # presets/paper.yaml
 IDENTITY = ["objective.reward=toy_identity", "objective.critic_weight=0.3"]  # lambda tuned on subjects 1-2
+BLACKBOX = ["objective.reward=toy_identity_blackbox", "objective.critic_weight=0.3"]  # lambda as the twin's
+# Rollouts cost group x sampler steps forward passes and group x trained steps backward ones per scoring step.
+# Scoring every 2nd step: 300 toy steps on one thread took 53 CPU s against DreamBooth's 20 (2.7x; 1.8x when
+# scoring every 4th), within the ~4x budget (farm-bench, start-up of 7 s subtracted; docs/toyworld.md).
+GRPO_BUDGET = ["objective.reward_every=2", "objective.grpo.group_size=4", "objective.grpo.num_steps=6",
+               "objective.grpo.trained_steps=1"]
 OBJECTIVES = {
     BASE_MODEL: [],
     "baseline": ["objective.name=baseline"],
@@ -44,6 +50,15 @@ OBJECTIVES = {
     "direct-look-forward-paper": ["objective.name=direct", *PAPER_OBJECTIVE[:2]],
     "dpg-toy-identity-x0": ["objective.name=dpg", *IDENTITY, "critic.input=prediction"],
     "direct-toy-identity": ["objective.name=direct", *IDENTITY],
+    # A reward with no gradient (the identity cosine rounded to 0.05) through the routes that need none: the
+    # feature critic on the third identity network, and rollout policy gradients. Their controls: the exact
+    # gradient of the unrounded twin (`direct-toy-identity`), and `direct` on the critic's encoder's own
+    # cosine (`direct-encoder-identity`): a critic that does not beat it gains only what the encoder knows.
+    "dpg-feature-blackbox": ["objective.name=dpg", *BLACKBOX, "critic.name=feature", "critic.encoder=toy_encoder",
+                             "critic.input=prediction"],
+    "grpo-blackbox": ["objective.name=grpo", "objective.reward=toy_identity_blackbox", *GRPO_BUDGET],
+    "direct-encoder-identity": ["objective.name=direct", "objective.reward=toy_encoder_identity",
+                                "objective.critic_weight=0.3"],
 }
 # What each method is compared with, the strongest fair control last: a claim is a paired delta against it.
 CONTROLS = {
@@ -53,6 +68,10 @@ CONTROLS = {
     "direct-look-forward-paper": ("baseline",),
     "dpg-toy-identity-x0": ("baseline", "baseline-iw2", "baseline-tuned", "direct-toy-identity"),
     "direct-toy-identity": ("baseline", "baseline-iw2", "baseline-tuned"),
+    "dpg-feature-blackbox": ("baseline", "baseline-tuned", "grpo-blackbox", "direct-toy-identity",
+                             "direct-encoder-identity"),
+    "grpo-blackbox": ("baseline", "baseline-tuned", "direct-toy-identity"),
+    "direct-encoder-identity": ("baseline", "baseline-tuned", "direct-toy-identity"),
     BASE_MODEL: ("baseline",),
     "baseline-iw2": ("baseline",),
     "baseline-tuned": ("baseline",),

@@ -4,13 +4,11 @@ control for DPG: its gradient flows through x0_hat (and the VAE decoder, for an 
 
 from __future__ import annotations
 
-from functools import partial
-
 from rewardbooth.core.config import Config
 from rewardbooth.maths import dpg
 from rewardbooth.models.families import Process
 from rewardbooth.rewards import Reward, RewardContext, as_output
-from rewardbooth.training.batches import Batch, decode_latents
+from rewardbooth.training.batches import Batch, image_decoder
 from rewardbooth.training.objectives.base import (
     Losses,
     Needs,
@@ -26,7 +24,7 @@ def reward_context(policy: Policy, batch: Batch, config: Config) -> RewardContex
     """What a reward sees of the instance samples besides x0_hat: x0, the prompts, the decoder."""
     n = batch.num_instance
     return RewardContext(x0=batch.x0[:n].float(), prompts=batch.prompts[:n],
-                         decode=partial(decode_latents, policy.vae, policy.latent_space, size=config.objective.reward_resolution))
+                         decode=image_decoder(policy.vae, policy.latent_space, config))
 
 
 @objectives.register("direct")

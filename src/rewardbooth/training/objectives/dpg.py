@@ -15,6 +15,7 @@ from rewardbooth.maths import dpg
 from rewardbooth.models.families import Process
 from rewardbooth.rewards import Reward, RewardContext, as_output
 from rewardbooth.training.batches import Batch
+from rewardbooth.training.critic import critic_fit
 from rewardbooth.training.critic_diagnostics import alignment_terms
 from rewardbooth.training.objectives.base import (
     Losses,
@@ -58,9 +59,16 @@ class DeterministicPolicyGradient:
         # regress Q(s, a_taken) on it, with the action detached so theta is untouched.
         with torch.no_grad():
             output = as_output(reward(x0_hat.detach().float(), context))
-        q_taken = policy.critic(features.detach(), timesteps, critic_text)
-        terms["critic_loss"] = dpg.critic_loss(q_taken, output.scores)
+
+        def score(latents: torch.Tensor) -> torch.Tensor:  # for critics that probe the reward themselves
+            return as_output(reward(latents.float(), context)).scores
+
+        fit = critic_fit(policy.critic_module, features.detach(), timesteps, critic_text, output.scores, score)
+        q_fit = policy.critic(fit.inputs, fit.timesteps, fit.text)
+        terms["critic_loss"] = dpg.critic_loss(q_fit, fit.rewards)
+        q_taken = q_fit[:n]
         terms["q"] = q_taken.detach().mean()
+        terms.update(fit.logs)
         if diagnose and policy.diagnostic_reward is not None:
             terms.update(critic_alignment(policy.critic_module, policy.diagnostic_reward, config, process, x_t,
                                           action, x0, timesteps, critic_text, context))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 from torch import nn
@@ -29,7 +28,7 @@ from rewardbooth.maths import dpg, rollout
 from rewardbooth.methods import methods
 from rewardbooth.models.families import Process, RolloutProcess
 from rewardbooth.rewards import Reward, RewardContext, as_output
-from rewardbooth.training.batches import Batch, decode_latents
+from rewardbooth.training.batches import Batch, image_decoder
 from rewardbooth.training.objectives.base import (
     Losses,
     Needs,
@@ -103,8 +102,7 @@ class GroupRelativePolicyOptimization:
             next_states.append(x)
             log_probs.append(log_prob)
         context = RewardContext(x0=batch.x0[index].float(), prompts=[batch.prompts[i] for i in index.tolist()],
-                                decode=partial(decode_latents, policy.vae, policy.latent_space,
-                                               size=config.objective.reward_resolution))
+                                decode=image_decoder(policy.vae, policy.latent_space, config))
         output = as_output(reward(x.float(), context))
         advantages = rollout.group_advantages(output.scores, options.group_size, options.advantage_clip)
         return Rollouts(torch.stack(states), torch.stack(next_states), torch.stack(log_probs), times, next_times,
