@@ -1,46 +1,17 @@
 """The toy benchmark's claims are scored by a judge no reward and no critic encoder shares a weight with."""
 
-import types
 from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import reachable_tensors
 from rewardbooth.core.config import load_config
 from rewardbooth.experiments.toyworld.experiment import OBJECTIVES, Setting, load_judges, training_overrides
 from rewardbooth.rewards import RewardSetup, build_reward
 from rewardbooth.rewards.base import reward_weights, rewards
 from rewardbooth.rewards.encoders import make_encoder
 from rewardbooth.toyworld import subjects
-
-
-def reachable_tensors(root, depth=6):
-    """Every tensor reachable from `root` through attributes, containers, modules and closures."""
-    found, seen, frontier = [], set(), [(root, 0)]
-    while frontier:
-        item, level = frontier.pop()
-        if id(item) in seen or level > depth:
-            continue
-        seen.add(id(item))
-        if isinstance(item, torch.Tensor):
-            found.append(item)
-            continue
-        if isinstance(item, torch.nn.Module):
-            children = [*item.parameters(), *item.buffers()]
-        elif isinstance(item, dict):
-            children = list(item.values())
-        elif isinstance(item, (list, tuple, set)):
-            children = list(item)
-        elif isinstance(item, (types.FunctionType, types.MethodType)):
-            function = getattr(item, "__func__", item)
-            children = [getattr(item, "__self__", None),
-                        *[cell.cell_contents for cell in function.__closure__ or ()]]
-        elif hasattr(item, "__dict__") and not isinstance(item, type) and not isinstance(item, types.ModuleType):
-            children = list(vars(item).values())
-        else:
-            continue
-        frontier.extend((child, level + 1) for child in children if child is not None)
-    return found
 
 
 def shares_weights(network_tensors, tensors):

@@ -2,7 +2,8 @@
 
 Variants: `dpg-look-forward` (the latent reward: target <= 1.03 x baseline) and the image rewards `dpg-dino`,
 `dpg-clip-image`, `dpg-clip-text` (decode x0_hat at 256 px or less; DINO ViT-S/16 and CLIP ViT-B/32 with random
-weights, which time like the real ones: target <= 1.25). These run without critic diagnostics; the
+weights, which time like the real ones: target <= 1.25); the black-box routes `dpg-dino-feature` (the
+feature critic on DINOv2 ViT-S/14) and `grpo-dino` (rollouts), reported without a target. These run without critic diagnostics; the
 `-diagnosed` variants compute them at every step (cos(dQ/da, dr/da): one critic backward and one reward
 backward, through decoder and backbone for DINO), so (diagnosed - plain) / critic.diagnostics_every is their
 cost per step at the default cadence. The face reward runs dlib on the CPU whatever the device, and finds no
@@ -42,6 +43,13 @@ VARIANTS: dict[str, tuple[list[str], float | None]] = {
     "dpg-dino": (["objective.name=dpg", "objective.reward=dino", "critic.input=prediction", PLAIN], 1.25),
     "dpg-clip-image": (["objective.name=dpg", "objective.reward=clip_image", "critic.input=prediction", PLAIN], 1.25),
     "dpg-clip-text": (["objective.name=dpg", "objective.reward=clip_text", "critic.input=prediction", PLAIN], 1.25),
+    # The routes for a reward without a gradient (docs/critic.md): the feature critic on DINOv2 ViT-S/14 (+ decode
+    # x0_hat, the encoder forward and backward for the policy, the replay fit, 2 probe scores), and rollouts
+    # (grpo: group x sampler-step forwards and group x trained-step backwards per scoring step, at
+    # objective.reward_every=1 here; a run amortises them over reward_every steps).
+    "dpg-dino-feature": (["objective.name=dpg", "objective.reward=dino", "critic.name=feature",
+                          "critic.input=prediction", "critic.encoder=dinov2", PLAIN], None),
+    "grpo-dino": (["objective.name=grpo", "objective.reward=dino"], None),
     "dpg-look-forward-diagnosed": (["objective.name=dpg", DIAGNOSED], None),
     "dpg-dino-diagnosed": (["objective.name=dpg", "objective.reward=dino", "critic.input=prediction", DIAGNOSED],
                            None),
@@ -60,6 +68,16 @@ def random_dino(folder: Path) -> Path:
         config = ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
                            image_size=224, patch_size=16, qkv_bias=True)
         ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
+    return folder
+
+
+def random_dinov2(folder: Path) -> Path:
+    """DINOv2 ViT-S/14's architecture (facebook/dinov2-small) with random weights, saved the real way."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    if not (folder / "config.json").is_file():
+        Dinov2Model(Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, patch_size=14,
+                                 image_size=518)).save_pretrained(folder)
     return folder
 
 
@@ -88,6 +106,8 @@ def variant_overrides(name: str, workdir: Path, resolution: int) -> list[str]:
         overrides.append(f"objective.reward_options={{{reward}: {{model: '{model}'}}}}")
     if reward != "look_forward":
         overrides.append(f"objective.reward_resolution={min(resolution, DECODE_PIXELS)}")
+    if "critic.name=feature" in overrides:
+        overrides.append(f"critic.encoder_model={random_dinov2(workdir / 'dinov2')}")
     return overrides
 
 

@@ -71,10 +71,11 @@ def dinov2_encoder(device: torch.device, model: str | None = None) -> ImageEncod
     from transformers import Dinov2Model
 
     network = load_backbone(Dinov2Model, model or DEFAULT_DINOV2, "critic encoder dinov2", device, "float32")
-    crop = _side(network.config.image_size)
+    # config.image_size is the pretraining crop (518); DINOv2's evaluation transform is DINO's (resize 256,
+    # centre-crop 224, ImageNet statistics), and its position embeddings are interpolated to any size.
+    crop = min(224, _side(network.config.image_size))
 
     def features(images: torch.Tensor) -> torch.Tensor:
-        # DINOv2's evaluation transform is DINO's (resize 256, centre-crop 224, ImageNet statistics).
         hidden = network(pixel_values=dino_preprocess(images.to(device), crop)).last_hidden_state
         return F.normalize(hidden[:, 0].float(), dim=-1)  # the final layer's (layer-normed) CLS token
 
