@@ -97,3 +97,11 @@ def test_fsdp_example_config_trains_saves_and_resumes_like_one_process(subject_d
     for name in ("transformer/diffusion_pytorch_model.safetensors", "critic.safetensors"):
         expected, got = load_file(sharded / name), load_file(resumed / name)
         assert all(torch.equal(expected[k], got[k]) for k in expected), name
+
+
+def test_a_sharded_run_refuses_what_it_cannot_do_before_writing_anything(subject_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("rewardbooth.training.setup.is_sharded", lambda accelerator: True)
+    assert run_cli(tiny_args(subject_dir, tmp_path / "run", *RUN, "method.name=lora")) == 2
+    error = capsys.readouterr().err.strip()
+    assert "not method.name=lora" in error and len(error.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
