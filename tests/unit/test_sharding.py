@@ -81,3 +81,17 @@ def test_a_sharded_modules_stock_class_is_the_one_fully_shard_subclassed():
     module.__class__ = type("FSDPLinear", (FSDPModule, nn.Linear), {})  # what fully_shard does to the instance
     assert sharding.stock_class(module) is nn.Linear
     assert sharding.stock_class(nn.Linear(1, 1)) is nn.Linear
+
+
+@pytest.mark.parametrize(("example", "model"), [("fsdp-flux.yaml", "tiny-flux"), ("fsdp-sd3.yaml", "tiny-sd3")])
+def test_each_example_fsdp_config_parses_and_wraps_blocks_its_family_has(example, model):
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(Path(__file__).parents[2] / "examples" / "accelerate" / example)
+    assert config.distributed_type == DistributedType.FSDP and config.fsdp_config["fsdp_version"] == 2
+    assert config.fsdp_config["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
+    wrapped = set(config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"].split(","))
+    present = {type(module).__name__ for module in load_model(ModelConfig(model)).denoiser.modules()}
+    assert wrapped <= present  # accelerate refuses a listed class the model does not hold
