@@ -29,6 +29,7 @@ CONTRACT = ["tests/contract/test_objective_contract.py"]  # what an objective de
 UNTRUSTED = "tests/integration/test_untrusted_input.py"
 ZIMAGE, FLUX = "src/rewardbooth/models/zimage.py", "src/rewardbooth/models/flux.py"
 STOCK_STEP = "tests/integration/test_flow_families.py::test_denoise_is_what_the_stock_sampler_steps_with"
+FSDP_TEST = "tests/integration/test_fsdp.py"
 
 FOLDER, RESULT = "src/rewardbooth/training/output_folder.py", "src/rewardbooth/training/result.py"
 STORAGE, CHECKPOINTS = "src/rewardbooth/core/storage.py", "src/rewardbooth/training/checkpoints.py"
@@ -132,6 +133,17 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
                                 [STOCK_STEP]),
     "flux-time-unscaled": (FLUX, "timestep=timesteps.to(x_t.dtype) / 1000", "timestep=timesteps.to(x_t.dtype)",
                            [STOCK_STEP]),
+    # FSDP (tests/integration/test_fsdp.py: the example config on two CPU processes against one process).
+    "fsdp-critic-not-averaged": (TRAIN, "average_gradients(run.accelerator, run.critic)  # what DDP does",
+                                 "None  # what DDP does", [FSDP_TEST, "-k", "like_one_process"]),
+    "fsdp-result-not-gathered": (TRAIN, "result_parts = gathered_parts(accelerator, run.parts, run.denoiser) if",
+                                 "result_parts = run.parts if", [FSDP_TEST, "-k", "like_one_process"]),
+    "fsdp-critic-sharded": (SETUP, "prepared_critic = critic is not None and not sharded",
+                            "prepared_critic = critic is not None", [FSDP_TEST, "-k", "like_one_process"]),
+    "fsdp-clips-unsharded-parameters": (SETUP, "    policy_parameters = [p for name in method.trainable for p",
+                                        "    _ = [p for name in method.trainable for p", [FSDP_TEST, "-k", "like_one_process"]),
+    "fsdp-run-unchecked": (SETUP, "    if sharded:\n        check_sharded_run(config)\n", "",
+                           [FSDP_TEST, "-k", "refuses"]),
 }
 
 

@@ -26,6 +26,7 @@ from rewardbooth.core.storage import disk_errors
 from rewardbooth.data.concepts import concepts_of
 from rewardbooth.evaluation.plots import make_grid
 from rewardbooth.methods.base import after_step
+from rewardbooth.models import ModelParts
 from rewardbooth.training.checkpoints import load_checkpoint, save_checkpoint
 from rewardbooth.training.critic_diagnostics import FitWindow
 from rewardbooth.training.monitoring import (
@@ -42,6 +43,7 @@ from rewardbooth.training.output_folder import check_output_dir, output_lock, pr
 from rewardbooth.training.result import publish_result
 from rewardbooth.training.selection import Selection
 from rewardbooth.training.setup import RunSetup, build_run
+from rewardbooth.training.sharding import average_gradients, gathered_parts
 
 logger = logging.getLogger(__name__)
 
@@ -133,12 +135,14 @@ def run_training(config: Config, resume_from: Path | None) -> Path:
     bar.close()
 
     accelerator.wait_for_everyone()
+    # Under FSDP every process joins the gather of the sharded denoiser; the main process saves it whole.
+    result_parts = gathered_parts(accelerator, run.parts, run.denoiser) if failure is None else None
     if failure is None and accelerator.is_main_process:
-        failure = finish(run, config, finished, stopped, output_dir, selection, skips.total)
+        failure = finish(run, config, finished, stopped, output_dir, selection, skips.total, result_parts)
     # DDP's reducers hold the process group. Freed only when train() returns, after end_training destroyed the
     # group, one rank could hang in their destructors (seen in CI, reproduced under load: the other rank done,
     # this one stuck past train()). So every rank frees them first, then all tear the group down together.
-    del run, policy, selection
+    del run, policy, selection, result_parts
     accelerator.free_memory()
     gc.collect()
     accelerator.wait_for_everyone()
@@ -206,6 +210,8 @@ def apply_update(run: RunSetup, train_config: TrainConfig, skipped: bool, step: 
         run.optimizer.step()
         after_step(run.method)
         if run.critic_optimizer is not None:
+            if not run.critic_prepared:
+                average_gradients(run.accelerator, run.critic)  # what DDP does for a prepared critic
             run.critic_optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     if run.critic_optimizer is not None:
@@ -260,19 +266,22 @@ def validate(run: RunSetup, config: Config, step: int, output_dir: Path, selecti
 
 
 def finish(run: RunSetup, config: Config, step: int, stopped: bool, output_dir: Path,
-           selection: Selection | None, skipped_steps: int = 0) -> UserError | None:
+           selection: Selection | None, skipped_steps: int = 0, parts: ModelParts | None = None) -> UserError | None:
     """Save the result, then the last samples and metrics.png (main process). A failed write (a full disk) or
     non-finite trained weights come back as the error to raise once every process has let go of the process
-    group."""
+    group. `parts` are what is saved (`gathered_parts`: under FSDP, with the denoiser whole); the run's own
+    parts by default."""
+    parts = parts or run.parts
     if skipped_steps:
         logger.warning("%d of %d steps were skipped (non-finite loss; metrics.jsonl: skipped=1)", skipped_steps,
                        step)
-    broken = non_finite_weights({**run.method.trainable, "critic": run.critic})
+    trained = {**run.method.trainable, parts.denoiser_name: parts.denoiser, "critic": run.critic}
+    broken = non_finite_weights(trained)
     if broken is not None:
         return UserError(f"the trained weights hold inf/nan ({broken}), so no result is published in {output_dir} "
                          f"(checkpoints are kept); lower train.lr or critic.lr and train again")
     try:
-        save_result(run, output_dir)  # first: a full disk must not cost the trained weights
+        save_result(run, output_dir, parts)  # first: a full disk must not cost the trained weights
         with disk_errors("the last samples and metrics.png", output_dir, "the trained model is saved"):
             if config.validation.every and not stopped:  # a stopped run was just validated
                 validate(run, config, step, output_dir, selection)
@@ -282,11 +291,13 @@ def finish(run: RunSetup, config: Config, step: int, stopped: bool, output_dir: 
     return None
 
 
-def save_result(run: RunSetup, output_dir: Path) -> None:
-    """The trained model (as the base method saves it) and the critic, written whole or not at all."""
+def save_result(run: RunSetup, output_dir: Path, parts: ModelParts | None = None) -> None:
+    """The trained model (as the base method saves it, from `parts`: the run's own by default) and the critic,
+    written whole or not at all."""
+    parts = parts or run.parts
 
     def write(folder: Path) -> None:
-        run.method.save(run.parts, folder)
+        run.method.save(parts, folder)
         if run.critic is not None:
             critic = run.accelerator.unwrap_model(run.critic)
             save_file({k: v.detach().float().cpu().contiguous() for k, v in critic.state_dict().items()},

@@ -47,6 +47,7 @@ from rewardbooth.training.objectives import (
     needs_of,
     objectives,
 )
+from rewardbooth.training.sharding import check_sharded_run, is_sharded, warn_if_fsdp_ignored
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class RunSetup:
     process: Process  # the family's forward process, on the accelerator's device
     denoiser: nn.Module  # the UNet, prepared (DDP-wrapped when distributed)
     text_encoders: list[nn.Module] | None  # prepared, when they train (SDXL: both)
-    critic: nn.Module | None  # prepared, when the objective needs a critic (dpg)
+    critic: nn.Module | None  # when the objective needs a critic (dpg): prepared, except under FSDP
     reward: Reward | None  # when the objective needs one
     objective: Objective
     diagnostic_reward: Reward | None  # the reward, if differentiable, or its twin: for critic diagnostics
@@ -81,11 +82,19 @@ class RunSetup:
         extra = {"lr_schedule": self.lr_scheduler}
         if self.critic_optimizer is not None:
             extra["critic_optimizer"] = self.critic_optimizer
+        if self.critic is not None and not self.critic_prepared:
+            extra["critic"] = self.critic  # not prepared (FSDP), so not in accelerate's save_state
         return extra
 
     @property
+    def critic_prepared(self) -> bool:
+        """Whether accelerate prepared the critic (DDP-wrapped when distributed); under FSDP it did not."""
+        return not is_sharded(self.accelerator)
+
+    @property
     def trained_models(self) -> list[nn.Module]:
-        return [m for m in (self.denoiser, *(self.text_encoders or []), self.critic) if m is not None]
+        critic = self.critic if self.critic_prepared else None  # an unprepared critic syncs by hand
+        return [m for m in (self.denoiser, *(self.text_encoders or []), critic) if m is not None]
 
     def start_trackers(self, config: Config) -> None:
         flat = {key: value if isinstance(value, (int, float, str, bool)) else str(value)
@@ -161,6 +170,10 @@ def build_run(config: Config) -> RunSetup:
     check_values(config)
     check_component_names(config)
     accelerator = make_accelerator(config)
+    sharded = is_sharded(accelerator)
+    if sharded:
+        check_sharded_run(config)
+    warn_if_fsdp_ignored(accelerator)
     set_seed(config.train.seed)  # for user components that draw from the global generators
     concept_images = load_concepts(config)
     parts = load_model(config.model)
@@ -191,11 +204,17 @@ def build_run(config: Config) -> RunSetup:
     # The LR schedule and the critic optimizer are stepped by hand once per optimizer step (accelerate would
     # step a prepared scheduler once per process); checkpoints save them as plain tensors (RunSetup.stateful),
     # not through accelerate's registration, whose pickles are loaded with weights_only=False.
+    # Under FSDP the critic stays whole on every process (rewardbooth.training.sharding says why).
     critic = built.critic
-    modules = list(method.trainable.values()) + ([critic] if critic is not None else [])
+    prepared_critic = critic is not None and not sharded
+    modules = list(method.trainable.values()) + ([critic] if prepared_critic else [])
     prepared = accelerator.prepare(*modules, optimizer)
     *prepared_modules, optimizer = prepared
-    named = dict(zip(list(method.trainable) + (["critic"] if critic is not None else []), prepared_modules))
+    named = dict(zip(list(method.trainable) + (["critic"] if prepared_critic else []), prepared_modules))
+    if critic is not None and not prepared_critic:
+        named["critic"] = critic
+    # FSDP replaces the parameters it shards (DTensors): clip and step the prepared modules' own.
+    policy_parameters = [p for name in method.trainable for p in named[name].parameters() if p.requires_grad]
     text_encoders = [named[name] for name in parts.named_text_encoders if name in named]
     num_processes = accelerator.num_processes
     return RunSetup(
