@@ -44,6 +44,9 @@ OBJECTIVES = {
     # 4) on tuning subjects 1-4 by the reward judge's fidelity, alignment within 0.02 of the default's
     # (benchmarks/toyworld-tuning/results.md): the same tuning budget DPG's lambda got.
     "baseline-tuned": ["objective.name=baseline", "objective.instance_weight=4"],
+    # The tuned DreamBooth given the CPU seconds of the costliest black-box route (grpo-blackbox, 2.7x a
+    # 600-step DreamBooth run): the equal-compute control for the rollout and feature-critic routes.
+    "baseline-tuned-1600": ["objective.name=baseline", "objective.instance_weight=4", "train.max_steps=1600"],
     "dpg-look-forward": ["objective.name=dpg"],
     "direct-look-forward": ["objective.name=direct"],
     "dpg-look-forward-paper": ["objective.name=dpg", *PAPER_OBJECTIVE],
@@ -68,9 +71,10 @@ CONTROLS = {
     "direct-look-forward-paper": ("baseline",),
     "dpg-toy-identity-x0": ("baseline", "baseline-iw2", "baseline-tuned", "direct-toy-identity"),
     "direct-toy-identity": ("baseline", "baseline-iw2", "baseline-tuned"),
-    "dpg-feature-blackbox": ("baseline", "baseline-tuned", "grpo-blackbox", "direct-toy-identity",
-                             "direct-encoder-identity"),
-    "grpo-blackbox": ("baseline", "baseline-tuned", "direct-toy-identity"),
+    "dpg-feature-blackbox": ("baseline", "baseline-tuned", "baseline-tuned-1600", "grpo-blackbox",
+                             "direct-toy-identity", "direct-encoder-identity"),
+    "grpo-blackbox": ("baseline", "baseline-tuned", "baseline-tuned-1600", "direct-toy-identity"),
+    "baseline-tuned-1600": ("baseline", "baseline-tuned"),
     "direct-encoder-identity": ("baseline", "baseline-tuned", "direct-toy-identity"),
     BASE_MODEL: ("baseline",),
     "baseline-iw2": ("baseline",),
