@@ -28,6 +28,7 @@ SETUP = "src/rewardbooth/training/setup.py"
 CONTRACT = ["tests/contract/test_objective_contract.py"]  # what an objective declares is what it gets
 UNTRUSTED = "tests/integration/test_untrusted_input.py"
 ZIMAGE, FLUX = "src/rewardbooth/models/zimage.py", "src/rewardbooth/models/flux.py"
+FROZEN_TEXT = "tests/integration/test_frozen_text.py"
 STOCK_STEP = "tests/integration/test_flow_families.py::test_denoise_is_what_the_stock_sampler_steps_with"
 
 FOLDER, RESULT = "src/rewardbooth/training/output_folder.py", "src/rewardbooth/training/result.py"
@@ -116,6 +117,14 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
                                 [STOCK_STEP]),
     "flux-time-unscaled": (FLUX, "timestep=timesteps.to(x_t.dtype) / 1000", "timestep=timesteps.to(x_t.dtype)",
                            [STOCK_STEP]),
+    # Frozen text encoders (issue 23): encoded once at setup, then released; nothing runs them after.
+    "validation-re-encodes": (SETUP, "validation_inputs = encode_validation_prompts(parts, config, device, autocast_dtype)",
+                              "validation_inputs = None", [FROZEN_TEXT + "::test_frozen_encoders_never_run_after_setup_"
+                                                           "and_the_saved_pipeline_draws_the_validation_images"]),
+    "encoders-kept": ("src/rewardbooth/training/frozen_text.py", '        encoder.to("cpu")', "        encoder.float()",
+                      ["tests/unit/test_frozen_text.py"]),
+    "encoders-never-released": (SETUP, "        release_text_encoders(parts, config.train.offload_text_encoders)\n",
+                                "", [FROZEN_TEXT, "-k", "tiny-flux"]),
 }
 
 
