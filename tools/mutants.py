@@ -125,6 +125,9 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
                       ["tests/unit/test_frozen_text.py"]),
     "encoders-never-released": (SETUP, "        release_text_encoders(parts, config.train.offload_text_encoders)\n",
                                 "", [FROZEN_TEXT, "-k", "tiny-flux"]),
+    "generate-ignores-best-config": (GENERATE, 'and recorded_config_file(folder) is not None:',
+                                     'and (folder / "config.yaml").is_file():',
+                                     ["tests/integration/test_flow_experiments.py", "-k", "keep_best"]),
 }
 
 
