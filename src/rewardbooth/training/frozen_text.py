@@ -16,7 +16,9 @@ import logging
 import torch
 
 from rewardbooth.core.config import Config
+from rewardbooth.core.errors import UserError
 from rewardbooth.data.concepts import concepts_of
+from rewardbooth.methods import methods
 from rewardbooth.models import ModelParts
 from rewardbooth.models.families import move_inputs
 from rewardbooth.training.monitoring import sampling_settings, validation_jobs, validation_prompts
@@ -43,12 +45,22 @@ def encode_validation_prompts(parts: ModelParts, config: Config, device: torch.d
     return inputs
 
 
+def check_offload(config: Config) -> None:
+    """'free' only where the result needs no text encoder weights (an adapter method), before any slow work."""
+    method = config.method.name
+    if config.train.offload_text_encoders == "free" and not getattr(methods.get(method), "adapters_only", False):
+        raise UserError(f"train.offload_text_encoders=free drops the text encoders, but method.name={method} saves "
+                        f"them in its result; use train.offload_text_encoders=cpu (or method.name=lora)")
+
+
 def release_text_encoders(parts: ModelParts, mode: str) -> None:
-    """Move the frozen text encoders off the accelerator ('cpu'), or leave them ('none')."""
+    """Move the frozen text encoders off the accelerator ('cpu'), drop their weights ('free': the modules
+    stay, on the meta device, holding no memory), or leave them ('none')."""
     if mode == "none":
         return
     for encoder in parts.text_encoders:
-        encoder.to("cpu")
+        encoder.to("cpu" if mode == "cpu" else "meta")
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # hand the freed blocks back, for the caching allocator keeps them otherwise
-    logger.info("text encoders moved to the CPU (train.offload_text_encoders=cpu): every prompt is encoded")
+    logger.info("every prompt is encoded: text encoders %s (train.offload_text_encoders=%s)",
+                "moved to the CPU" if mode == "cpu" else "dropped", mode)

@@ -40,7 +40,12 @@ from rewardbooth.rewards.concepts import build_concept_reward
 from rewardbooth.training.batches import ImageSet, TrainingData, with_flips
 from rewardbooth.training.class_images import class_image_dir, generate_class_images, read_class_images
 from rewardbooth.training.critic import CriticSpec, critics, make_critic, make_critic_optimizer
-from rewardbooth.training.frozen_text import PromptInputs, encode_validation_prompts, release_text_encoders
+from rewardbooth.training.frozen_text import (
+    PromptInputs,
+    check_offload,
+    encode_validation_prompts,
+    release_text_encoders,
+)
 from rewardbooth.training.objectives import (
     Objective,
     build_objective_component,
@@ -162,6 +167,7 @@ def not_differentiable(objective: str, reward: object) -> UserError:
 def build_run(config: Config) -> RunSetup:
     check_values(config)
     check_component_names(config)
+    check_offload(config)
     accelerator = make_accelerator(config)
     set_seed(config.train.seed)  # for user components that draw from the global generators
     concept_images = load_concepts(config)

@@ -21,11 +21,13 @@ class MoveRecorder(nn.Linear):
         return super().to(*args, **kwargs)
 
 
-@pytest.mark.parametrize("mode, moves", [("cpu", [("cpu",)]), ("none", [])])
-def test_release_moves_every_frozen_encoder_off_the_accelerator_or_leaves_it(mode, moves):
+@pytest.mark.parametrize("mode, moves", [("cpu", [("cpu",)]), ("free", [("meta",)]), ("none", [])])
+def test_release_moves_every_frozen_encoder_off_the_accelerator_drops_it_or_leaves_it(mode, moves):
     parts = SimpleNamespace(text_encoders=[MoveRecorder(), MoveRecorder()])
     release_text_encoders(parts, mode)
     assert [encoder.moves for encoder in parts.text_encoders] == [moves, moves]
+    if mode == "free":  # the weights are gone: no storage left behind
+        assert all(p.is_meta for encoder in parts.text_encoders for p in encoder.parameters())
 
 
 def test_the_default_moves_them_to_the_cpu():
