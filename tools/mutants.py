@@ -28,6 +28,8 @@ SETUP = "src/rewardbooth/training/setup.py"
 CONTRACT = ["tests/contract/test_objective_contract.py"]  # what an objective declares is what it gets
 UNTRUSTED = "tests/integration/test_untrusted_input.py"
 ZIMAGE, FLUX = "src/rewardbooth/models/zimage.py", "src/rewardbooth/models/flux.py"
+FROZEN = "src/rewardbooth/training/frozen_text.py"
+FROZEN_TEXT = "tests/integration/test_frozen_text.py"
 STOCK_STEP = "tests/integration/test_flow_families.py::test_denoise_is_what_the_stock_sampler_steps_with"
 FSDP_TEST = "tests/integration/test_fsdp.py"
 
@@ -144,6 +146,20 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
                                         "    _ = [p for name in method.trainable for p", [FSDP_TEST, "-k", "like_one_process"]),
     "fsdp-run-unchecked": (SETUP, "    if sharded:\n        check_sharded_run(config)\n", "",
                            [FSDP_TEST, "-k", "refuses"]),
+    # Frozen text encoders (issue 23): encoded once at setup, then released; nothing runs them after.
+    "validation-re-encodes": (SETUP, "validation_inputs = encode_validation_prompts(parts, config, device, autocast_dtype)",
+                              "validation_inputs = None", [FROZEN_TEXT + "::test_frozen_encoders_never_run_after_setup_"
+                                                           "and_the_saved_pipeline_draws_the_validation_images"]),
+    "encoders-kept": (FROZEN, '        encoder.to("cpu" if mode == "cpu" else "meta")', "        encoder.float()",
+                      ["tests/unit/test_text_encoder_release.py"]),
+    "free-keeps-the-weights": (FROZEN, 'encoder.to("cpu" if mode == "cpu" else "meta")', 'encoder.to("cpu")',
+                               [FROZEN_TEXT, "-k", "free_drops"]),
+    "free-unchecked": (SETUP, "    check_offload(config)\n", "", [FROZEN_TEXT, "-k", "free_is_refused"]),
+    "encoders-never-released": (SETUP, "        release_text_encoders(parts, config.train.offload_text_encoders)\n",
+                                "", [FROZEN_TEXT, "-k", "tiny-flux"]),
+    "generate-ignores-best-config": (GENERATE, 'and recorded_config_file(folder) is not None:',
+                                     'and (folder / "config.yaml").is_file():',
+                                     ["tests/integration/test_flow_experiments.py", "-k", "keep_best"]),
 }
 
 

@@ -105,6 +105,25 @@ def test_text_conditioning_is_the_stock_pipelines(family_parts):
         torch.testing.assert_close(ours.embeds[key], value, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("guidance", [1.0, 4.0])  # 4: classifier-free guidance with the empty prompt's negative
+def test_sampling_from_precomputed_text_inputs_draws_the_prompts_images(family_parts, guidance):
+    # What validation does once the frozen encoders are gone (training/setup.py): the same images, to the bit,
+    # from a pipeline that holds no text encoder at all.
+    family, parts = family_parts
+    prompts = PROMPTS[:1] * 2
+    options = {"height": 32, "width": 32, "num_inference_steps": 2, "guidance_scale": guidance, "output_type": "pt"}
+
+    def generators():
+        return [torch.Generator().manual_seed(seed) for seed in range(len(prompts))]
+
+    with torch.no_grad():
+        inputs = family.pipeline_text_inputs(parts.pipeline(), prompts, guidance, torch.device("cpu"))
+        from_prompts = parts.pipeline()(prompts, generator=generators(), **options).images
+        without_encoders = parts.pipeline(**{name: None for name in parts.named_text_encoders})
+        from_inputs = without_encoders(generator=generators(), **inputs, **options).images
+    assert torch.equal(from_inputs, from_prompts)
+
+
 def test_denoise_acts_on_latents_and_trains_the_encoders_it_is_given(family_parts):
     """The action has the (unpacked) latents' shape whatever the family packs inside; the text embedding is
     `text_embedding_dim` wide; with token ids, the trainable encoders run in the step, so the loss reaches

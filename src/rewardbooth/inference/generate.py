@@ -66,7 +66,8 @@ def resolve_result(model: str, lora: str | None) -> tuple[str, str | None, str |
         if not (Path(lora).expanduser() / WEIGHT_NAME).is_file():
             raise UserError(f"lora={lora!r} has no {WEIGHT_NAME}: pass a folder written by a method.name=lora run")
         return model, "lora", lora
-    if folder.is_dir() and not (folder / "model_index.json").is_file() and (folder / "config.yaml").is_file():
+    # A keep-best best/ of an adapter run holds weights only: its run's config.yaml is the folder above.
+    if folder.is_dir() and not (folder / "model_index.json").is_file() and recorded_config_file(folder) is not None:
         recorded = recorded_config(folder)
         return str(recorded["model"]["pretrained"]), recorded["method"]["name"], model
     return model, None, None

@@ -149,6 +149,11 @@ class Family(Protocol):
         """A component's peft adapter state as the pipeline's `save_lora_weights` takes it."""
     def stock_conditioning(self, pipeline, prompts: list[str]) -> Conditioning:
         """The same conditioning from the stock pipeline's own `encode_prompt` (the contract tests' oracle)."""
+    def pipeline_text_inputs(self, pipeline, prompts: list[str], guidance_scale: float,
+                             device: torch.device) -> dict:
+        """The pipeline's keyword arguments in place of `prompt=prompts` (prompt_embeds, pooled_prompt_embeds,
+        negative_*: what its `__call__` takes), computed by its own `encode_prompt` as `__call__` would at this
+        guidance scale, so that sampling from them draws the very same images without the text encoders."""
     def denoise(self, denoiser: nn.Module, x_t: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning,
                 encoders: list[nn.Module] | None = None, micro: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,6 +176,17 @@ def conditioning_of_prompts(parts, prompts: list[str], trained: tuple[str, ...])
             embeds = family.encode_text(parts.text_encoders, token_ids).embeds
         rows[prompt] = Conditioning({key: value.float().cpu() for key, value in embeds.items()})
     return rows
+
+
+def without_none(**inputs) -> dict:
+    """Keyword arguments minus those `encode_prompt` left None (no negatives without guidance)."""
+    return {key: value for key, value in inputs.items() if value is not None}
+
+
+def move_inputs(inputs: dict, device: torch.device | str) -> dict:
+    """Pipeline keyword arguments (tensors, or lists of tensors as Z-Image's) moved to `device`, unchanged."""
+    return {key: [item.to(device) for item in value] if isinstance(value, list) else value.to(device)
+            for key, value in inputs.items()}
 
 
 def family_for_pipeline(pipeline_class_name: str):

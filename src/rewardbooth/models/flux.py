@@ -132,6 +132,13 @@ class Flux:
         embeds = t5(token_ids[1].to(device_of(t5)), output_hidden_states=False)[0]
         return Conditioning({"embeds": embeds, "pooled": pooled})
 
+    def pipeline_text_inputs(self, pipeline, prompts: list[str], guidance_scale: float,
+                             device: torch.device) -> dict:
+        # FLUX's guidance is embedded (or none, schnell): no negative prompt at any scale.
+        embeds, pooled, _ = pipeline.encode_prompt(prompts, None, device=device, num_images_per_prompt=1,
+                                                   max_sequence_length=T5_LENGTH)
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
     def lora_state_dict(self, component: str, peft_state: dict) -> dict:
         return peft_state  # peft's names, as train_dreambooth_lora_flux.py saves them
 

@@ -21,7 +21,14 @@ from diffusers import AutoencoderKL, SD3Transformer2DModel, StableDiffusion3Pipe
 from diffusers.schedulers import SchedulerMixin
 from torch import nn
 
-from rewardbooth.models.families import Conditioning, LatentSpace, SamplingDefaults, device_of, families
+from rewardbooth.models.families import (
+    Conditioning,
+    LatentSpace,
+    SamplingDefaults,
+    device_of,
+    families,
+    without_none,
+)
 from rewardbooth.models.flow import FlowProcess
 from rewardbooth.models.parts import ModelParts
 
@@ -135,6 +142,15 @@ class StableDiffusion3:
                                                       do_classifier_free_guidance=False,
                                                       max_sequence_length=T5_LENGTH)
         return Conditioning({"embeds": embeds, "pooled": pooled})
+
+    def pipeline_text_inputs(self, pipeline, prompts: list[str], guidance_scale: float,
+                             device: torch.device) -> dict:
+        # __call__'s own arguments: max_sequence_length 256 (T5_LENGTH), guidance when the scale is above 1.
+        embeds, negative, pooled, negative_pooled = pipeline.encode_prompt(
+            prompts, None, None, device=device, num_images_per_prompt=1,
+            do_classifier_free_guidance=guidance_scale > 1, max_sequence_length=T5_LENGTH)
+        return without_none(prompt_embeds=embeds, negative_prompt_embeds=negative, pooled_prompt_embeds=pooled,
+                            negative_pooled_prompt_embeds=negative_pooled)
 
     def denoise(self, denoiser: nn.Module, x_t: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning,
                 encoders: list[nn.Module] | None = None,

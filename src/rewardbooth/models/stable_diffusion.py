@@ -24,7 +24,14 @@ from torch import nn
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from rewardbooth.models.ddpm import DDPMProcess, prediction_type_of
-from rewardbooth.models.families import Conditioning, LatentSpace, SamplingDefaults, device_of, families
+from rewardbooth.models.families import (
+    Conditioning,
+    LatentSpace,
+    SamplingDefaults,
+    device_of,
+    families,
+    without_none,
+)
 from rewardbooth.models.parts import ModelParts
 
 TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")  # the pipelines' component names, in this order
@@ -133,6 +140,12 @@ class StableDiffusion:
                                            do_classifier_free_guidance=False)
         return Conditioning({"embeds": embeds})
 
+    def pipeline_text_inputs(self, pipeline, prompts: list[str], guidance_scale: float,
+                             device: torch.device) -> dict:
+        # __call__ guides when guidance_scale > 1 (the negative is the empty prompt's embedding).
+        embeds, negative = pipeline.encode_prompt(prompts, device, 1, guidance_scale > 1)
+        return without_none(prompt_embeds=embeds, negative_prompt_embeds=negative)
+
     def denoise(self, denoiser: nn.Module, x_t: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning,
                 encoders: list[nn.Module] | None = None,
                 micro: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,6 +202,14 @@ class StableDiffusionXL(StableDiffusion):
         embeds, _, pooled, _ = pipeline.encode_prompt(prompts, device="cpu", num_images_per_prompt=1,
                                                       do_classifier_free_guidance=False)
         return Conditioning({"embeds": embeds, "pooled": pooled})
+
+    def pipeline_text_inputs(self, pipeline, prompts: list[str], guidance_scale: float,
+                             device: torch.device) -> dict:
+        # With guidance, the negatives are zeros when the config forces them (force_zeros_for_empty_prompt).
+        embeds, negative, pooled, negative_pooled = pipeline.encode_prompt(
+            prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=guidance_scale > 1)
+        return without_none(prompt_embeds=embeds, negative_prompt_embeds=negative, pooled_prompt_embeds=pooled,
+                            negative_pooled_prompt_embeds=negative_pooled)
 
     def _extra_inputs(self, conditioning: Conditioning, micro: torch.Tensor | None) -> dict:
         if micro is None:

@@ -135,6 +135,14 @@ class ZImage:
             embeds[index, :len(row)], mask[index, :len(row)] = row, 1
         return Conditioning({"embeds": embeds, "mask": mask})
 
+    def pipeline_text_inputs(self, pipeline, prompts: list[str], guidance_scale: float,
+                             device: torch.device) -> dict:
+        # ZImagePipeline guides at any scale above 0, and takes one (L_i, D) tensor per prompt.
+        embeds, negative = pipeline.encode_prompt(list(prompts), device=device,
+                                                  do_classifier_free_guidance=guidance_scale > 0,
+                                                  max_sequence_length=TEXT_LENGTH)
+        return {"prompt_embeds": embeds, **({"negative_prompt_embeds": negative} if negative else {})}
+
     def denoise(self, denoiser: nn.Module, x_t: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning,
                 encoders: list[nn.Module] | None = None,
                 micro: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -257,7 +257,7 @@ def validate(run: RunSetup, config: Config, step: int, output_dir: Path, selecti
     """The sample grid of this step; with a validation reward, its score, and the best model kept."""
     prompts = validation_prompts(config.validation, [c.instance_prompt for c in concepts_of(config.data)])
     images = render_samples(run.parts, prompts, config.validation, config.data.resolution, run.accelerator.device,
-                            autocast_dtype=run.autocast_dtype)
+                            autocast_dtype=run.autocast_dtype, text_inputs=run.validation_inputs)
     samples = output_dir / "samples"
     samples.mkdir(exist_ok=True)
     make_grid(images, columns=config.validation.num_images).save(samples / f"step_{step:06d}.png")

@@ -21,18 +21,33 @@ def validation_prompts(config: ValidationConfig, instance_prompts: list[str]) ->
     return list(config.prompts) or list(instance_prompts)
 
 
+def sampling_settings(parts: ModelParts, config: ValidationConfig) -> tuple[int, float]:
+    """The validation's (steps, guidance scale): what the config leaves unset is the family's (never SD's for
+    SD3)."""
+    steps, guidance = parts.sampling_defaults
+    steps = config.num_inference_steps if config.num_inference_steps is not None else steps
+    return steps, config.guidance_scale if config.guidance_scale is not None else guidance
+
+
+def validation_jobs(prompts: list[str], config: ValidationConfig) -> list[list[tuple[str, int]]]:
+    """The sampling batches of a validation, one per prompt: `num_images` (prompt, seed) jobs each."""
+    return [[(prompt, config.seed + k) for k in range(config.num_images)] for prompt in prompts]
+
+
 @torch.no_grad()
 def render_samples(parts: ModelParts, prompts: list[str], config: ValidationConfig, resolution: int,
-                   device: torch.device, autocast_dtype: torch.dtype | None = None) -> list[Image.Image]:
+                   device: torch.device, autocast_dtype: torch.dtype | None = None,
+                   text_inputs: dict[tuple[str, ...], dict] | None = None) -> list[Image.Image]:
     """`num_images` per prompt, prompt by prompt; seeds are fixed so that samples of different steps compare
-    like for like."""
-    pipeline = parts.pipeline().to(device)
-    jobs = [(prompt, config.seed + k) for prompt in prompts for k in range(config.num_images)]
-    steps, guidance = parts.sampling_defaults  # what the config leaves unset is the family's (never SD's for SD3)
-    steps = config.num_inference_steps if config.num_inference_steps is not None else steps
-    guidance = config.guidance_scale if config.guidance_scale is not None else guidance
+    like for like. With `text_inputs` (rewardbooth.training.frozen_text: each batch's embeddings, computed
+    before the frozen text encoders left the device) the pipeline holds no text encoder."""
+    without_encoders = {} if text_inputs is None else {name: None for name in parts.named_text_encoders}
+    pipeline = parts.pipeline(**without_encoders).to(device)
+    jobs = [job for batch in validation_jobs(prompts, config) for job in batch]
+    steps, guidance = sampling_settings(parts, config)
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        return sample_images(pipeline, jobs, resolution, steps, guidance, batch_size=config.num_images)
+        return sample_images(pipeline, jobs, resolution, steps, guidance, batch_size=config.num_images,
+                             text_inputs=text_inputs)
 
 
 class MetricsLog:

@@ -40,6 +40,12 @@ from rewardbooth.rewards.concepts import build_concept_reward
 from rewardbooth.training.batches import ImageSet, TrainingData, image_decoder, with_flips
 from rewardbooth.training.class_images import class_image_dir, generate_class_images, read_class_images
 from rewardbooth.training.critic import CriticSpec, check_critic, make_critic, make_critic_optimizer
+from rewardbooth.training.frozen_text import (
+    PromptInputs,
+    check_offload,
+    encode_validation_prompts,
+    release_text_encoders,
+)
 from rewardbooth.training.objectives import (
     Objective,
     build_objective_component,
@@ -75,6 +81,7 @@ class RunSetup:
     effective_batch_size: int
     concept_images: list[torch.Tensor]  # per concept (N_k, 3, R, R) in [0, 1]: the photos, for image rewards
     micro_conditioning: torch.Tensor | None  # the family's extra ids (SDXL's (1, 6) size ids); None for SD
+    validation_inputs: PromptInputs | None  # validation's text embeddings, when the encoders are frozen
 
     @property
     def stateful(self) -> dict[str, object]:
@@ -169,6 +176,7 @@ def not_differentiable(objective: str, reward: object) -> UserError:
 def build_run(config: Config) -> RunSetup:
     check_values(config)
     check_component_names(config)
+    check_offload(config)
     accelerator = make_accelerator(config)
     sharded = is_sharded(accelerator)
     if sharded:
@@ -186,6 +194,11 @@ def build_run(config: Config) -> RunSetup:
 
     trained_encoders = tuple(name for name in parts.named_text_encoders if name in method.trainable)
     data = build_training_data(config, parts, concept_images, trained_encoders, accelerator)
+    validation_inputs = None
+    if not trained_encoders:  # frozen: every prompt is encoded now (training data above, validation here)
+        if config.validation.every:
+            validation_inputs = encode_validation_prompts(parts, config, device, autocast_dtype)
+        release_text_encoders(parts, config.train.offload_text_encoders)
     built = build_objective(config, parts, concept_images, device)
 
     if config.objective.decoder_checkpointing:
@@ -225,6 +238,7 @@ def build_run(config: Config) -> RunSetup:
         lr_scheduler=lr_scheduler, policy_parameters=policy_parameters, autocast_dtype=autocast_dtype,
         effective_batch_size=config.train.batch_size * num_processes * config.train.gradient_accumulation_steps,
         concept_images=concept_images, micro_conditioning=parts.family.micro_conditioning(config.data.resolution),
+        validation_inputs=validation_inputs,
     )
 
 
