@@ -64,6 +64,27 @@ def assert_same_gradient(a, b, name, tolerance=1e-5):
             f"{name}: |difference| {(a - b).norm():.3g} vs |gradient| {a.norm():.3g}"
 
 
+def policy_term_gradient(run, config, batch):
+    """The loop's update with lambda = 1 minus the one with lambda = 0: the policy term's gradient alone."""
+    losses_of(run, config, batch, score=False).terms["loss"].backward()
+    with_policy = gradients(run.denoiser)
+    zero_grad(run.denoiser)
+    silent = dataclasses.replace(config, objective=dataclasses.replace(config.objective, critic_weight=0.0))
+    losses_of(run, silent, batch, score=False).terms["loss"].backward()
+    without_policy = gradients(run.denoiser)
+    zero_grad(run.denoiser, run.critic)
+    return {name: None if grad is None else grad - without_policy[name] for name, grad in with_policy.items()}
+
+
+def assert_policy_term(policy_term, by_hand):
+    """The loop's policy-term gradient is non-zero and equals the one computed by hand."""
+    assert max(d.abs().max() for d in policy_term.values() if d is not None) > 0, \
+        "the policy term does not change the update"
+    for name, gradient in policy_term.items():
+        if gradient is not None:
+            assert_same_gradient(gradient, by_hand[name], name, tolerance=1e-4)
+
+
 def reference_action(run, batch):
     """x_t by the scheduler's own forward process, then the UNet on the batch's text embedding, as diffusers'
     SD pipeline calls it (the tiny model is SD 1.x): the loop, through the family, must agree with this."""
@@ -98,13 +119,7 @@ def test_the_policy_term_reaches_theta_through_dq_da(subject_dir, tmp_path):
     """The update with lambda = 1 minus the update with lambda = 0 is exactly -gamma^t dQ/dtheta through a."""
     with tiny_run(subject_dir, tmp_path, *PRIOR, *NONZERO_CRITIC) as (run, config):
         batch = first_batch(run, config)
-        losses_of(run, config, batch, score=False).terms["loss"].backward()
-        with_policy = gradients(run.denoiser)
-        zero_grad(run.denoiser)
-        silent = dataclasses.replace(config, objective=dataclasses.replace(config.objective, critic_weight=0.0))
-        losses_of(run, silent, batch, score=False).terms["loss"].backward()
-        without_policy = gradients(run.denoiser)
-        zero_grad(run.denoiser, run.critic)
+        policy_term = policy_term_gradient(run, config, batch)
         # By hand: the policy term alone, through the scheduler's forward process and pred_original_sample.
         n = batch.num_instance
         x_t, action = reference_action(run, batch)
@@ -112,11 +127,7 @@ def test_the_policy_term_reaches_theta_through_dq_da(subject_dir, tmp_path):
         q = run.critic(dpg.critic_features("residual", x_t[:n], action[:n], x0_hat, batch.x0[:n]),
                        batch.timesteps[:n])
         (-(dpg.discount(batch.timesteps[:n], config.objective.gamma) * q).mean()).backward()
-        by_hand = gradients(run.denoiser)
-    differences = [with_policy[k] - without_policy[k] for k in with_policy if with_policy[k] is not None]
-    assert max(d.abs().max() for d in differences) > 0, "the policy term does not change the update"
-    for name in with_policy:
-        assert_same_gradient(with_policy[name] - without_policy[name], by_hand[name], name, tolerance=1e-4)
+        assert_policy_term(policy_term, gradients(run.denoiser))
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
@@ -208,13 +219,7 @@ def test_the_feature_critic_reaches_theta_only_through_x0_hat_decoded_and_encode
         for parameter in run.critic.parameters():  # off the constant start, so dQ/da != 0
             torch.nn.init.normal_(parameter, std=0.3)
         batch = first_batch(run, config)
-        losses_of(run, config, batch, score=False).terms["loss"].backward()
-        with_policy = gradients(run.denoiser)
-        zero_grad(run.denoiser)
-        silent = dataclasses.replace(config, objective=dataclasses.replace(config.objective, critic_weight=0.0))
-        losses_of(run, silent, batch, score=False).terms["loss"].backward()
-        without_policy = gradients(run.denoiser)
-        zero_grad(run.denoiser, run.critic)
+        policy_term = policy_term_gradient(run, config, batch)
         n, vae = batch.num_instance, run.parts.vae
         x_t, action = reference_action(run, batch)
         x0_hat = scheduler_x0(run, x_t[:n], action[:n], batch.timesteps[:n])
@@ -222,8 +227,4 @@ def test_the_feature_critic_reaches_theta_only_through_x0_hat_decoded_and_encode
         encoder, _ = run.critic._frozen
         q = run.critic.trust * run.critic.value(encoder(images))
         (-(dpg.discount(batch.timesteps[:n], config.objective.gamma) * q).mean()).backward()
-        by_hand = gradients(run.denoiser)
-    differences = [with_policy[k] - without_policy[k] for k in with_policy if with_policy[k] is not None]
-    assert max(d.abs().max() for d in differences) > 0, "the feature critic does not move the policy"
-    for name in with_policy:
-        assert_same_gradient(with_policy[name] - without_policy[name], by_hand[name], name, tolerance=1e-4)
+        assert_policy_term(policy_term, gradients(run.denoiser))
