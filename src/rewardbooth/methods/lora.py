@@ -91,6 +91,13 @@ class LoRA:
         pipeline.load_lora_weights(str(output_dir), weight_name=WEIGHT_NAME)
         return pipeline
 
+    @staticmethod
+    def loading_code(base: str, result_dir: Path) -> str:
+        kohya = ((f"\n# ComfyUI, Forge, A1111: {KOHYA_WEIGHT_NAME} (kohya layout) is the same LoRA, for their "
+                  f"loras folder") if (result_dir / KOHYA_WEIGHT_NAME).is_file() else "")
+        return (f"pipeline = DiffusionPipeline.from_pretrained({base!r})\n"
+                f"pipeline.load_lora_weights(here, weight_name={WEIGHT_NAME!r}){kohya}")
+
 
 def save_kohya(parts: ModelParts, peft_states: dict[str, tuple[dict, float]], output_dir: Path) -> None:
     """The kohya-layout copy, for the families that have one; adapters it has no name for (custom targets
