@@ -1,4 +1,4 @@
-"""The kohya-layout LoRA (the file ComfyUI, Forge and A1111 load) holds the very adapters of the diffusers file:
+"""The kohya-layout LoRA (the file ComfyUI loads) holds the very adapters of the diffusers file:
 stock `load_lora_weights` converts it back and draws the same images (SD, SDXL, FLUX's double blocks), and
 for SD3 and FLUX every key names a weight of the original checkpoint, in the row order that diffusers' own
 single-file converters (original SAI / BFL checkpoint -> diffusers) read it, so none is left unmapped."""

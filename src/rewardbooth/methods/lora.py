@@ -3,7 +3,7 @@ the text encoder's, both of SDXL's), everything else frozen. Which layers get ad
 choice (`family.lora_targets`) unless `method.lora.denoiser_modules` / `text_encoder_modules` name them. Saved as
 `pytorch_lora_weights.safetensors`, the file stock diffusers loads with `pipeline.load_lora_weights(folder)`
 (SD and SDXL pipelines alike), and for SD, SDXL, SD3 and FLUX the same adapters in the kohya layout
-(`pytorch_lora_weights_kohya.safetensors`, rewardbooth.models.kohya), the file ComfyUI, Forge and A1111 load.
+(`pytorch_lora_weights_kohya.safetensors`, rewardbooth.models.kohya), the file ComfyUI and kohya-style loaders read.
 """
 
 from __future__ import annotations
@@ -93,8 +93,8 @@ class LoRA:
 
     @staticmethod
     def loading_code(base: str, result_dir: Path) -> str:
-        kohya = ((f"\n# ComfyUI, Forge, A1111: {KOHYA_WEIGHT_NAME} (kohya layout) is the same LoRA, for their "
-                  f"loras folder") if (result_dir / KOHYA_WEIGHT_NAME).is_file() else "")
+        kohya = (f"\n# ComfyUI (its loras folder) and kohya-style loaders: {KOHYA_WEIGHT_NAME} is the same LoRA"
+                 if (result_dir / KOHYA_WEIGHT_NAME).is_file() else "")
         return (f"pipeline = DiffusionPipeline.from_pretrained({base!r})\n"
                 f"pipeline.load_lora_weights(here, weight_name={WEIGHT_NAME!r}){kohya}")
 

@@ -1,9 +1,9 @@
-"""A LoRA in the kohya key layout (`lora_unet_*.lora_down/lora_up/alpha`), the file ComfyUI, Forge and A1111
-load, besides the diffusers/PEFT file: written for Stable Diffusion 1.x/2.x, SDXL, SD3 and FLUX.
+"""A LoRA in the kohya key layout (`lora_unet_*.lora_down/lora_up/alpha`), the file ComfyUI and kohya-style
+loaders read, besides the diffusers/PEFT file: written for Stable Diffusion 1.x/2.x, SDXL, SD3 and FLUX.
 
 Names are kohya sd-scripts': `lora_unet_` + the denoiser's module path with `.` -> `_`, `lora_te_` (SD) or
 `lora_te1_`/`lora_te2_` (SDXL) + the text encoder's. SD and SDXL keep diffusers' UNet paths (as sd-scripts
-writes for SD 1.x; ComfyUI's and A1111's loaders map them for SDXL too); SD3 and FLUX take the original
+writes for SD 1.x; ComfyUI's loader maps them for SDXL too); SD3 and FLUX take the original
 checkpoints' paths (SAI's `joint_blocks.*`, BFL's `double_blocks.*`/`single_blocks.*`), which ComfyUI matches
 against its own model's weights. There, q, k and v (and FLUX's single-block MLP input) are one fused weight:
 their adapters are stacked into one of rank sum(r_i), down = cat(A_i) and up block-diagonal in the B_i, with
