@@ -67,12 +67,17 @@ CLIP_PREFIXES = {"tiny": ("lora_te_",), "tiny-sdxl": ("lora_te1_", "lora_te2_"),
     ("tiny-flux", [f"method.lora.denoiser_modules=[{', '.join(FLUX_DOUBLE_BLOCK)}]"])])
 def test_kohya_file_reloads_in_stock_diffusers_with_the_same_adapters_and_images(model, overrides, tmp_path):
     trained_lora(model, tmp_path / "lora", *overrides)
+    base = load_model(ModelConfig(model))
     names = {key.split(".")[0] for key in load_file(tmp_path / "lora" / KOHYA_WEIGHT_NAME)}
+    if model != "tiny-flux":  # ComfyUI's rule for UNets: `lora_unet_` + a diffusers UNet weight's path with `_`
+        unet_names = {f"lora_unet_{key.removesuffix('.weight').replace('.', '_')}"
+                      for key in base.denoiser.state_dict() if key.endswith(".weight")}
+        assert {n for n in names if n.startswith("lora_unet_")} <= unet_names
     encoders = {prefix: {n for n in names if n.startswith(prefix)} for prefix in CLIP_PREFIXES[model]}
     assert all(layers and all(n.startswith(f"{p}text_model_encoder_layers_") for n in layers)
                for p, layers in encoders.items())
     assert all(n.startswith("lora_unet_") for n in names - set().union(*encoders.values()))
-    load_model(ModelConfig(model)).pipeline().save_pretrained(tmp_path / "base")
+    base.pipeline().save_pretrained(tmp_path / "base")
     expected, expected_modules = draw(tmp_path / "base", tmp_path / "lora", WEIGHT_NAME)
     image, modules = draw(tmp_path / "base", tmp_path / "lora", KOHYA_WEIGHT_NAME)
     assert modules == expected_modules  # every adapter arrives where the diffusers file puts it, none dropped
