@@ -64,7 +64,9 @@ def summarize_run(output: Path) -> dict:
             rows.append({k: v for k, v in row.items() if k not in METRIC_KEYS_IGNORED and not k.endswith("_s")})
     tensors = {}
     for file in sorted(output.rglob("*.safetensors")):
-        if "checkpoints" in file.parts:
+        # The kohya-layout LoRA is the diffusers file's tensors renamed and stacked (tests/integration/
+        # test_lora_formats.py): hashing it too would only re-record every platform's runs.
+        if "checkpoints" in file.parts or file.name == "pytorch_lora_weights_kohya.safetensors":
             continue
         for name, tensor in sorted(load_file(str(file)).items()):
             key = f"{file.relative_to(output)}:{name}"

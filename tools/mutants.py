@@ -40,7 +40,19 @@ OUTPUT_TESTS, DISK_TESTS = "tests/integration/test_output_folder.py", "tests/int
 FEATURE, ENCODERS = "src/rewardbooth/training/feature_critic.py", "src/rewardbooth/rewards/encoders.py"
 FEATURE_TESTS = ["tests/unit/test_feature_critic.py"]
 
+CARD, KOHYA = "src/rewardbooth/training/model_card.py", "src/rewardbooth/models/kohya.py"
+CARD_TESTS = ["tests/integration/test_model_card.py"]
+FORMAT_TESTS = ["tests/integration/test_lora_formats.py"]
+
 MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard it, when not the default])
+    "card-over-users-readme": (CARD, "return next((name for name in CARD_NAMES if name not in foreign), None)",
+                               "return CARD_NAMES[0]", [f"{CARD_TESTS[0]}::test_a_users_readme_is_left_alone_and_overwrite_removes_only_the_card"]),
+    "card-outside-the-result": (CARD, "(folder / name).write_text(text", "(output_dir / name).write_text(text",
+                                CARD_TESTS),
+    "kohya-qkv-order": (KOHYA, 'QKV = ("attn.to_q", "attn.to_k", "attn.to_v")',
+                        'QKV = ("attn.to_k", "attn.to_q", "attn.to_v")', FORMAT_TESTS),
+    "kohya-fused-alpha": (KOHYA, "torch.tensor(alpha * down.shape[0] / rank)", "torch.tensor(alpha)", FORMAT_TESTS),
+    "kohya-clip-names": (KOHYA, 'return f"text_model.{module}" if', "return module if", FORMAT_TESTS),
     "feature-critic-detached": (FEATURE, "return self.trust * self.value(self.embed(inputs))",
                                 "return self.trust * self.value(self.embed(inputs.detach()))",
                                 ["tests/unit/test_wiring.py::test_the_feature_critic_reaches_theta_only_through_x0_hat_decoded_and_encoded"]),
@@ -66,8 +78,8 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
                        "@torch.no_grad()\ndef decode_latents(vae: AutoencoderKL"),
     "no-accumulation-divide": (TRAIN, 'accelerator.backward(losses.terms["loss"] / accumulation)',
                                'accelerator.backward(losses.terms["loss"])'),
-    "critic-fit-moves-policy": (DPG, "q_taken = policy.critic(features.detach(), timesteps, critic_text)",
-                                "q_taken = policy.critic(features, timesteps, critic_text)"),
+    "critic-fit-moves-policy": (DPG, "fit = critic_fit(policy.critic_module, features.detach(), timesteps,",
+                                "fit = critic_fit(policy.critic_module, features, timesteps,"),
     "critic-not-frozen": (DPG, "with frozen(policy.critic_module) as critic:\n            q_policy",
                           "with __import__(\"contextlib\").nullcontext(policy.critic_module) as critic:\n            q_policy"),
     "reward-always-built": (SETUP, "    if needs.reward:\n        reward = build_concept_reward",

@@ -81,14 +81,20 @@ def test_overwrite_removes_only_what_a_run_wrote(finished_run, subject_dir, tmp_
     assert not (out / ".rewardbooth-lock").exists()
 
 
+def as_from_before_the_marker(out):
+    """A run made before the marker existed: no marker, and no model card either (both came later)."""
+    for name in (".rewardbooth-run", "README.md", "MODEL_CARD.md"):
+        (out / name).unlink(missing_ok=True)
+
+
 def test_a_run_from_before_the_marker_resumes_and_is_overwritten_when_it_holds_only_its_own(finished_run,
                                                                                            subject_dir, tmp_path):
     out = copy_of(finished_run, tmp_path)
-    (out / ".rewardbooth-run").unlink()
+    as_from_before_the_marker(out)
     assert run_cli(tiny_args(subject_dir, out, "train.max_steps=3", "train.checkpoint_every=1",
                              "validation.every=0", "train.resume=latest")) == 0
     assert (out / ".rewardbooth-run").is_file() and (out / "checkpoints" / "step_000003").is_dir()
-    (out / ".rewardbooth-run").unlink()
+    as_from_before_the_marker(out)
     assert run_cli(tiny_args(subject_dir, out, "train.max_steps=1", "validation.every=0",
                              "train.overwrite=true")) == 0
     assert not (out / "checkpoints").exists() and (out / "model_index.json").is_file()

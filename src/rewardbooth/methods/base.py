@@ -27,6 +27,12 @@ class Method(Protocol):
     def load_result(pipeline: DiffusionPipeline, output_dir: Path) -> DiffusionPipeline:
         """Apply a saved result to a pipeline of the base model, with stock diffusers calls."""
 
+    @staticmethod
+    def loading_code(base: str, result_dir: Path) -> str:
+        """The same stock calls as Python source for the model card: with `DiffusionPipeline` imported, they
+        build `pipeline` from the base model `base` and the result in the folder whose path the variable `here`
+        holds (`result_dir` is that folder as saved, to name its files)."""
+
 
 def make_method(parts: ModelParts, config: Config) -> Method:
     """Methods see the whole config: Custom Diffusion's new token is the data's identifier."""

@@ -100,6 +100,13 @@ class CustomDiffusion:
                       str(output_dir / f"{token}.safetensors"))
 
     @staticmethod
+    def loading_code(base: str, result_dir: Path) -> str:
+        tokens = "".join(f"\npipeline.load_textual_inversion(here, weight_name={path.name!r})"
+                         for path in sorted(result_dir.glob("<*>.safetensors")))
+        return (f"pipeline = DiffusionPipeline.from_pretrained({base!r})\n"
+                f"pipeline.unet.load_attn_procs(here, weight_name={WEIGHT_NAME!r}){tokens}")
+
+    @staticmethod
     def load_result(pipeline: StableDiffusionPipeline, output_dir: Path) -> StableDiffusionPipeline:
         pipeline.unet.load_attn_procs(str(output_dir), weight_name=WEIGHT_NAME)
         for embedding_file in sorted(Path(output_dir).glob("<*>.safetensors")):

@@ -38,3 +38,7 @@ class DreamBooth:
     @staticmethod
     def load_result(pipeline: DiffusionPipeline, output_dir: Path) -> DiffusionPipeline:
         return type(pipeline).from_pretrained(output_dir)
+
+    @staticmethod
+    def loading_code(base: str, result_dir: Path) -> str:
+        return "pipeline = DiffusionPipeline.from_pretrained(here)"

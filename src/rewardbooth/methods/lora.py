@@ -2,11 +2,13 @@
 the text encoder's, both of SDXL's), everything else frozen. Which layers get adapters is the model family's
 choice (`family.lora_targets`) unless `method.lora.denoiser_modules` / `text_encoder_modules` name them. Saved as
 `pytorch_lora_weights.safetensors`, the file stock diffusers loads with `pipeline.load_lora_weights(folder)`
-(SD and SDXL pipelines alike).
+(SD and SDXL pipelines alike), and for SD, SDXL, SD3 and FLUX the same adapters in the kohya layout
+(`pytorch_lora_weights_kohya.safetensors`, rewardbooth.models.kohya), the file ComfyUI and kohya-style loaders read.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from diffusers import DiffusionPipeline
@@ -15,6 +17,9 @@ from torch import nn
 from rewardbooth.core.config import Config, LoRAConfig
 from rewardbooth.methods.base import check_text_encoder_training, methods
 from rewardbooth.models import ModelParts
+from rewardbooth.models.kohya import KOHYA_WEIGHT_NAME, PORTABLE_FAMILIES, NotPortable, kohya_state_dict
+
+logger = logging.getLogger(__name__)
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
@@ -71,15 +76,40 @@ class LoRA:
 
         name = parts.denoiser_name  # save_lora_weights takes unet_lora_layers, transformer_lora_layers, ...
         family = parts.family  # it knows the names its pipeline's loader reads
-        layers = {f"{name}_lora_layers": family.lora_state_dict(name, get_peft_model_state_dict(parts.denoiser)),
+        peft_states = {"denoiser": (get_peft_model_state_dict(parts.denoiser), self.denoiser_config.lora_alpha)}
+        layers = {f"{name}_lora_layers": family.lora_state_dict(name, peft_states["denoiser"][0]),
                   f"{name}_lora_adapter_metadata": self.denoiser_config.to_dict()}
         for name, encoder_config in self.text_encoder_configs.items():
-            encoder = parts.named_text_encoders[name]
-            layers[f"{name}_lora_layers"] = family.lora_state_dict(name, get_peft_model_state_dict(encoder))
+            peft_states[name] = (get_peft_model_state_dict(parts.named_text_encoders[name]), encoder_config.lora_alpha)
+            layers[f"{name}_lora_layers"] = family.lora_state_dict(name, peft_states[name][0])
             layers[f"{name}_lora_adapter_metadata"] = encoder_config.to_dict()
         parts.pipeline_class.save_lora_weights(output_dir, weight_name=WEIGHT_NAME, **layers)
+        save_kohya(parts, peft_states, output_dir)
 
     @staticmethod
     def load_result(pipeline: DiffusionPipeline, output_dir: Path) -> DiffusionPipeline:
         pipeline.load_lora_weights(str(output_dir), weight_name=WEIGHT_NAME)
         return pipeline
+
+    @staticmethod
+    def loading_code(base: str, result_dir: Path) -> str:
+        kohya = (f"\n# ComfyUI (its loras folder) and kohya-style loaders: {KOHYA_WEIGHT_NAME} is the same LoRA"
+                 if (result_dir / KOHYA_WEIGHT_NAME).is_file() else "")
+        return (f"pipeline = DiffusionPipeline.from_pretrained({base!r})\n"
+                f"pipeline.load_lora_weights(here, weight_name={WEIGHT_NAME!r}){kohya}")
+
+
+def save_kohya(parts: ModelParts, peft_states: dict[str, tuple[dict, float]], output_dir: Path) -> None:
+    """The kohya-layout copy, for the families that have one; adapters it has no name for (custom targets
+    outside the original checkpoint's layout) leave it out with one warning, the diffusers file stays whole."""
+    from safetensors.torch import save_file
+
+    if parts.family.name not in PORTABLE_FAMILIES:
+        return
+    try:
+        state = kohya_state_dict(parts.family.name, peft_states, parts.denoiser)
+    except NotPortable as error:
+        logger.warning("no %s written (for ComfyUI / kohya loaders): %s; %s holds the whole LoRA",
+                       KOHYA_WEIGHT_NAME, error, WEIGHT_NAME)
+        return
+    save_file(state, str(output_dir / KOHYA_WEIGHT_NAME), metadata={"format": "pt"})

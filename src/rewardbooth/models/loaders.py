@@ -69,6 +69,20 @@ def looks_like_a_path(name: str) -> bool:
     return name.startswith((".", "/", "~", "\\")) or (len(path.parts) > 1 and Path(path.parts[0]).expanduser().is_dir())
 
 
+def hub_id_of(name: str | None) -> str | None:
+    """`model.pretrained` if it names a hub repository (`owner/name`, no local folder, built-in or factory), so
+    that a model card may cite it as `base_model`; else None."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not name or "/" not in name or ":" in name or name in loaders or Path(name).expanduser().exists():
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return None if looks_like_a_path(name) else name
+
+
 def check_hub_id(name: str, revision: str | None) -> None:
     """A name that is no local folder must be a hub id, and offline, one already in the local hub cache."""
     from huggingface_hub import try_to_load_from_cache

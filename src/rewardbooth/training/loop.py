@@ -29,6 +29,7 @@ from rewardbooth.methods.base import after_step
 from rewardbooth.models import ModelParts
 from rewardbooth.training.checkpoints import load_checkpoint, save_checkpoint
 from rewardbooth.training.critic_diagnostics import FitWindow
+from rewardbooth.training.model_card import write_model_card
 from rewardbooth.training.monitoring import (
     MetricsLog,
     SkipCount,
@@ -281,7 +282,7 @@ def finish(run: RunSetup, config: Config, step: int, stopped: bool, output_dir: 
         return UserError(f"the trained weights hold inf/nan ({broken}), so no result is published in {output_dir} "
                          f"(checkpoints are kept); lower train.lr or critic.lr and train again")
     try:
-        save_result(run, output_dir, parts)  # first: a full disk must not cost the trained weights
+        save_result(run, config, output_dir, step, parts)  # first: a full disk must not cost the trained weights
         with disk_errors("the last samples and metrics.png", output_dir, "the trained model is saved"):
             if config.validation.every and not stopped:  # a stopped run was just validated
                 validate(run, config, step, output_dir, selection)
@@ -291,13 +292,16 @@ def finish(run: RunSetup, config: Config, step: int, stopped: bool, output_dir: 
     return None
 
 
-def save_result(run: RunSetup, output_dir: Path, parts: ModelParts | None = None) -> None:
-    """The trained model (as the base method saves it, from `parts`: the run's own by default) and the critic,
-    written whole or not at all."""
+def save_result(run: RunSetup, config: Config, output_dir: Path, step: int, parts: ModelParts | None = None) -> None:
+    """The trained model (as the base method saves it, from `parts`: the run's own by default), the critic and
+    the model card, written whole or not at all."""
     parts = parts or run.parts
 
     def write(folder: Path) -> None:
         run.method.save(parts, folder)
+        loading_code = getattr(run.method, "loading_code", None)
+        write_model_card(folder, output_dir, config, run.parts.family.name, step,
+                         loading_code and loading_code(str(config.model.pretrained), folder))
         if run.critic is not None:
             critic = run.accelerator.unwrap_model(run.critic)
             save_file({k: v.detach().float().cpu().contiguous() for k, v in critic.state_dict().items()},

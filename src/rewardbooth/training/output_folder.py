@@ -45,7 +45,8 @@ LOCK = ".rewardbooth-lock"
 # result's own components, which model_index.json and the marker name.
 RUN_FILES = {MARKER, LOCK, "config.yaml", "metrics.jsonl", "metrics.png", "critic.safetensors", "model_index.json",
              "samples", "checkpoints", "logs", "best", ".result.partial", "pytorch_lora_weights.safetensors",
-             "pytorch_custom_diffusion_weights.safetensors"}
+             "pytorch_custom_diffusion_weights.safetensors",
+             "pytorch_lora_weights_kohya.safetensors"}
 _RANK_VARIABLES = ["RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "PMI_RANK"]
 # Keys that may differ between a run and its resumption without changing what is trained (a run folder may
 # be moved or copied, so its own path is one of them).
