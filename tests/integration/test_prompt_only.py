@@ -3,14 +3,17 @@ gets no DreamBooth mse, shows the reward no reference latent, and the anchor pul
 base model on it. Each test fails when its line is cut (tools/mutants.py: prompt-only-*, anchor-*)."""
 
 import contextlib
+import json
+import math
 
 import pytest
 import torch
 
-from helpers import TINY_RUN
+from helpers import TINY_RUN, run_cli, tiny_args
 from rewardbooth.core.config import load_config
 from rewardbooth.core.errors import UserError
 from rewardbooth.rewards import RewardContext, RewardSetup, make_reward
+from rewardbooth.toyworld import subjects
 from rewardbooth.training.loop import make_policy
 from rewardbooth.training.objectives.base import Denoised, denoise
 from rewardbooth.training.objectives.prompt_only import anchor_terms
@@ -162,3 +165,38 @@ def test_the_anchor_is_zero_at_the_base_and_its_gradient_points_back_toward_it(s
     assert terms["anchor"] > 0 and any(p.grad.abs().sum() > 0 for p in lora.values())
     assert toward_base > 0  # -gradient has a negative component along theta - theta_base
     assert after["anchor"] < terms["anchor"]
+
+
+def read_metrics(output_dir):
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("objective", ["dpg", "direct"])
+def test_a_run_with_prompt_only_states_trains_end_to_end(objective, subject_dir, tmp_path):
+    out = tmp_path / objective
+    assert run_cli(tiny_args(subject_dir, out, f"objective.name={objective}", "train.max_steps=2",
+                             "validation.every=0", *SCENES, "train.batch_size=2",
+                             "objective.reward=wiring_rewards:Bright", "objective.scene_steps=3")) == 0
+    rows = read_metrics(out)
+    assert len(rows) == 2 and all(row["skipped"] == 0 and math.isfinite(row["loss"]) for row in rows)
+    assert all("scene/share" in row for row in rows) and any(row["scene/share"] > 0 for row in rows)
+    assert (out / "model_index.json").is_file() or any(out.glob("*.safetensors"))
+
+
+def test_the_toy_recipe_trains_identity_and_alignment_on_prompt_only_states_with_the_anchor(tmp_path):
+    """The toy world end to end: LoRA, direct on {toy_identity, toy_alignment}, the toy scene prompts, the anchor."""
+    subject = subjects.make_subject(100)
+    subjects.write_subject(subject, tmp_path / "subject")
+    out = tmp_path / "toy"
+    assert run_cli(["train", "default", "model.pretrained=toy", f"data.instance_dir={tmp_path / 'subject'}",
+                    f"data.instance_prompt={subjects.instance_prompt(subject)}", "data.resolution=32",
+                    "data.prior_preservation=false", "data.scene_prompts=toy", "objective.scene_share=0.5",
+                    "objective.name=direct", "objective.reward={toy_identity: 1, toy_alignment: 1}",
+                    "method.name=lora", "objective.anchor_weight=1", "objective.scene_steps=4",
+                    "train.batch_size=4", "train.max_steps=2", "train.report_to=none", "train.checkpoint_every=0",
+                    "validation.every=0", f"train.output_dir={out}"]) == 0
+    rows = read_metrics(out)
+    assert all(math.isfinite(row["loss"]) and row["skipped"] == 0 for row in rows)
+    scene_rows = [row for row in rows if "scene/reward" in row]
+    assert scene_rows and all(0 <= row["scene/reward/toy_alignment"] <= 1 for row in scene_rows)
+    assert all("anchor" in row for row in rows)
