@@ -44,6 +44,13 @@ CARD, KOHYA = "src/rewardbooth/training/model_card.py", "src/rewardbooth/models/
 CARD_TESTS = ["tests/integration/test_model_card.py"]
 FORMAT_TESTS = ["tests/integration/test_lora_formats.py"]
 
+# Prompts without photos (issue 20): tests/integration/test_prompt_only.py, tests/unit/test_scene_prompts.py.
+SAMPLING = f"{OBJECTIVES}/sampling.py"
+PROMPT_ONLY, BASE = f"{OBJECTIVES}/prompt_only.py", f"{OBJECTIVES}/base.py"
+PROMPT_ONLY_TESTS = "tests/integration/test_prompt_only.py"
+ANCHOR_TEST = f"{PROMPT_ONLY_TESTS}::test_the_anchor_is_zero_at_the_base_and_its_gradient_points_back_toward_it"
+TEMPLATE_TESTS = ["tests/unit/test_scene_prompts.py"]
+
 MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard it, when not the default])
     "card-over-users-readme": (CARD, "return next((name for name in CARD_NAMES if name not in foreign), None)",
                                "return CARD_NAMES[0]", [f"{CARD_TESTS[0]}::test_a_users_readme_is_left_alone_and_overwrite_removes_only_the_card"]),
@@ -53,6 +60,29 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
                         'QKV = ("attn.to_k", "attn.to_q", "attn.to_v")', FORMAT_TESTS),
     "kohya-fused-alpha": (KOHYA, "torch.tensor(alpha * down.shape[0] / rank)", "torch.tensor(alpha)", FORMAT_TESTS),
     "kohya-clip-names": (KOHYA, 'return f"text_model.{module}" if', "return module if", FORMAT_TESTS),
+    "prompt-only-reference-leak": (PROMPT_ONLY, "x0=x0[rows].float() if reference else None", "x0=x0[rows].float()",
+                                   [f"{PROMPT_ONLY_TESTS}::test_prompt_only_rows_never_carry_a_reference_latent_into_"
+                                    f"the_reward"]),
+    "prompt-only-mse": (BASE, "mse = torch.cat([torch.where(batch.scene, torch.zeros_like(mse[:n]), mse[:n]), mse[n:]])",
+                        "mse = torch.cat([mse[:n], mse[n:]])",
+                        [f"{PROMPT_ONLY_TESTS}::test_prompt_only_rows_add_no_denoising_loss_and_reference_rows_keep_"
+                         f"theirs"]),
+    "prompt-only-states-not-sampled": (
+        BASE, "x_t, timesteps = prompt_only_states(policy, batch, process, x_t, timesteps, scene_steps)",
+        "x_t, timesteps = x_t, timesteps",
+        [f"{PROMPT_ONLY_TESTS}::test_prompt_only_states_are_sampled_by_the_policy_from_the_rows_noise"]),
+    "anchor-base-is-policy": (PROMPT_ONLY, "with torch.no_grad(), adapters_off(policy.denoiser):",
+                              "with torch.no_grad():", [ANCHOR_TEST]),
+    "anchor-detached": (PROMPT_ONLY, "distance = dpg.per_sample_mse(step.action[rows], base).mean()",
+                        "distance = dpg.per_sample_mse(step.action[rows].detach(), base).mean()", [ANCHOR_TEST]),
+    "toy-scenes-include-evaluated": ("src/rewardbooth/toyworld/subjects.py", "scenes, positions = [SCENES[s] for s in TRAINING_SCENES]",
+                                     "scenes, positions = [SCENES[s] for s in SCENES]", TEMPLATE_TESTS),
+    "scene-prompt-is-dreambench": ("src/rewardbooth/data/scene_prompts.py", '"on a park bench"', '"on the beach"',
+                                   TEMPLATE_TESTS),
+    "toy-alignment-no-gradient": ("src/rewardbooth/rewards/toy.py",
+                                  "return RewardOutput(attribute_agreement(self.judge, images, prompts).float())",
+                                  "return RewardOutput(attribute_agreement(self.judge, images.detach(), prompts).float())",
+                                  ["tests/unit/test_toy_alignment.py"]),
     "feature-critic-detached": (FEATURE, "return self.trust * self.value(self.embed(inputs))",
                                 "return self.trust * self.value(self.embed(inputs.detach()))",
                                 ["tests/unit/test_wiring.py::test_the_feature_critic_reaches_theta_only_through_x0_hat_decoded_and_encoded"]),
@@ -70,23 +100,23 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
                       "terms = dpg.actor_loss(step.mse[:n], step.prior_mse, q_policy.detach(), timesteps,"),
     "abar-t-minus-1": (DDPM, "return self.alphas_cumprod[timesteps]",
                        "return self.alphas_cumprod[(timesteps - 1).clamp(min=0)]"),
-    "direct-detached": (DIRECT, "output = as_output(reward(x0_hat.float(), reward_context(policy, batch, config)))",
-                        "output = as_output(reward(x0_hat.detach().float(), reward_context(policy, batch, config)))"),
+    "direct-detached": (DIRECT, "output = scorer(reward, x0_hat.float())",
+                        "output = scorer(reward, x0_hat.detach().float())"),
     "prior-leak": (BASELINE, "return Losses(dpg.actor_loss(step.mse[:n], step.prior_mse, None,",
                    "return Losses(dpg.actor_loss(step.mse, step.prior_mse, None,"),
     "decode-no-grad": (DATA, "def decode_latents(vae: AutoencoderKL",
                        "@torch.no_grad()\ndef decode_latents(vae: AutoencoderKL"),
     "no-accumulation-divide": (TRAIN, 'accelerator.backward(losses.terms["loss"] / accumulation)',
                                'accelerator.backward(losses.terms["loss"])'),
-    "critic-fit-moves-policy": (DPG, "fit = critic_fit(policy.critic_module, features.detach(), timesteps,",
-                                "fit = critic_fit(policy.critic_module, features, timesteps,"),
+    "critic-fit-moves-policy": (DPG, "fit = critic_fit(policy.critic_module, features.detach(), timesteps",
+                                "fit = critic_fit(policy.critic_module, features, timesteps"),
     "critic-not-frozen": (DPG, "with frozen(policy.critic_module) as critic:\n            q_policy",
                           "with __import__(\"contextlib\").nullcontext(policy.critic_module) as critic:\n            q_policy"),
     "reward-always-built": (SETUP, "    if needs.reward:\n        reward = build_concept_reward",
                             "    if True:\n        reward = build_concept_reward", CONTRACT),
     "critic-always-built": (SETUP, "    if needs.critic:\n        side =", "    if True:\n        side =", CONTRACT),
-    "dpg-differentiates-the-reward": (DPG, "with torch.no_grad():\n            output = as_output(reward(x0_hat.detach()",
-                                      "with torch.enable_grad():\n            output = as_output(reward(x0_hat", CONTRACT),
+    "dpg-differentiates-the-reward": (DPG, "with torch.no_grad():\n            output = scorer(reward, x0_hat.detach()",
+                                      "with torch.enable_grad():\n            output = scorer(reward, x0_hat", CONTRACT),
     "no-twin-diagnostics": (SETUP, "diagnostic = reward if reward.differentiable else build_twin(",
                             "diagnostic = reward if reward.differentiable else None and build_twin(",
                             ["tests/integration/test_objectives.py", "-k", "blackbox_toy_identity_and_diagnoses"]),
@@ -94,8 +124,8 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
                             "-rollouts.advantages, options.clip_range)", ["tests/unit/test_grpo.py"]),
     "grpo-stale-log-prob": (GRPO, "rollouts.log_probs[column, rows],", "rollouts.log_probs[column - 1, rows],",
                             ["tests/unit/test_grpo.py"]),
-    "grpo-anchor-adapters-on": (GRPO, "module.disable_adapters()", "module.enable_adapters()",
-                                ["tests/unit/test_grpo.py"]),
+    "grpo-anchor-adapters-on": (SAMPLING, "module.disable_adapters()", "module.enable_adapters()",
+                                ["tests/unit/test_grpo.py", ANCHOR_TEST]),
     "critic-never-stepped": (TRAIN, "run.critic_optimizer.step()", "run.critic_optimizer.zero_grad()", CONTRACT),
     "overwrite-clears-everything": (FOLDER, "if entry.name in foreign or entry.name == LOCK:",
                                     "if entry.name == LOCK:",

@@ -51,6 +51,7 @@ def backbone_dirs(tmp_path_factory):
 def options_for(name, judge_dir, backbone_dirs):
     """Every reward's backbone, as a user would point at it: tiny models of the real classes on disk."""
     return {"toy_identity": {"judge_dir": str(judge_dir)}, "toy_identity_blackbox": {"judge_dir": str(judge_dir)},
+            "toy_alignment": {"judge_dir": str(judge_dir)},
             "dino": {"model": str(backbone_dirs["vit"])},
             "clip_image": {"model": str(backbone_dirs["clip"])},
             "clip_text": {"model": str(backbone_dirs["clip"])}}.get(name, {})
@@ -120,10 +121,14 @@ def test_registered_factory_declares_its_differentiability(reward_name, reward):
     assert getattr(rewards.get(reward_name), "differentiable", None) is reward.differentiable
 
 
-def test_differentiability_flag_is_honest(reward, vae):
+# A prompt naming none of the toy world's attributes gives caption agreement nothing to agree with (0).
+PROMPTS = {"toy_alignment": ["a sks ball in the snow"] * 6}
+
+
+def test_differentiability_flag_is_honest(reward_name, reward, vae):
     x0_hat, x0 = batch()
     x0_hat.requires_grad_(True)
-    scores = scores_of(reward, x0_hat, context_for(x0, vae))
+    scores = scores_of(reward, x0_hat, context_for(x0, vae, PROMPTS.get(reward_name)))
     if reward.differentiable:
         scores.sum().backward()
         assert x0_hat.grad is not None and x0_hat.grad.abs().sum() > 0

@@ -53,3 +53,11 @@ def test_the_walk_finds_a_judge_inside_a_reward():
 def test_the_critic_encoder_is_neither_judge():
     encoder = reachable_tensors(make_encoder("toy_encoder", torch.device("cpu")))
     assert encoder and all(not shares_weights([*judge.parameters()], encoder) for judge in load_judges().values())
+
+
+def test_the_alignment_reward_uses_the_reward_judge_never_the_held_out_one():
+    setup = RewardSetup(reference_images=torch.rand(3, 3, 32, 32), identifier="sks", device=torch.device("cpu"))
+    alignment = reachable_tensors(build_reward("toy_alignment", None, setup))
+    judges = load_judges()
+    assert shares_weights([*judges["judge"].parameters()], alignment)
+    assert not shares_weights([*judges["heldout"].parameters()], alignment)

@@ -281,3 +281,22 @@ def test_face_without_its_models_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(face.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match=r"rewardbooth\[face\]"):
         face.face_models_folder()
+
+
+def test_clip_text_scores_prompt_only_states_by_their_own_prompt_without_a_reference(clip_folder):
+    """A prompt-only row (objective.scene_share) has no reference latent: clip_text needs none, and scores
+    decode(x0_hat) against the row's scene prompt, with a gradient (objective.name=direct)."""
+    from rewardbooth.rewards import make_reward
+    from rewardbooth.training.objectives.prompt_only import row_scorer
+
+    prompts = ["a sks dog sleeping on a sofa", "a photo of sks dog", "a sks dog at a picnic"]
+    setup = setup_for(rand_images(2, 32, 32, seed=6), identifier="sks")
+    reward = make_reward("clip_text", setup, model=str(clip_folder))
+    x0_hat = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(7)).requires_grad_(True)
+    scorer = row_scorer(torch.zeros(3, 3, 32, 32), prompts, torch.tensor([True, False, True]), torch.sigmoid)
+    output = scorer(reward, x0_hat)
+    assert [context.x0 is None for _, context in scorer.groups] == [False, True]
+    expected = make_scorer("clip_text", setup, model=str(clip_folder)).score_images(torch.sigmoid(x0_hat), prompts)
+    torch.testing.assert_close(output.scores, expected.scores)
+    output.scores[[0, 2]].sum().backward()
+    assert x0_hat.grad[[0, 2]].abs().sum() > 0 and x0_hat.grad[1].abs().sum() == 0

@@ -58,6 +58,9 @@ class DataConfig:
     resolution: int = _field(512, "training resolution in pixels; a multiple of the VAE factor")
     center_crop: bool = _field(True, "center crop after resizing the short side (else resize the whole image)")
     random_flip: bool = _field(True, "random horizontal flips")
+    scene_prompts: str | None = _field(
+        None, "prompts without photos, for objective.scene_share: 'objects', 'live' (shipped lists), 'toy', or a "
+              "file with one prompt per line ({subject} = 'sks dog'); never DreamBench's prompts (docs/rewards.md)")
     concepts: tuple[ConceptConfig, ...] = _field(
         (), "more subjects trained in the same run (Custom Diffusion's multi-concept training), each "
             "{instance_dir, instance_prompt, identifier, class_prompt}; the first subject is the one above")
@@ -130,6 +133,10 @@ class ObjectiveConfig:
     prior_weight: float = _field(1.0, "w_prior: weight of the prior-preservation loss")
     critic_weight: float = _field(1.0, "lambda: weight of the -Q(s, a) policy term")
     gamma: float = _field(1.0, "discount: the policy term at timestep t is weighted by gamma**t")
+    scene_share: float = _field(0.0, "share of instance samples replaced by prompt-only states: a data.scene_prompts "
+                                     "prompt, state sampled by the policy from noise (no mse, no reference latent)")
+    scene_steps: int = _field(10, "sampler steps of the grid the prompt-only states are sampled on (no gradient)")
+    anchor_weight: float = _field(0.0, "weight of mean |a_policy - a_base|^2 on prompt-only states (LoRA: adapters off)")
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
 
 
@@ -321,6 +328,9 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("objective.critic_weight", lambda v: v >= 0, "non-negative"),
     ("objective.reward_every", lambda v: v >= 1, "at least 1"),
     ("objective.reward_resolution", lambda v: v is None or v >= 8, "at least 8 (or unset)"),
+    ("objective.scene_share", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("objective.scene_steps", lambda v: v >= 2, "at least 2"),
+    ("objective.anchor_weight", lambda v: v >= 0, "non-negative"),
     ("objective.grpo.group_size", lambda v: v >= 2, "at least 2 (advantages compare images of one prompt)"),
     ("objective.grpo.num_steps", lambda v: v >= 1, "at least 1"),
     ("objective.grpo.trained_steps", lambda v: v >= 1, "at least 1"),

@@ -52,6 +52,11 @@ def prompt_templates(live: bool) -> list[str]:
             + [f"a {adjective} {{0}} {{1}}" for adjective in _PROPERTIES])
 
 
+def context_phrases() -> set[str]:
+    """Every recontextualisation phrase of the two lists ('in the jungle', 'wearing a red hat', ...)."""
+    return set(_SHARED_FIRST + _OBJECT_MIDDLE + _LIVE_MIDDLE)
+
+
 def prompts_for(subject: str, identifier: str = "sks") -> list[str]:
     """DreamBench's 25 prompts for one of its 30 subjects, e.g. 'a sks dog in the jungle'."""
     return [template.format(identifier, subject_class(subject)) for template in prompt_templates(is_live(subject))]

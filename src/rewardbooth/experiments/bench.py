@@ -3,7 +3,8 @@
 Variants: `dpg-look-forward` (the latent reward: target <= 1.03 x baseline) and the image rewards `dpg-dino`,
 `dpg-clip-image`, `dpg-clip-text` (decode x0_hat at 256 px or less; DINO ViT-S/16 and CLIP ViT-B/32 with random
 weights, which time like the real ones: target <= 1.25); the black-box routes `dpg-dino-feature` (the
-feature critic on DINOv2 ViT-S/14) and `grpo-dino` (rollouts), reported without a target. These run without critic diagnostics; the
+feature critic on DINOv2 ViT-S/14) and `grpo-dino` (rollouts), and `dpg-clip-text-scenes` (half the samples
+prompt-only states: data.scene_prompts), reported without a target. These run without critic diagnostics; the
 `-diagnosed` variants compute them at every step (cos(dQ/da, dr/da): one critic backward and one reward
 backward, through decoder and backbone for DINO), so (diagnosed - plain) / critic.diagnostics_every is their
 cost per step at the default cadence. The face reward runs dlib on the CPU whatever the device, and finds no
@@ -50,6 +51,10 @@ VARIANTS: dict[str, tuple[list[str], float | None]] = {
     "dpg-dino-feature": (["objective.name=dpg", "objective.reward=dino", "critic.name=feature",
                           "critic.input=prediction", "critic.encoder=dinov2", PLAIN], None),
     "grpo-dino": (["objective.name=grpo", "objective.reward=dino"], None),
+    # Prompts without photos (docs/rewards.md): half the instance rows act at states the policy samples on a
+    # 10-step grid first (up to 9 forwards without a graph on those rows), scored by CLIP-T against their prompt.
+    "dpg-clip-text-scenes": (["objective.name=dpg", "objective.reward=clip_text", "critic.input=prediction",
+                              "objective.scene_share=0.5", "data.scene_prompts=live", PLAIN], None),
     "dpg-look-forward-diagnosed": (["objective.name=dpg", DIAGNOSED], None),
     "dpg-dino-diagnosed": (["objective.name=dpg", "objective.reward=dino", "critic.input=prediction", DIAGNOSED],
                            None),

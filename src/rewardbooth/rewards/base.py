@@ -39,7 +39,9 @@ class RewardSetup:
 class RewardContext:
     """What a reward may use per batch, besides x0_hat."""
 
-    x0: torch.Tensor  # (B, C, h, w) reference latents the noisy states were made from
+    # (B, C, h, w) reference latents the noisy states were made from; None for prompt-only states (sampled by the
+    # model for a prompt without a photo), which a reward declaring `needs_reference = True` cannot score
+    x0: torch.Tensor | None
     prompts: list[str]
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None  # latents -> images (B, 3, H, W) in [0, 1]
 

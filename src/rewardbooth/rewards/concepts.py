@@ -58,7 +58,8 @@ class PerConcept(_Routed):
 
     def __call__(self, x0_hat: torch.Tensor, context: RewardContext) -> RewardOutput:
         def score(reward: Reward, selected: torch.Tensor, rows: list[int]) -> RewardOutput | torch.Tensor:
-            part = RewardContext(x0=context.x0[selected], prompts=[context.prompts[row] for row in rows],
+            x0 = None if context.x0 is None else context.x0[selected]
+            part = RewardContext(x0=x0, prompts=[context.prompts[row] for row in rows],
                                  decode=context.decode)
             return reward(x0_hat[selected], part)
 

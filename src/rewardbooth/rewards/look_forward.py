@@ -14,9 +14,12 @@ class LookForwardReward:
 
     differentiable = True
     kind = "latent"  # it compares x0_hat with the training latent: there is none for a generated image
+    needs_reference = True  # nor for a prompt-only state (objective.scene_share): refused there at setup
 
     def __init__(self, setup: RewardSetup):
         pass  # needs nothing built: the reference latent arrives with every batch
 
     def __call__(self, x0_hat: torch.Tensor, context: RewardContext) -> RewardOutput:
+        if context.x0 is None:
+            raise ValueError("look_forward needs the reference latent, which prompt-only states do not have")
         return RewardOutput(-per_sample_mse(x0_hat, context.x0))

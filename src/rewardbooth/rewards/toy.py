@@ -8,6 +8,11 @@ training, decode(x0_hat)) to the subject's reference photos.
   gradient is zero almost everywhere and none is recorded: a reward with truly no gradient, as `face` (dlib) or
   a user's black box. `direct` refuses it; `dpg` learns it. It declares `toy_identity` as its differentiable
   twin, which serves only the critic diagnostics (cos(dQ/da, d r_twin/da)).
+- `toy_alignment`: the reward judge's caption agreement with the sample's own prompt (the mean probability of
+  each attribute the prompt names: class, colour, size, scene, position), the CLIP-T analogue, differentiable.
+  With prompts without photos (objective.scene_share) it rewards following a new prompt; beside
+  `toy_identity` ({toy_identity: 1, toy_alignment: 1}) it holds alignment while identity rises. Like every
+  reward here it uses the reward judge, never the held-out one the benchmark scores with.
 - `toy_encoder_identity`: the cosine of the toy world's third identity network (`critic.encoder=toy_encoder`).
   It is the control for a feature critic on that encoder: `direct` on it is what the encoder alone gives, so
   a critic that does not beat it gains nothing from the reward it learns.
@@ -52,6 +57,30 @@ class ToyIdentityReward:
     def score_images(self, images: torch.Tensor, prompts: list[str]) -> RewardOutput:
         embedding, _ = self.judge(self._resize(images))
         return RewardOutput(cosine_to_centroid(embedding, self.reference).float())  # (B,) cosine in [-1, 1]
+
+
+@rewards.register("toy_alignment")
+class ToyAlignmentReward:
+    """The toy judge's caption agreement of an image with its prompt (the CLIP-T analogue)."""
+
+    differentiable = True
+    kind = "image"
+
+    def __init__(self, setup: RewardSetup, judge_dir: str | None = None):
+        from rewardbooth.toyworld.assets import JUDGE_DIR, require
+        from rewardbooth.toyworld.judge import load_judge
+        from rewardbooth.toyworld.world import RESOLUTION
+
+        folder = Path(judge_dir) if judge_dir else require(JUDGE_DIR, "judge.json", "rewardbooth.toyworld.judge")
+        self.judge = load_judge(folder).to(setup.device).requires_grad_(False)
+        self.resolution = RESOLUTION
+
+    def score_images(self, images: torch.Tensor, prompts: list[str]) -> RewardOutput:
+        from rewardbooth.toyworld.judge import attribute_agreement
+
+        if images.shape[-1] != self.resolution:
+            images = F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear", antialias=True)
+        return RewardOutput(attribute_agreement(self.judge, images, prompts).float())  # (B,) in [0, 1]
 
 
 @rewards.register("toy_encoder_identity")

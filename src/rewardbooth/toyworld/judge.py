@@ -84,6 +84,11 @@ def prompt_attributes(prompt: str) -> dict[str, str]:
 @torch.no_grad()
 def caption_agreement(judge: Judge, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     """Mean probability of the attributes each prompt names. Shape: (B, 3, H, W), B prompts -> (B,)"""
+    return attribute_agreement(judge, images, prompts)
+
+
+def attribute_agreement(judge: Judge, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """`caption_agreement` with gradients to the images (the toy_alignment reward's). Shape: as it"""
     _, logits = judge(images)
     scores = []
     for row, prompt in enumerate(prompts):

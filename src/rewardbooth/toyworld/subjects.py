@@ -235,6 +235,28 @@ def prompt_set(subject: Subject, identifier: str = IDENTIFIER) -> list[str]:
     return prompts
 
 
+# Prompts without photos (data.scene_prompts=toy) train on these scenes and this position only; the held-out
+# evaluation prompts (`held_out_prompt_set`) name none of them, so a gain in alignment there is not a prompt
+# seen in training (the world has 8 scenes and 3 positions: string-level disjointness would mean nothing).
+TRAINING_SCENES: tuple[str, ...] = ("snow", "night", "water", "desert")
+TRAINING_POSITIONS: tuple[str, ...] = ("right",)
+
+
+def scene_templates() -> list[str]:
+    """The toy world's training scene prompts, `{subject}` for e.g. 'sks ball': each training scene, the
+    training position, and the two together."""
+    scenes, positions = [SCENES[s] for s in TRAINING_SCENES], [POSITIONS[p] for p in TRAINING_POSITIONS]
+    return ([f"a {{subject}} {phrase}" for phrase in scenes + positions]
+            + [f"a {{subject}} {position} {scene}" for position in positions for scene in scenes])
+
+
+def held_out_prompt_set(subject: Subject, identifier: str = IDENTIFIER) -> list[str]:
+    """`prompt_set` without every prompt that names a training scene or position (`TRAINING_SCENES`,
+    `TRAINING_POSITIONS`): what runs trained on scene prompts are evaluated on."""
+    trained = [SCENES[s] for s in TRAINING_SCENES] + [POSITIONS[p] for p in TRAINING_POSITIONS]
+    return [prompt for prompt in prompt_set(subject, identifier) if not any(f" {phrase}" in prompt for phrase in trained)]
+
+
 def write_subject(subject: Subject, folder: Path, count: int = 5, seed: int = 0,
                   identifier: str = IDENTIFIER) -> list[Path]:
     """Write ref_00.png ... (the reference views), prompts.txt (`prompt_set`, one a line) and subject.json.

@@ -84,12 +84,15 @@ class Batch:
     conditioning: Conditioning  # the family's: embeddings of frozen encoders, token ids of trained ones
     num_instance: int
     prompts: list[str]
+    # (num_instance,) bool: rows whose prompt is a scene prompt without a photo (objective.scene_share). Their
+    # x0 is the replaced photo's and must not be used (no mse, no reference latent); None when the share is 0.
+    scene: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> Batch:
         return Batch(x0=self.x0.to(device), noise=self.noise.to(device), timesteps=self.timesteps.to(device),
                      conditioning=self.conditioning.to(device),
                      num_instance=self.num_instance,
-                     prompts=self.prompts)
+                     prompts=self.prompts, scene=None if self.scene is None else self.scene.to(device))
 
 
 class ImageSet:
@@ -114,12 +117,14 @@ class TrainingData:
     """Draws the micro-batches of a run from an instance set and an optional prior (class) set."""
 
     def __init__(self, vae: AutoencoderKL, latent_space: LatentSpace, process: Process, instance: ImageSet,
-                 prior: ImageSet | None, conditioning: dict[str, Conditioning], seed: int):
+                 prior: ImageSet | None, conditioning: dict[str, Conditioning], seed: int,
+                 scenes: dict[str, list[str]] | None = None, scene_share: float = 0.0):
         self.vae, self.latent_space = vae, latent_space  # the family's: VAE latents -> the denoiser's
         self.process = process  # the family's: it says how timesteps are drawn
         self.instance, self.prior = instance, prior
         self.conditioning = conditioning  # prompt -> its one-row conditioning
         self.seed = seed
+        self.scenes, self.scene_share = scenes or {}, scene_share  # instance prompt -> its scene prompts
 
     def draw(self, step: int, micro: int, batch_size: int, process_index: int, num_processes: int,
              accumulation: int = 1) -> Batch:
@@ -142,6 +147,19 @@ class TrainingData:
         noise = torch.randn(global_shape, generator=generator).view(len(sets), -1, *x0.shape[1:])
         timesteps = self.process.sample_timesteps(global_shape[0], generator)
         timesteps = timesteps.view(len(sets), -1)
+        scene = self.draw_scenes(generator, global_size, local, prompts) if self.scene_share > 0 else None
         conditioning = Conditioning.cat([self.conditioning[prompt] for prompt in prompts])
         return Batch(x0=x0, noise=noise[:, local].flatten(0, 1), timesteps=timesteps[:, local].flatten(),
-                     conditioning=conditioning, num_instance=batch_size, prompts=prompts)
+                     conditioning=conditioning, num_instance=batch_size, prompts=prompts, scene=scene)
+
+    def draw_scenes(self, generator: torch.Generator, global_size: int, local: slice, prompts: list[str]
+                    ) -> torch.Tensor:
+        """Which instance rows become prompt-only rows (each with probability scene_share) and their scene
+        prompts (uniform over their concept's list), written into `prompts`. Drawn after everything else, so
+        the reference rows' draws are those of a run without scenes. Shape: -> (local rows,) bool"""
+        chosen = (torch.rand(global_size, generator=generator) < self.scene_share)[local]
+        picks = torch.rand(global_size, generator=generator)[local]
+        for row in chosen.nonzero().flatten().tolist():
+            options = self.scenes[prompts[row]]
+            prompts[row] = options[min(int(picks[row] * len(options)), len(options) - 1)]
+        return chosen

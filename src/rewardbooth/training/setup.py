@@ -53,6 +53,7 @@ from rewardbooth.training.objectives import (
     needs_of,
     objectives,
 )
+from rewardbooth.training.prompt_only import check_prompt_only, scene_prompts
 from rewardbooth.training.sharding import check_sharded_run, is_sharded, warn_if_fsdp_ignored
 
 logger = logging.getLogger(__name__)
@@ -164,6 +165,7 @@ def check_component_names(config: Config) -> None:
                 raise not_differentiable(name, reward)
     if needs.critic:
         check_critic(config)
+    check_prompt_only(config)
     for name in reward_weights(config.validation.reward) if config.validation.reward is not None else ():
         rewards.get(name)  # scored at the first validation, after the model and class images: check it now
 
@@ -325,11 +327,13 @@ def build_training_data(config: Config, parts: ModelParts, concept_images: list[
         class_images = [load_class_images(parts, concept_data(data_config, concept), accelerator)
                         for concept in concepts]
         prior = prompted_set(class_images, [c.class_prompt for c in concepts], flip, parts.vae, cache)
+    scenes = scene_prompts(config)  # prompts without photos, per concept (objective.scene_share)
     prompts = [prompt for c in concepts for prompt in (c.instance_prompt, c.class_prompt) if prompt]
+    prompts += [prompt for options in scenes.values() for prompt in options if prompt not in prompts]
     # Frozen text encoders give the same embedding every step: the family computes it once per prompt.
     conditioning = conditioning_of_prompts(parts, prompts, trained_encoders)
     return TrainingData(parts.vae, parts.latent_space, parts.process, instance, prior, conditioning,
-                        seed=config.train.seed)
+                        seed=config.train.seed, scenes=scenes, scene_share=config.objective.scene_share)
 
 
 def prompted_set(image_groups: list[torch.Tensor], prompts: list[str], flip: bool, vae, cache: bool) -> ImageSet:

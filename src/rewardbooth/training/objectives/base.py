@@ -24,6 +24,7 @@ from rewardbooth.maths import dpg
 from rewardbooth.models.families import Process
 from rewardbooth.rewards import Reward, RewardOutput
 from rewardbooth.training.batches import Batch
+from rewardbooth.training.objectives.sampling import prompt_only_states
 
 objectives = Registry("objective")
 
@@ -80,21 +81,27 @@ class Denoised:
     x_t: torch.Tensor  # (B, C, h, w)
     action: torch.Tensor  # (B, C, h, w): the denoiser's output, the deterministic policy's action
     text: torch.Tensor  # the text embedding the critic sees
-    mse: torch.Tensor  # (B,) per-sample denoising loss in the model's own parameterization
+    mse: torch.Tensor  # (B,) per-sample denoising loss in the model's own parameterization; 0 on prompt-only rows
     prior_mse: torch.Tensor | None  # mse[n:], when the batch carries prior samples
+    timesteps: torch.Tensor  # (B,) the states' time values (a prompt-only state's is its sampler grid time)
 
 
-def denoise(policy: Policy, batch: Batch, process: Process) -> Denoised:
-    """Diffuse, act, and the DreamBooth losses of one micro-batch."""
+def denoise(policy: Policy, batch: Batch, process: Process, scene_steps: int | None = None) -> Denoised:
+    """Diffuse, act, and the DreamBooth losses of one micro-batch. With `scene_steps`, prompt-only rows act
+    at states the policy samples (`sampling.prompt_only_states`); they have no photo, hence no mse."""
     # Forward diffusion, as the model family defines it (DDPM: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps).
-    x_t = process.diffuse(batch.x0, batch.noise, batch.timesteps)
+    x_t, timesteps = process.diffuse(batch.x0, batch.noise, batch.timesteps), batch.timesteps
+    if batch.scene is not None and scene_steps is not None:
+        x_t, timesteps = prompt_only_states(policy, batch, process, x_t, timesteps, scene_steps)
     # The deterministic policy's action is the denoiser's output, conditioned as the family conditions it.
-    action, text = policy.family.denoise(policy.denoiser, x_t, batch.timesteps, batch.conditioning,
+    action, text = policy.family.denoise(policy.denoiser, x_t, timesteps, batch.conditioning,
                                          policy.text_encoders, policy.micro_conditioning)
-    target = process.target(batch.x0, batch.noise, batch.timesteps)
+    target = process.target(batch.x0, batch.noise, timesteps)
     mse = dpg.per_sample_mse(action, target)
     n = batch.num_instance
-    return Denoised(x_t, action, text, mse, mse[n:] if len(mse) > n else None)
+    if batch.scene is not None:  # a prompt-only row's x0 is not its image: no denoising loss there
+        mse = torch.cat([torch.where(batch.scene, torch.zeros_like(mse[:n]), mse[:n]), mse[n:]])
+    return Denoised(x_t, action, text, mse, mse[n:] if len(mse) > n else None, timesteps)
 
 
 def loss_weights(config: Config) -> dict[str, float]:

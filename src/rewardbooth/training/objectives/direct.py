@@ -1,5 +1,7 @@
 """`direct`: backpropagate a differentiable reward itself in place of a critic (ReFL / DRaFT style), the
 control for DPG: its gradient flows through x0_hat (and the VAE decoder, for an image reward) into the policy.
+Prompt-only rows (objective.scene_share) act at states the policy sampled and add the anchor to the base model
+(objective.anchor_weight): rewardbooth.training.objectives.prompt_only.
 """
 
 from __future__ import annotations
@@ -7,7 +9,7 @@ from __future__ import annotations
 from rewardbooth.core.config import Config
 from rewardbooth.maths import dpg
 from rewardbooth.models.families import Process
-from rewardbooth.rewards import Reward, RewardContext, as_output
+from rewardbooth.rewards import Reward
 from rewardbooth.training.batches import Batch, image_decoder
 from rewardbooth.training.objectives.base import (
     Losses,
@@ -18,13 +20,15 @@ from rewardbooth.training.objectives.base import (
     objectives,
     reward_terms,
 )
+from rewardbooth.training.objectives.prompt_only import RowScorer, anchor_terms, row_scorer, with_anchor
 
 
-def reward_context(policy: Policy, batch: Batch, config: Config) -> RewardContext:
-    """What a reward sees of the instance samples besides x0_hat: x0, the prompts, the decoder."""
+def batch_scorer(policy: Policy, batch: Batch, config: Config) -> RowScorer:
+    """What a reward sees of the instance samples besides x0_hat: x0 (none on prompt-only rows), the prompts,
+    the decoder."""
     n = batch.num_instance
-    return RewardContext(x0=batch.x0[:n].float(), prompts=batch.prompts[:n],
-                         decode=image_decoder(policy.vae, policy.latent_space, config))
+    return row_scorer(batch.x0[:n], batch.prompts[:n], batch.scene,
+                      image_decoder(policy.vae, policy.latent_space, config))
 
 
 @objectives.register("direct")
@@ -38,9 +42,11 @@ class Direct:
 
     def losses(self, policy: Policy, batch: Batch, process: Process, config: Config,
                reward: Reward | None, score: bool = True, diagnose: bool = False) -> Losses:
-        step, n = denoise(policy, batch, process), batch.num_instance
-        timesteps = batch.timesteps[:n]
+        step, n = denoise(policy, batch, process, config.objective.scene_steps), batch.num_instance
+        timesteps = step.timesteps[:n]
         x0_hat = process.look_forward(step.x_t[:n], step.action[:n], timesteps)
-        output = as_output(reward(x0_hat.float(), reward_context(policy, batch, config)))
-        return Losses({**dpg.actor_loss(step.mse[:n], step.prior_mse, output.scores, timesteps, **loss_weights(config)),
-                       **reward_terms(output)})
+        scorer = batch_scorer(policy, batch, config)
+        output = scorer(reward, x0_hat.float())
+        terms = dpg.actor_loss(step.mse[:n], step.prior_mse, output.scores, timesteps, **loss_weights(config))
+        return Losses({**with_anchor(terms, anchor_terms(policy, step, batch, config)), **reward_terms(output),
+                       **scorer.scene_terms(output)})

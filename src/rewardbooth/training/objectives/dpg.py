@@ -13,7 +13,7 @@ from torch import nn
 from rewardbooth.core.config import Config
 from rewardbooth.maths import dpg
 from rewardbooth.models.families import Process
-from rewardbooth.rewards import Reward, RewardContext, as_output
+from rewardbooth.rewards import Reward
 from rewardbooth.training.batches import Batch
 from rewardbooth.training.critic import critic_fit
 from rewardbooth.training.critic_diagnostics import alignment_terms
@@ -27,7 +27,8 @@ from rewardbooth.training.objectives.base import (
     objectives,
     reward_terms,
 )
-from rewardbooth.training.objectives.direct import reward_context
+from rewardbooth.training.objectives.direct import batch_scorer
+from rewardbooth.training.objectives.prompt_only import RowScorer, anchor_terms, with_anchor
 
 
 @objectives.register("dpg")
@@ -43,27 +44,25 @@ class DeterministicPolicyGradient:
 
     def losses(self, policy: Policy, batch: Batch, process: Process, config: Config,
                reward: Reward | None, score: bool = True, diagnose: bool = False) -> Losses:
-        step, n = denoise(policy, batch, process), batch.num_instance
-        x_t, action, x0, timesteps = step.x_t[:n], step.action[:n], batch.x0[:n], batch.timesteps[:n]
+        step, n = denoise(policy, batch, process, config.objective.scene_steps), batch.num_instance
+        x_t, action, x0, timesteps = step.x_t[:n], step.action[:n], batch.x0[:n], step.timesteps[:n]
         x0_hat = process.look_forward(x_t, action, timesteps)
-        context = reward_context(policy, batch, config)
+        scorer = batch_scorer(policy, batch, config)
         # Actor: climb Q through dQ/da with the critic's weights frozen (deterministic policy gradient).
         features = dpg.critic_features(config.critic.input, x_t, action, x0_hat, x0)
         critic_text = step.text[:n].detach()
         with frozen(policy.critic_module) as critic:
             q_policy = critic(features, timesteps, critic_text)
         terms = dpg.actor_loss(step.mse[:n], step.prior_mse, q_policy, timesteps, **loss_weights(config))
+        terms = with_anchor(terms, anchor_terms(policy, step, batch, config))
         if not score:
             return Losses(terms)
         # Score x0_hat (a regression target, never differentiated: no graph through the VAE or a backbone) and
         # regress Q(s, a_taken) on it, with the action detached so theta is untouched.
         with torch.no_grad():
-            output = as_output(reward(x0_hat.detach().float(), context))
-
-        def score(latents: torch.Tensor) -> torch.Tensor:  # for critics that probe the reward themselves
-            return as_output(reward(latents.float(), context)).scores
-
-        fit = critic_fit(policy.critic_module, features.detach(), timesteps, critic_text, output.scores, score)
+            output = scorer(reward, x0_hat.detach().float())
+        fit = critic_fit(policy.critic_module, features.detach(), timesteps, critic_text, output.scores,
+                         scorer.scorer_of(reward))
         q_fit = policy.critic(fit.inputs, fit.timesteps, fit.text)
         terms["critic_loss"] = dpg.critic_loss(q_fit, fit.rewards)
         q_taken = q_fit[:n]
@@ -71,14 +70,14 @@ class DeterministicPolicyGradient:
         terms.update(fit.logs)
         if diagnose and policy.diagnostic_reward is not None:
             terms.update(critic_alignment(policy.critic_module, policy.diagnostic_reward, config, process, x_t,
-                                          action, x0, timesteps, critic_text, context))
-        return Losses({**terms, **reward_terms(output)},
+                                          action, x0, timesteps, critic_text, scorer))
+        return Losses({**terms, **reward_terms(output), **scorer.scene_terms(output)},
                       fit=(q_taken.detach().float(), output.scores.detach().float()))
 
 
 def critic_alignment(critic: nn.Module, reward_fn: Reward, config: Config, process: Process,
                      x_t: torch.Tensor, action: torch.Tensor, x0: torch.Tensor, timesteps: torch.Tensor,
-                     text: torch.Tensor, context: RewardContext) -> dict[str, torch.Tensor]:
+                     text: torch.Tensor, scorer: RowScorer) -> dict[str, torch.Tensor]:
     """cos(dQ/da, dr/da) and the norm ratio at the actions taken, through the same look-forward step.
 
     Shape: x_t, action, x0 (B, C, h, w), timesteps (B,), text (B, L, D) -> scalars.
@@ -92,7 +91,7 @@ def critic_alignment(critic: nn.Module, reward_fn: Reward, config: Config, proce
         return critic(dpg.critic_features(config.critic.input, x_t, a, look_forward(a), x0), timesteps, text)
 
     def reward_of(a: torch.Tensor) -> torch.Tensor:
-        return as_output(reward_fn(look_forward(a).float(), context)).scores
+        return scorer(reward_fn, look_forward(a).float()).scores
 
     weights = dpg.discount(timesteps, config.objective.gamma).to(action.device)
     return alignment_terms(q_of, reward_of, action, weights)

@@ -15,19 +15,16 @@ classifier-free guidance.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from rewardbooth.core.config import Config, GRPOConfig
 from rewardbooth.core.errors import UserError
 from rewardbooth.maths import dpg, rollout
 from rewardbooth.methods import methods
 from rewardbooth.models.families import Process, RolloutProcess
-from rewardbooth.rewards import Reward, RewardContext, as_output
+from rewardbooth.rewards import Reward
 from rewardbooth.training.batches import Batch, image_decoder
 from rewardbooth.training.objectives.base import (
     Losses,
@@ -38,6 +35,8 @@ from rewardbooth.training.objectives.base import (
     objectives,
     reward_terms,
 )
+from rewardbooth.training.objectives.prompt_only import row_scorer
+from rewardbooth.training.objectives.sampling import adapters_off, rollout_generator
 
 
 @dataclass
@@ -101,9 +100,11 @@ class GroupRelativePolicyOptimization:
             x, log_prob = process.stochastic_step(x, action.float(), t, t_next, options.eta, generator)
             next_states.append(x)
             log_probs.append(log_prob)
-        context = RewardContext(x0=batch.x0[index].float(), prompts=[batch.prompts[i] for i in index.tolist()],
-                                decode=image_decoder(policy.vae, policy.latent_space, config))
-        output = as_output(reward(x.float(), context))
+        # Prompt-only rows (objective.scene_share) join the rollouts like any prompt; they carry no reference.
+        scorer = row_scorer(batch.x0[index], [batch.prompts[i] for i in index.tolist()],
+                            None if batch.scene is None else batch.scene[index],
+                            image_decoder(policy.vae, policy.latent_space, config))
+        output = scorer(reward, x.float())
         advantages = rollout.group_advantages(output.scores, options.group_size, options.advantage_clip)
         return Rollouts(torch.stack(states), torch.stack(next_states), torch.stack(log_probs), times, next_times,
                         conditioning, advantages.to(x.device)), output
@@ -141,21 +142,3 @@ class GroupRelativePolicyOptimization:
             policy_term = policy_term + options.kl_weight * kl
             terms["grpo/kl"] = kl.detach()
         return {"policy_loss": policy_term, **terms}
-
-
-def rollout_generator(batch: Batch) -> torch.Generator:
-    """The rollouts' randomness, seeded by the batch's own noise: the batch is drawn from (seed, step, micro,
-    process), so a resumed or repeated run samples the same groups."""
-    bits = batch.noise.flatten()[:16].detach().double().cpu()
-    return torch.Generator().manual_seed(int((bits * 1e6).round().abs().sum().item()) % (2 ** 62))
-
-
-@contextlib.contextmanager
-def adapters_off(denoiser: nn.Module) -> Iterator[None]:
-    """The base model, for LoRA: the same denoiser with its adapters disabled (diffusers' peft integration)."""
-    module = getattr(denoiser, "module", denoiser)  # unwrap DDP
-    module.disable_adapters()
-    try:
-        yield
-    finally:
-        module.enable_adapters()
