@@ -80,9 +80,10 @@ def _add_bench_step(kinds) -> None:
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
                         help="default: fp16 on CUDA, no on CPU")
     parser.add_argument("--variants", nargs="+", default=None, metavar="VARIANT",
-                        help="DPG variants timed against baseline (default: all): dpg-look-forward, dpg-dino, "
-                             "dpg-clip-image, dpg-clip-text, and with critic diagnostics at every step "
-                             "dpg-look-forward-diagnosed, dpg-dino-diagnosed")
+                        help="variants timed against baseline (default: all): dpg-look-forward, dpg-dino, "
+                             "dpg-clip-image, dpg-clip-text; for rewards without a gradient dpg-dino-feature "
+                             "(feature critic) and grpo-dino (rollouts); prompt-only states dpg-clip-text-scenes; "
+                             "with critic diagnostics at every step dpg-look-forward-diagnosed, dpg-dino-diagnosed")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a config override for every variant (repeat), e.g. train.gradient_checkpointing=true")
     parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON here")

@@ -12,10 +12,12 @@ from helpers import run_cli
 @pytest.mark.slow
 def test_bench_reports_ratios(tmp_path, capsys):
     output = tmp_path / "bench.json"
-    assert run_cli(["bench", "step", "--timed-steps", "2", "--warmup-steps", "1", "--output", str(output)]) == 0
+    variants = ["dpg-look-forward", "dpg-dino", "dpg-clip-image", "dpg-clip-text", "dpg-look-forward-diagnosed",
+                "dpg-dino-diagnosed"]
+    assert run_cli(["bench", "step", "--timed-steps", "2", "--warmup-steps", "1", "--variants", *variants,
+                    "--output", str(output)]) == 0
     report = json.loads(output.read_text())
-    assert set(report["variants"]) == {"baseline", "dpg-look-forward", "dpg-dino", "dpg-clip-image", "dpg-clip-text",
-                                       "dpg-look-forward-diagnosed", "dpg-dino-diagnosed"}
+    assert set(report["variants"]) == {"baseline", *variants}
     for values in report["variants"].values():
         assert values["median_step_s"] > 0 and values["peak_memory_mib"] > 100
     for name, target in (("dpg-look-forward", 1.03), ("dpg-dino", 1.25)):
@@ -24,6 +26,21 @@ def test_bench_reports_ratios(tmp_path, capsys):
     assert (report["timed_steps"], report["warmup_steps"]) == (2, 1)
     printed = capsys.readouterr().out
     assert "dpg-look-forward / baseline: time" in printed and "dpg-dino / baseline: time" in printed
+
+
+def test_the_black_box_variants_read_random_real_size_backbones(tmp_path):
+    """`dpg-dino-feature` reads a DINOv2 ViT-S/14 of random weights saved the real way (the feature critic's
+    encoder), beside the DINO reward's ViT-S/16; `grpo-dino` needs no critic."""
+    from transformers import Dinov2Config
+
+    from rewardbooth.experiments.bench import variant_overrides
+
+    feature = variant_overrides("dpg-dino-feature", tmp_path, 64)
+    assert "critic.name=feature" in feature and "critic.encoder=dinov2" in feature
+    folder = next(o.split("=", 1)[1] for o in feature if o.startswith("critic.encoder_model="))
+    config = Dinov2Config.from_pretrained(folder)
+    assert (config.hidden_size, config.num_hidden_layers, config.patch_size) == (384, 12, 14)
+    assert not any(o.startswith("critic.") for o in variant_overrides("grpo-dino", tmp_path, 64))
 
 
 @pytest.mark.parametrize("method", ["lora", "custom_diffusion"])
