@@ -26,12 +26,12 @@ PRESET_DIR = Path(__file__).parents[1] / "presets"
 
 @dataclass(frozen=True)
 class ModelConfig:
-    pretrained: str | None = _field(None, "diffusers SD or SDXL folder, hub id, or a built-in: 'toy', 'tiny', "
-                                          "'tiny-sdxl', 'sd15-random', 'sdxl-random'")
+    pretrained: str | None = _field(None, "diffusers folder or hub id (SD, SDXL, SD3, FLUX.1, Z-Image), or a built-in: "
+                                          "'toy', 'tiny', 'tiny-sdxl', 'tiny-sd3', 'tiny-flux', 'tiny-zimage', "
+                                          "'sd15-random', 'sdxl-random', 'flux-random', 'sd35m-random'")
     revision: str | None = _field(None, "hub revision (branch, tag or commit)")
     variant: str | None = _field(None, "weight variant to load, e.g. 'fp16'")
-    # The flow families' training process (docs/architecture.md): None keeps the family's; the DDPM families
-    # (SD, SDXL) refuse every one of them, FLUX-schnell, SD3 and Z-Image a training guidance.
+    # The flow families' training process (docs/presets.md): None keeps the family's; SD and SDXL refuse them.
     timestep_density: Literal["uniform", "logit_normal", "mode"] | None = _field(
         None, "flow families: density of the training σ (default: the family's: FLUX uniform, as diffusers' "
               "train_dreambooth_lora_flux.py; SD3 and Z-Image logit_normal, Esser et al. 2024)")
