@@ -215,6 +215,9 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
                                     "return cls.from_scheduler_config(config, linear_sampling_sigmas, options.shift,",
                                     "return cls.from_scheduler_config(config, linear_sampling_sigmas, None,",
                                     [OPTIONS_TESTS]),
+    "load-model-drops-training-options": ("src/rewardbooth/models/loaders.py",
+                                          "    return replace(parts, training=options)", "    return parts",
+                                          ["tests/integration/test_presets_train.py"]),
     "flow-ignores-density": ("src/rewardbooth/models/flow.py", "density=options.density or density, **given)",
                              "density=density, **given)", [OPTIONS_TESTS]),
 }
