@@ -60,7 +60,7 @@ def test_help_config_prints_each_preset_values_reason_and_source(capsys):
     reasons = preset_notes("flux-lora").reasons
     for key, reason in reasons.items():
         assert reason.why in lines[key] and f"[source: {reason.source}]" in lines[key], key
-    assert "kohya sd-scripts FLUX README" in lines["model.training_guidance"]
+    assert "README_flux.md LoRA example (--guidance_scale=1)" in lines["model.training_guidance"]
     # A key the preset does not set keeps the field's help.
     assert lines["model.logit_mean"].endswith("# timestep_density=logit_normal: mean of the logit of σ (default 0)")
     # An overridden value is the user's, not the preset's: its reason goes.
