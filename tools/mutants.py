@@ -51,6 +51,10 @@ PROMPT_ONLY_TESTS = "tests/integration/test_prompt_only.py"
 ANCHOR_TEST = f"{PROMPT_ONLY_TESTS}::test_the_anchor_is_zero_at_the_base_and_its_gradient_points_back_toward_it"
 TEMPLATE_TESTS = ["tests/unit/test_scene_prompts.py"]
 
+PRESETS = "src/rewardbooth/core/presets.py"
+PRESET_HELP_TEST = "tests/unit/test_presets.py::test_help_config_prints_each_preset_values_reason_and_source"
+OPTIONS_TESTS = "tests/contract/test_training_options.py"
+
 MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard it, when not the default])
     "card-over-users-readme": (CARD, "return next((name for name in CARD_NAMES if name not in foreign), None)",
                                "return CARD_NAMES[0]", [f"{CARD_TESTS[0]}::test_a_users_readme_is_left_alone_and_overwrite_removes_only_the_card"]),
@@ -202,6 +206,20 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
     "generate-ignores-best-config": (GENERATE, 'and recorded_config_file(folder) is not None:',
                                      'and (folder / "config.yaml").is_file():',
                                      ["tests/integration/test_flow_experiments.py", "-k", "keep_best"]),
+    # Presets' reasons (issue 22 item 5): --help-config prints each preset value's reason and source.
+    "help-drops-preset-reasons": (PRESETS, 'return f"preset: {reason}  (key: {helps[key]})" if reason else helps[key]',
+                                  "return helps[key]", [PRESET_HELP_TEST]),
+    "flux-ignores-training-guidance": (FLUX, "value = DEV.guidance_scale if self.training.guidance is None else "
+                                       "self.training.guidance", "value = DEV.guidance_scale", [OPTIONS_TESTS]),
+    "flow-ignores-timestep-shift": ("src/rewardbooth/models/flow.py",
+                                    "return cls.from_scheduler_config(config, linear_sampling_sigmas, options.shift,",
+                                    "return cls.from_scheduler_config(config, linear_sampling_sigmas, None,",
+                                    [OPTIONS_TESTS]),
+    "load-model-drops-training-options": ("src/rewardbooth/models/loaders.py",
+                                          "    return replace(parts, training=options)", "    return parts",
+                                          ["tests/integration/test_presets_train.py"]),
+    "flow-ignores-density": ("src/rewardbooth/models/flow.py", "density=options.density or density, **given)",
+                             "density=density, **given)", [OPTIONS_TESTS]),
 }
 
 

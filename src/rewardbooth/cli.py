@@ -26,7 +26,7 @@ def _add_train(commands) -> None:
     parser.add_argument("config", nargs="?", help="config file or preset name")
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     parser.add_argument("--help-config", action="store_true",
-                        help="list every config key with its value (CONFIG's, with the overrides) and exit")
+                        help="list every config key with its value (CONFIG's, with the overrides) and, for each value CONFIG sets, its reason and source (else the key's help); then exit")
 
 
 def _add_generate(commands) -> None:
@@ -178,10 +178,15 @@ def _add_rewards(commands) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from rewardbooth.core.config import describe, load_config
+    from rewardbooth.core.config import load_config
+    from rewardbooth.core.presets import describe, preset_notes
 
     if args.help_config:
-        print(describe(load_config(args.config, args.overrides) if args.config else None))
+        if args.config is None:
+            print(describe())
+        else:  # the preset's values, each with its reason and source where the preset gives one
+            notes = preset_notes(args.config).without(args.overrides)
+            print(describe(load_config(args.config, args.overrides), notes))
         return
     if args.config is None:
         raise UserError("no config given: `rewardbooth train default data.instance_dir=PHOTOS ...` (a preset or a "

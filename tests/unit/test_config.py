@@ -9,12 +9,12 @@ from rewardbooth.core.config import (
     PRESET_DIR,
     Config,
     check_values,
-    describe,
     load_config,
     preset_names,
     to_dict,
 )
 from rewardbooth.core.errors import UserError
+from rewardbooth.core.presets import describe
 
 PRESET_FILES = sorted(PRESET_DIR.glob("*.yaml"))
 

@@ -26,10 +26,24 @@ PRESET_DIR = Path(__file__).parents[1] / "presets"
 
 @dataclass(frozen=True)
 class ModelConfig:
-    pretrained: str | None = _field(None, "diffusers SD or SDXL folder, hub id, or a built-in: 'toy', 'tiny', "
-                                          "'tiny-sdxl', 'sd15-random', 'sdxl-random'")
+    pretrained: str | None = _field(None, "diffusers folder or hub id (SD, SDXL, SD3, FLUX.1, Z-Image), or a built-in: "
+                                          "'toy', 'tiny', 'tiny-sdxl', 'tiny-sd3', 'tiny-flux', 'tiny-zimage', "
+                                          "'sd15-random', 'sdxl-random', 'flux-random', 'sd35m-random'")
     revision: str | None = _field(None, "hub revision (branch, tag or commit)")
     variant: str | None = _field(None, "weight variant to load, e.g. 'fp16'")
+    # The flow families' training process (docs/presets.md): None keeps the family's; SD and SDXL refuse them.
+    timestep_density: Literal["uniform", "logit_normal", "mode"] | None = _field(
+        None, "flow families: density of the training σ (default: the family's: FLUX uniform, as diffusers' "
+              "train_dreambooth_lora_flux.py; SD3 and Z-Image logit_normal, Esser et al. 2024)")
+    logit_mean: float | None = _field(None, "timestep_density=logit_normal: mean of the logit of σ (default 0)")
+    logit_std: float | None = _field(None, "timestep_density=logit_normal: std of the logit of σ (default 1)")
+    mode_scale: float | None = _field(None, "timestep_density=mode: its scale (default 1.29, Esser et al. 2024)")
+    timestep_shift: float | None = _field(
+        None, "flow families: static shift s of the training σ, σ' = s σ / (1 + (s - 1) σ) (default: the "
+              "scheduler's: SD3 3, FLUX-dev none in training, it shifts by resolution at inference only)")
+    training_guidance: float | None = _field(
+        None, "FLUX-dev: the guidance-embedding value the transformer gets in training (default: the family's "
+              "3.5, diffusers' train_dreambooth_lora_flux.py; ai-toolkit-style trainers use 1.0)")
 
 
 @dataclass(frozen=True)
@@ -292,28 +306,14 @@ def save_config(config: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
-def describe(config: Config | None = None) -> str:
-    """Every key with its value in `config` (a preset's, say; default: the defaults) and help: ``--help-config``."""
-    config, lines = config or Config(), []
-    helps = _helps(Config)
-    for section in dataclasses.fields(config):
-        values = leaf_values(getattr(config, section.name), f"{section.name}.")
-        lines += [f"{section.name}:"] + [f"  {key} = {value!r}  # {helps[key]}" for key, value in values.items()]
-    return "\n".join(lines)
-
-
-def _helps(cls: type, prefix: str = "") -> dict[str, str]:
-    hints, helps = typing.get_type_hints(cls), {}
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            helps.update(_helps(hints[f.name], f"{prefix}{f.name}."))
-        else:
-            helps[f"{prefix}{f.name}"] = f.metadata.get("help", "")
-    return helps
-
-
 def read_source(source: str | Path) -> dict[str, Any]:
-    """The mapping in a YAML/TOML file or a shipped preset."""
+    """The mapping in a YAML/TOML file or a shipped preset, without its notes (`_why`, `_vram`: read by
+    rewardbooth.core.presets for --help-config only)."""
+    return config_parsing.split_notes(read_raw(source))[0]
+
+
+def read_raw(source: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML/TOML file or a shipped preset, notes included."""
     return config_parsing.read_source(source, {name: PRESET_DIR / f"{name}.yaml" for name in preset_names()})
 
 
@@ -338,6 +338,10 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("objective.grpo.clip_range", lambda v: 0 < v < 1, "in (0, 1)"),
     ("objective.grpo.advantage_clip", lambda v: v > 0, "positive"),
     ("objective.grpo.kl_weight", lambda v: v >= 0, "non-negative"),
+    ("model.logit_std", lambda v: v is None or v > 0, "positive (or unset: the family's)"),
+    ("model.mode_scale", lambda v: v is None or v >= 0, "non-negative (or unset: the family's)"),
+    ("model.timestep_shift", lambda v: v is None or v > 0, "positive (or unset: the scheduler's)"),
+    ("model.training_guidance", lambda v: v is None or v >= 0, "non-negative (or unset: the family's)"),
     ("method.lora.rank", lambda v: v >= 1, "at least 1"),
     ("method.lora.alpha", lambda v: v is None or v > 0, "positive (or unset: the rank)"),
     ("critic.hidden_channels", lambda v: v >= 1, "at least 1"),

@@ -49,6 +49,16 @@ def read_source(source: str | Path, presets: dict[str, Path] | None = None) -> d
     return tree
 
 
+# Top-level keys of a config file that are notes about its values, not values (rewardbooth.core.presets).
+NOTE_KEYS = ("_why", "_vram")
+
+
+def split_notes(tree: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the config's sections, its notes: NOTE_KEYS -> their mappings)."""
+    return ({key: value for key, value in tree.items() if key not in NOTE_KEYS},
+            {key: value for key, value in tree.items() if key in NOTE_KEYS})
+
+
 def parse_override(override: str) -> tuple[str, Any]:
     """'key=value' -> (key, the value as YAML reads it)."""
     key, sep, raw = override.partition("=")

@@ -15,6 +15,7 @@ from typing import ClassVar, NamedTuple, Protocol
 import torch
 from torch import nn
 
+from rewardbooth.core.errors import UserError
 from rewardbooth.core.registry import Registry
 
 families = Registry("model family")
@@ -113,6 +114,43 @@ class Conditioning:
                                   for i in range(len(first.token_ids))))
 
 
+@dataclass(frozen=True)
+class TrainingOptions:
+    """The user's overrides of a family's training-time process (the model.* keys named in KEYS); None keeps
+    the family's own. Carried on the loaded parts (`ModelParts.training`), read by the family that
+    `ModelParts.family` hands out (`Family.with_training`): no global state."""
+
+    density: str | None = None  # "uniform", "logit_normal" or "mode": the σ density of flow families
+    logit_mean: float | None = None
+    logit_std: float | None = None
+    mode_scale: float | None = None
+    shift: float | None = None  # static shift s of the training σ: s σ / (1 + (s - 1) σ)
+    guidance: float | None = None  # FLUX-dev's guidance-embedding value in training
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "density": "model.timestep_density", "logit_mean": "model.logit_mean", "logit_std": "model.logit_std",
+        "mode_scale": "model.mode_scale", "shift": "model.timestep_shift", "guidance": "model.training_guidance"}
+
+    @classmethod
+    def of(cls, model_config) -> TrainingOptions:
+        """From a ModelConfig (rewardbooth.core.config): its keys named in KEYS."""
+        return cls(**{name: getattr(model_config, key.split(".")[1]) for name, key in cls.KEYS.items()})
+
+    def given(self) -> dict[str, float | str]:
+        """The options the user set, by their config key."""
+        return {self.KEYS[name]: value for name, value in vars(self).items() if value is not None}
+
+    def refuse(self, names: tuple[str, ...], family: str, why: str) -> None:
+        """One line naming the first of `names` (TrainingOptions fields) the user set, which `family` lacks."""
+        for name in names:
+            if getattr(self, name) is not None:
+                raise UserError(f"{self.KEYS[name]}={getattr(self, name)!r}: the {family} family {why}; "
+                                f"remove {self.KEYS[name]}")
+
+
+NO_OPTIONS = TrainingOptions()
+
+
 class SamplingDefaults(NamedTuple):
     """What a family samples with unless the user says otherwise (steps, classifier-free or embedded guidance)."""
 
@@ -132,6 +170,9 @@ class Family(Protocol):
     mixed_precisions: ClassVar[tuple[str, ...]]  # train.mixed_precision values it trains under ("no" always)
 
     def matches(self, pipeline_class_name: str) -> bool: ...
+    def with_training(self, parts, options: TrainingOptions) -> Family:
+        """This family training with the user's `options` (read by `process` and `denoise`); raises UserError,
+        one line naming the key, for an option the family (or this model of it) has no use for."""
     def process(self, parts) -> Process: ...
     def latent_space(self, parts) -> LatentSpace: ...
     def latent_channels(self, parts) -> int:

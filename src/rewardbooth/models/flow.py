@@ -16,6 +16,7 @@ positive), as Flow-GRPO samples every step, so every trained step has a log-prob
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -25,6 +26,14 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from diffusers.training_utils import compute_density_for_timestep_sampling
 
 from rewardbooth.maths import dpg, rollout
+from rewardbooth.models.families import TrainingOptions
+
+
+def with_training(family, options: TrainingOptions):
+    """A copy of a flow family's registered object reading `options` (the registered one keeps none)."""
+    configured = copy.copy(family)
+    configured.training = options
+    return configured
 
 
 @dataclass(frozen=True)
@@ -40,10 +49,23 @@ class FlowProcess:
     linear_sampling_sigmas: bool = False  # the pipeline passes σ = linspace(1, 1/S, S) (FLUX) or lets it space
 
     @classmethod
-    def from_scheduler_config(cls, config, linear_sampling_sigmas: bool = False, **density) -> FlowProcess:
-        scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)  # a separate copy, never the pipeline's
+    def from_scheduler_config(cls, config, linear_sampling_sigmas: bool = False, shift: float | None = None,
+                              **density) -> FlowProcess:
+        """The training table from the scheduler config; `shift` replaces its shift (static, also where the
+        config shifts dynamically at inference) for training only: rollouts keep the pipeline's schedule."""
+        override = {} if shift is None else {"shift": shift, "use_dynamic_shifting": False}
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(config, **override)  # a copy, never the pipeline's
         return cls(scheduler.sigmas.to(torch.float32).clone(), **density, scheduler_config=dict(config),
                    linear_sampling_sigmas=linear_sampling_sigmas)
+
+    @classmethod
+    def for_family(cls, config, options: TrainingOptions, density: str,
+                   linear_sampling_sigmas: bool = False) -> FlowProcess:
+        """A flow family's process: its `density` and its scheduler's shift unless the user's `options` say."""
+        given = {name: getattr(options, name) for name in ("logit_mean", "logit_std", "mode_scale")
+                 if getattr(options, name) is not None}
+        return cls.from_scheduler_config(config, linear_sampling_sigmas, options.shift,
+                                         density=options.density or density, **given)
 
     @property
     def num_train_timesteps(self) -> int:

@@ -24,8 +24,16 @@ from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
 from diffusers.schedulers import SchedulerMixin
 from torch import nn
 
-from rewardbooth.models.families import Conditioning, LatentSpace, SamplingDefaults, device_of, families
-from rewardbooth.models.flow import FlowProcess
+from rewardbooth.models.families import (
+    NO_OPTIONS,
+    Conditioning,
+    LatentSpace,
+    SamplingDefaults,
+    TrainingOptions,
+    device_of,
+    families,
+)
+from rewardbooth.models.flow import FlowProcess, with_training
 from rewardbooth.models.parts import ModelParts
 
 TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")
@@ -88,9 +96,16 @@ class Flux:
     def matches(self, pipeline_class_name: str) -> bool:
         return pipeline_class_name in self.pipeline_class_names
 
+    training: TrainingOptions = NO_OPTIONS  # the user's (model.timestep_density, ...): `with_training`
+
+    def with_training(self, parts: FluxParts, options: TrainingOptions) -> Flux:
+        if not parts.transformer.config.guidance_embeds:
+            options.refuse(("guidance",), "flux (schnell: no guidance embedding)", "cannot take a training guidance")
+        return with_training(self, options)
+
     def process(self, parts: FluxParts) -> FlowProcess:
         # FluxPipeline samples with σ = linspace(1, 1/S, S), shifted dynamically: rollouts use the same.
-        return FlowProcess.from_scheduler_config(parts.scheduler.config, linear_sampling_sigmas=True, density="uniform")
+        return FlowProcess.for_family(parts.scheduler.config, self.training, "uniform", linear_sampling_sigmas=True)
 
     def latent_space(self, parts: FluxParts) -> LatentSpace:
         return LatentSpace.of(parts.vae)
@@ -158,7 +173,8 @@ class Flux:
         b, _, h, w = x_t.shape
         guidance = None
         if getattr(denoiser, "module", denoiser).config.guidance_embeds:  # DDP wraps the transformer
-            guidance = torch.full((b,), DEV.guidance_scale, device=x_t.device, dtype=torch.float32)
+            value = DEV.guidance_scale if self.training.guidance is None else self.training.guidance
+            guidance = torch.full((b,), value, device=x_t.device, dtype=torch.float32)
         img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, x_t.device, x_t.dtype)
         txt_ids = torch.zeros(embeds.shape[1], 3, device=x_t.device, dtype=x_t.dtype)
         tokens = denoiser(hidden_states=pack(x_t), timestep=timesteps.to(x_t.dtype) / 1000, guidance=guidance,

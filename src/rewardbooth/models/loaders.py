@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 from diffusers import DiffusionPipeline
@@ -12,7 +13,7 @@ from diffusers import DiffusionPipeline
 from rewardbooth.core.config import ModelConfig
 from rewardbooth.core.errors import UserError
 from rewardbooth.core.registry import Registry
-from rewardbooth.models.families import families, family_for_pipeline
+from rewardbooth.models.families import NO_OPTIONS, TrainingOptions, families, family_for_pipeline
 from rewardbooth.models.parts import ModelParts
 
 loaders = Registry("model loader")
@@ -20,10 +21,18 @@ loaders = Registry("model loader")
 
 
 def load_model(config: ModelConfig) -> ModelParts:
+    """The parts of `config.pretrained`, carrying the user's training options (model.timestep_density, ...),
+    which their family checks here: a family without one refuses it in one line."""
     name = config.pretrained
     if Path(name).expanduser().exists() or (name not in loaders and ":" not in name):
-        return loaders.get("diffusers")(config)
-    return loaders.get(name)(config)
+        parts = loaders.get("diffusers")(config)
+    else:
+        parts = loaders.get(name)(config)
+    options = TrainingOptions.of(config)
+    if options == NO_OPTIONS:
+        return parts
+    parts.family.with_training(parts, options)  # refuses before anything is moved or trained
+    return replace(parts, training=options)
 
 
 @loaders.register("diffusers")

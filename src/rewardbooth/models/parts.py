@@ -5,19 +5,23 @@ defines its record (rewardbooth.models.stable_diffusion.StableDiffusionParts) ov
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from rewardbooth.core.errors import UserError
-from rewardbooth.models.families import families
+from rewardbooth.models.families import NO_OPTIONS, TrainingOptions, families
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass
 class ModelParts:
     """What every family's parts record provides (a dataclass of the pipeline's components, in each family's
     module), beside the components themselves: `family_name`, `source`, `vae`, `scheduler`, `denoiser_name`
     (the pipeline's name for the denoiser: "unet", "transformer"), `named_text_encoders` and `tokenizers`,
-    which the record defines. The rest follows."""
+    which the record defines, and `training`, the user's overrides of the family's training process. The rest
+    follows."""
+
+    training: TrainingOptions = field(default=NO_OPTIONS, kw_only=True)
 
     @property
     def denoiser(self):
@@ -26,8 +30,9 @@ class ModelParts:
 
     @property
     def family(self):
-        """The registered model family these components make up."""
-        return families.get(self.family_name)
+        """The registered model family these components make up, training with `self.training` when set."""
+        family = families.get(self.family_name)
+        return family if self.training == NO_OPTIONS else family.with_training(self, self.training)
 
     @property
     def text_encoders(self) -> list:

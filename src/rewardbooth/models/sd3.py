@@ -22,14 +22,16 @@ from diffusers.schedulers import SchedulerMixin
 from torch import nn
 
 from rewardbooth.models.families import (
+    NO_OPTIONS,
     Conditioning,
     LatentSpace,
     SamplingDefaults,
+    TrainingOptions,
     device_of,
     families,
     without_none,
 )
-from rewardbooth.models.flow import FlowProcess
+from rewardbooth.models.flow import FlowProcess, with_training
 from rewardbooth.models.parts import ModelParts
 
 TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2", "text_encoder_3")
@@ -83,9 +85,16 @@ class StableDiffusion3:
     def matches(self, pipeline_class_name: str) -> bool:
         return pipeline_class_name in self.pipeline_class_names
 
+    training: TrainingOptions = NO_OPTIONS  # the user's (model.timestep_density, ...): `with_training`
+
+    def with_training(self, parts: StableDiffusion3Parts, options: TrainingOptions) -> StableDiffusion3:
+        options.refuse(("guidance",), self.name, "has no guidance embedding (it samples with classifier-free guidance)")
+        return with_training(self, options)
+
     def process(self, parts: StableDiffusion3Parts) -> FlowProcess:
-        """Logit-normal(0, 1) σ (SD3's training, diffusers' script default), the config's static shift."""
-        return FlowProcess.from_scheduler_config(parts.scheduler.config, density="logit_normal")
+        """Logit-normal(0, 1) σ (SD3's training, diffusers' script default), the config's static shift, unless
+        the user's options (model.timestep_density, model.timestep_shift, ...) say otherwise."""
+        return FlowProcess.for_family(parts.scheduler.config, self.training, "logit_normal")
 
     def latent_space(self, parts: StableDiffusion3Parts) -> LatentSpace:
         return LatentSpace.of(parts.vae)

@@ -28,6 +28,7 @@ from rewardbooth.models.families import (
     Conditioning,
     LatentSpace,
     SamplingDefaults,
+    TrainingOptions,
     device_of,
     families,
     without_none,
@@ -89,6 +90,11 @@ class StableDiffusion:
         """Whether a diffusers folder's model_index.json `_class_name` is this family's (exactly: SD3's
         `StableDiffusion3Pipeline` is not)."""
         return pipeline_class_name in self.pipeline_class_names
+
+    def with_training(self, parts: StableDiffusionParts, options: TrainingOptions) -> StableDiffusion:
+        options.refuse(tuple(TrainingOptions.KEYS), self.name, "trains as DDPM (timesteps drawn uniformly from "
+                       "its scheduler's table: no flow density, shift or guidance embedding)")
+        return self
 
     def process(self, parts: StableDiffusionParts) -> DDPMProcess:
         """The training-time forward process, read from the model's own scheduler config."""

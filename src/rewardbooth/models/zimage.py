@@ -27,8 +27,16 @@ from diffusers import AutoencoderKL, ZImagePipeline, ZImageTransformer2DModel
 from diffusers.schedulers import SchedulerMixin
 from torch import nn
 
-from rewardbooth.models.families import Conditioning, LatentSpace, SamplingDefaults, device_of, families
-from rewardbooth.models.flow import FlowProcess
+from rewardbooth.models.families import (
+    NO_OPTIONS,
+    Conditioning,
+    LatentSpace,
+    SamplingDefaults,
+    TrainingOptions,
+    device_of,
+    families,
+)
+from rewardbooth.models.flow import FlowProcess, with_training
 from rewardbooth.models.parts import ModelParts
 
 TEXT_LENGTH = 512  # ZImagePipeline's max_sequence_length default: training must see what sampling does
@@ -75,10 +83,16 @@ class ZImage:
     def matches(self, pipeline_class_name: str) -> bool:
         return pipeline_class_name in self.pipeline_class_names
 
+    training: TrainingOptions = NO_OPTIONS  # the user's (model.timestep_density, ...): `with_training`
+
+    def with_training(self, parts: ZImageParts, options: TrainingOptions) -> ZImage:
+        options.refuse(("guidance",), self.name, "has no guidance embedding (it samples with classifier-free guidance)")
+        return with_training(self, options)
+
     def process(self, parts: ZImageParts) -> FlowProcess:
         # ZImagePipeline samples at σ = linspace(1, 1/S, S), shifted as its scheduler config says (grpo's rollouts).
-        return FlowProcess.from_scheduler_config(parts.scheduler.config, linear_sampling_sigmas=True,
-                                                 density="logit_normal")
+        return FlowProcess.for_family(parts.scheduler.config, self.training, "logit_normal",
+                                      linear_sampling_sigmas=True)
 
     def latent_space(self, parts: ZImageParts) -> LatentSpace:
         return LatentSpace.of(parts.vae)
