@@ -98,7 +98,7 @@ def test_prompt_without_identifier(subject_dir, tmp_path, capsys):
     ("train.max_step=5", "unknown config key 'train.max_step'"),
     ("objective.name=ppo", "unknown objective 'ppo': choose one of baseline, direct, dpg"),
     ("train.mixed_precision=fp8", "allowed values are 'no', 'fp16', 'bf16'"),
-    ("critic.name=transformer", "unknown critic 'transformer': choose one of conv, pooled"),
+    ("critic.name=transformer", "unknown critic 'transformer': choose one of conv, feature, pooled"),
     ("objective.reward=dino9", "unknown reward 'dino9'"),
     ("validation.reward=dino9", "unknown reward 'dino9'"),
     ("method.name=hypernet", "unknown base method 'hypernet'"),
