@@ -30,9 +30,9 @@ from rewardbooth.maths.similarity import centroid, cosine_to_centroid
 from rewardbooth.rewards.base import RewardOutput, RewardSetup, rewards
 
 
-@rewards.register("toy_identity")
-class ToyIdentityReward:
-    """The toy judge's identity cosine of an image to the centroid of the subject's photos."""
+class _OnToyJudge:
+    """A toy judge (the reward judge unless `judge_dir` names another), frozen on the run's device, that sees
+    images at the toy world's resolution."""
 
     differentiable = True
     kind = "image"
@@ -45,14 +45,22 @@ class ToyIdentityReward:
         folder = Path(judge_dir) if judge_dir else require(JUDGE_DIR, "judge.json", "rewardbooth.toyworld.judge")
         self.judge = load_judge(folder).to(setup.device).requires_grad_(False)
         self.resolution = RESOLUTION
-        with torch.no_grad():
-            embedding, _ = self.judge(self._resize(setup.reference_images.to(setup.device)))
-        self.reference = centroid(embedding)  # (D,) unit centroid of the references
 
     def _resize(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[-1] == self.resolution:
             return images
         return F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear", antialias=True)
+
+
+@rewards.register("toy_identity")
+class ToyIdentityReward(_OnToyJudge):
+    """The toy judge's identity cosine of an image to the centroid of the subject's photos."""
+
+    def __init__(self, setup: RewardSetup, judge_dir: str | None = None):
+        super().__init__(setup, judge_dir)
+        with torch.no_grad():
+            embedding, _ = self.judge(self._resize(setup.reference_images.to(setup.device)))
+        self.reference = centroid(embedding)  # (D,) unit centroid of the references
 
     def score_images(self, images: torch.Tensor, prompts: list[str]) -> RewardOutput:
         embedding, _ = self.judge(self._resize(images))
@@ -60,27 +68,13 @@ class ToyIdentityReward:
 
 
 @rewards.register("toy_alignment")
-class ToyAlignmentReward:
+class ToyAlignmentReward(_OnToyJudge):
     """The toy judge's caption agreement of an image with its prompt (the CLIP-T analogue)."""
-
-    differentiable = True
-    kind = "image"
-
-    def __init__(self, setup: RewardSetup, judge_dir: str | None = None):
-        from rewardbooth.toyworld.assets import JUDGE_DIR, require
-        from rewardbooth.toyworld.judge import load_judge
-        from rewardbooth.toyworld.world import RESOLUTION
-
-        folder = Path(judge_dir) if judge_dir else require(JUDGE_DIR, "judge.json", "rewardbooth.toyworld.judge")
-        self.judge = load_judge(folder).to(setup.device).requires_grad_(False)
-        self.resolution = RESOLUTION
 
     def score_images(self, images: torch.Tensor, prompts: list[str]) -> RewardOutput:
         from rewardbooth.toyworld.judge import attribute_agreement
 
-        if images.shape[-1] != self.resolution:
-            images = F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear", antialias=True)
-        return RewardOutput(attribute_agreement(self.judge, images, prompts).float())  # (B,) in [0, 1]
+        return RewardOutput(attribute_agreement(self.judge, self._resize(images), prompts).float())  # (B,) in [0, 1]
 
 
 @rewards.register("toy_encoder_identity")
