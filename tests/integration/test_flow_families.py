@@ -228,3 +228,14 @@ def test_grpo_trains_lora_with_the_pipelines_own_schedule(family, stock_folder, 
     assert sorted(set(seen), reverse=True) == pytest.approx(schedule.tolist())  # the run's own rollouts, 64 px
     adapters = load_file(out / "pytorch_lora_weights.safetensors")
     assert any(value.abs().max() > 0 for key, value in adapters.items() if "lora_B" in key)
+
+
+def test_the_feature_critic_carries_a_black_box_on_a_flow_family(subject_dir, tmp_path):
+    """The feature critic reads x0_hat through the family's own decoder: on tiny-flux (packed latents, σ time
+    values) it fits the black box's values and logs its probes, as on SD."""
+    out = train(subject_dir, tmp_path / "feature", "tiny-flux", "method.name=lora", "objective.name=dpg",
+                "critic.name=feature", "critic.input=prediction", "critic.encoder=toy_encoder",
+                "objective.reward=toy_identity_blackbox", "data.prior_preservation=false")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(np.isfinite(row["critic_loss"]) and "critic/trust" in row for row in rows)
+    assert (out / "critic.safetensors").is_file()
