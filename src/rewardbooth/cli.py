@@ -103,6 +103,9 @@ def _add_bench_toyworld(kinds) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a config override for every run (repeat), e.g. objective.gamma=0.99")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each")
+    parser.add_argument("--prompts", choices=("all", "unseen"), default="all",
+                        help="prompts each run is scored on: the subject's 25, or those naming no scene or "
+                             "position that prompt-only training uses (routes trained on scene prompts need it)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/toyworld"), help="the benchmark folder")
 
 
@@ -253,7 +256,8 @@ def _run_bench_toyworld(args: argparse.Namespace) -> None:
     run_toyworld_benchmark(args.output, num_subjects=args.num_subjects, seeds=tuple(args.seeds),
                            objectives=tuple(args.objectives or OBJECTIVES), first_subject=args.first_subject,
                            jobs=args.jobs,
-                           setting=Setting(steps=args.train_steps, lr=args.lr, overrides=tuple(args.overrides)))
+                           setting=Setting(steps=args.train_steps, lr=args.lr, overrides=tuple(args.overrides),
+                                           prompts=args.prompts))
     print((args.output / "results.md").read_text())
 
 

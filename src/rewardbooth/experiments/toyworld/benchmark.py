@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rewardbooth.core.errors import UserError
 from rewardbooth.core.progress import progress
 from rewardbooth.evaluation.plots import PALETTE
 from rewardbooth.experiments.toyworld.experiment import (
@@ -27,6 +28,7 @@ from rewardbooth.experiments.toyworld.experiment import (
     METRICS,
     OBJECTIVES,
     Setting,
+    check_prompt_leak,
     fidelity_ceiling,
     load_judges,
     metric_key,
@@ -37,6 +39,8 @@ from rewardbooth.maths.statistics import format_delta, paired_comparison
 from rewardbooth.toyworld import subjects
 
 REPORTED_SUBJECTS_START = 100
+PROMPTS_NOTE = {"all": "", "unseen": ", scored on the prompts naming no scene or position that prompt-only "
+                                     "training uses (subjects.held_out_prompt_set)"}
 KEYS = tuple(metric_key(judge, metric) for judge in JUDGES for metric in METRICS)
 
 
@@ -50,7 +54,9 @@ def run_toyworld_benchmark(output: Path, num_subjects: int = 8, seeds: tuple[int
     objectives = ("baseline", *[name for name in objectives if name != "baseline"])  # deltas need baseline
     indices = list(range(first_subject, first_subject + num_subjects))
     runs = [(index, seed, objective) for index in indices for seed in seeds for objective in objectives]
-    recorded = _recorded(output)
+    for objective in objectives:
+        check_prompt_leak(objective, setting)  # before any run, not after hours of them
+    recorded = _recorded(output, setting)
     pending = [run for run in runs if not _result_file(output, *run).is_file() and _key(*run) not in recorded]
     if jobs > 1 and len(pending) > 1:
         import multiprocessing
@@ -88,12 +94,17 @@ def _key(index: int, seed: int, objective: str) -> str:
     return f"{index}/{seed}/{objective}"
 
 
-def _recorded(output: Path) -> dict[str, dict]:
+def _recorded(output: Path, setting: Setting) -> dict[str, dict]:
     """The runs results.json holds (committed with the benchmark, unlike the run folders): done already."""
     results = output / "results.json"
     if not results.is_file():
         return {}
-    per_subject = json.loads(results.read_text()).get("per_subject", {})
+    stored = json.loads(results.read_text())
+    prompts = stored.get("setting", {}).get("prompts", "all")  # results from before the field: all prompts
+    if prompts != setting.prompts:
+        raise UserError(f"{results} holds runs scored on the {prompts!r} prompts, not {setting.prompts!r}: "
+                        f"pass --prompts {prompts} or another --output folder")
+    per_subject = stored.get("per_subject", {})
     return {key: value for key, value in per_subject.items() if set(KEYS) <= value.keys()}
 
 
@@ -178,7 +189,8 @@ def judge_agreement(scores: dict, comparisons: dict) -> dict:
 def markdown_report(report: dict, setting: Setting) -> str:
     num_subjects, num_seeds = len(report["subjects"]), len(report["seeds"])
     lines = [f"Toy-world benchmark: {num_subjects} subjects x {num_seeds} seeds, {setting.steps} steps at lr "
-             f"{setting.lr:g}{', ' + ' '.join(setting.overrides) if setting.overrides else ''}. Fidelity and "
+             f"{setting.lr:g}{', ' + ' '.join(setting.overrides) if setting.overrides else ''}"
+             f"{PROMPTS_NOTE[setting.prompts]}. Fidelity and "
              "alignment by the held-out judge (never a reward) and by the reward judge (which also gives the "
              "toy_identity reward).", "",
              "| objective | fidelity (held-out) | alignment (held-out) | fidelity (reward judge) | "

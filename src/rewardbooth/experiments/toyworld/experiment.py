@@ -34,6 +34,9 @@ BLACKBOX = ["objective.reward=toy_identity_blackbox", "objective.critic_weight=0
 # scoring every 4th), within the ~4x budget (farm-bench, start-up of 7 s subtracted; docs/toyworld.md).
 GRPO_BUDGET = ["objective.reward_every=2", "objective.grpo.group_size=4", "objective.grpo.num_steps=6",
                "objective.grpo.trained_steps=1"]
+SCENES = ["objective.scene_share=0.5", "data.scene_prompts=toy"]
+IDENTITY_ALIGNMENT = "objective.reward={toy_identity: 1, toy_alignment: 1}"
+BLACKBOX_ALIGNMENT = "objective.reward={toy_identity_blackbox: 1, toy_alignment: 1}"
 OBJECTIVES = {
     BASE_MODEL: [],
     "baseline": ["objective.name=baseline"],
@@ -62,6 +65,15 @@ OBJECTIVES = {
     "grpo-blackbox": ["objective.name=grpo", "objective.reward=toy_identity_blackbox", *GRPO_BUDGET],
     "direct-encoder-identity": ["objective.name=direct", "objective.reward=toy_encoder_identity",
                                 "objective.critic_weight=0.3"],
+    # Prompts without photos (issue: fidelity up, alignment held): half the instance rows are states the policy
+    # samples for a training-scene prompt (`subjects.scene_templates`), scored by identity and the reward
+    # judge's caption agreement together. They must be scored on prompts naming no training scene or position
+    # (Setting.prompts="unseen"; `check_prompt_leak`).
+    "direct-identity-alignment-scenes": ["objective.name=direct", IDENTITY_ALIGNMENT, "objective.critic_weight=0.3",
+                                         *SCENES],
+    "dpg-feature-blackbox-scenes": ["objective.name=dpg", *BLACKBOX, "critic.name=feature",
+                                    "critic.encoder=toy_encoder", "critic.input=prediction", *SCENES],
+    "grpo-blackbox-alignment-scenes": ["objective.name=grpo", BLACKBOX_ALIGNMENT, *GRPO_BUDGET, *SCENES],
 }
 # What each method is compared with, the strongest fair control last: a claim is a paired delta against it.
 CONTROLS = {
@@ -76,6 +88,9 @@ CONTROLS = {
     "grpo-blackbox": ("baseline", "baseline-tuned", "baseline-tuned-1600", "direct-toy-identity"),
     "baseline-tuned-1600": ("baseline", "baseline-tuned"),
     "direct-encoder-identity": ("baseline", "baseline-tuned", "direct-toy-identity"),
+    "direct-identity-alignment-scenes": ("baseline", "base-model", "baseline-tuned", "direct-toy-identity"),
+    "dpg-feature-blackbox-scenes": ("baseline", "base-model", "baseline-tuned", "dpg-feature-blackbox"),
+    "grpo-blackbox-alignment-scenes": ("baseline", "base-model", "baseline-tuned", "grpo-blackbox"),
     BASE_MODEL: ("baseline",),
     "baseline-iw2": ("baseline",),
     "baseline-tuned": ("baseline",),
@@ -118,13 +133,33 @@ class Setting:
     num_prompts: int = 25
     num_class_images: int = 20
     overrides: tuple[str, ...] = ()  # `section.key=value` applied to every objective (for sweeps)
+    # "all": the subject's 25 prompts; "unseen": those naming no scene or position that prompt-only training
+    # uses (subjects.held_out_prompt_set), for comparing routes that train on scene prompts with any other.
+    prompts: str = "all"
+
+    def prompt_list(self, subject: subjects.Subject) -> list[str]:
+        if self.prompts not in PROMPT_SETS:
+            raise UserError(f"unknown toy-world prompt set {self.prompts!r}: use one of {', '.join(PROMPT_SETS)}")
+        return PROMPT_SETS[self.prompts](subject)[:self.num_prompts]
+
+
+PROMPT_SETS = {"all": subjects.prompt_set, "unseen": subjects.held_out_prompt_set}
+
+
+def check_prompt_leak(objective: str, setting: Setting) -> None:
+    """A route trained on the toy scene prompts is scored only on prompts that name none of their scenes."""
+    overrides = [*objective_overrides(objective), *setting.overrides]
+    if setting.prompts != "unseen" and any(o.startswith("data.scene_prompts=") for o in overrides):
+        raise UserError(f"{objective!r} trains on the toy scene prompts, so scoring it on prompts naming those "
+                        f"scenes would leak: benchmark it with --prompts unseen")
 
 
 def personalize_and_score(subject: subjects.Subject, objective: str, seed: int, folder: Path,
                           class_dir: Path, judges: dict[str, Judge], setting: Setting) -> dict[str, float]:
     """Writes the subject's photos, the trained model and its images under `folder`; returns the scores."""
+    check_prompt_leak(objective, setting)
     write_references(subject, folder)
-    prompts = subjects.prompt_set(subject)[:setting.num_prompts]
+    prompts = setting.prompt_list(subject)
     started = time.perf_counter()
     if objective == BASE_MODEL:
         from rewardbooth.data.images import remove_identifier
@@ -145,7 +180,7 @@ def write_references(subject: subjects.Subject, folder: Path) -> list[Path]:
 def training_overrides(subject: subjects.Subject, objective: str, seed: int, folder: Path, class_dir: Path,
                        setting: Setting) -> list[str]:
     """The `default` preset's overrides for one toy-world run of `objective` (trained into folder/model)."""
-    prompts = subjects.prompt_set(subject)[:setting.num_prompts]
+    prompts = setting.prompt_list(subject)
     return [
         "model.pretrained=toy", f"data.instance_dir={folder / 'subject'}",
         f"data.instance_prompt={subjects.instance_prompt(subject)}", f"data.class_prompt={subjects.class_prompt(subject)}",
