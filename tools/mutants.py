@@ -25,6 +25,7 @@ FAMILY_TESTS = ["tests/unit/test_dpg.py", "tests/contract/test_family_contract.p
 OBJECTIVES = "src/rewardbooth/training/objectives"
 BASELINE, DIRECT, DPG, GRPO = (f"{OBJECTIVES}/{name}.py" for name in ("baseline", "direct", "dpg", "grpo"))
 SETUP = "src/rewardbooth/training/setup.py"
+PROMPT_SETS_TEST = "tests/unit/test_toyworld_prompt_sets.py"
 CONTRACT = ["tests/contract/test_objective_contract.py"]  # what an objective declares is what it gets
 UNTRUSTED = "tests/integration/test_untrusted_input.py"
 ZIMAGE, FLUX = "src/rewardbooth/models/zimage.py", "src/rewardbooth/models/flux.py"
@@ -206,6 +207,13 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
     "generate-ignores-best-config": (GENERATE, 'and recorded_config_file(folder) is not None:',
                                      'and (folder / "config.yaml").is_file():',
                                      ["tests/integration/test_flow_experiments.py", "-k", "keep_best"]),
+    # Prompts without photos in the toy benchmark (issue 20): scene-trained routes are scored on unseen prompts only.
+    "benchmark-skips-leak-check": ("src/rewardbooth/experiments/toyworld/benchmark.py",
+                                   "        check_prompt_leak(objective, setting)  # before any run",
+                                   "        pass  # before any run", [PROMPT_SETS_TEST]),
+    "unseen-scores-all-prompts": ("src/rewardbooth/experiments/toyworld/experiment.py",
+                                  '"unseen": subjects.held_out_prompt_set}', '"unseen": subjects.prompt_set}',
+                                  [PROMPT_SETS_TEST]),
     # Presets' reasons (issue 22 item 5): --help-config prints each preset value's reason and source.
     "help-drops-preset-reasons": (PRESETS, 'return f"preset: {reason}  (key: {helps[key]})" if reason else helps[key]',
                                   "return helps[key]", [PRESET_HELP_TEST]),
