@@ -45,3 +45,11 @@ def format_delta(comparison: dict) -> str:
     low, high = comparison["interval"]
     interval = "n/a" if low != low else f"{low:+.3f}, {high:+.3f}"
     return f"{comparison['delta']:+.3f} [{interval}]"
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """The names of the points no other point beats on both coordinates (higher is better on each), ordered
+    by the first coordinate: the trade-offs worth choosing between (e.g. alignment, fidelity per objective)."""
+    front = [name for name, (x, y) in points.items()
+             if not any(ox >= x and oy >= y and (ox, oy) != (x, y) for ox, oy in points.values())]
+    return sorted(front, key=lambda name: points[name])

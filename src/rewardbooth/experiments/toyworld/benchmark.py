@@ -35,10 +35,11 @@ from rewardbooth.experiments.toyworld.experiment import (
     personalize_and_score,
     score_generated,
 )
-from rewardbooth.maths.statistics import format_delta, paired_comparison
+from rewardbooth.maths.statistics import format_delta, paired_comparison, pareto_front
 from rewardbooth.toyworld import subjects
 
 REPORTED_SUBJECTS_START = 100
+ALIGNMENT_HOLDS = -0.02  # the lower end of alignment's 95 % interval against the tuned DreamBooth, at least
 PROMPTS_NOTE = {"all": "", "unseen": ", scored on the prompts naming no scene or position that prompt-only "
                                      "training uses (subjects.held_out_prompt_set)"}
 KEYS = tuple(metric_key(judge, metric) for judge in JUDGES for metric in METRICS)
@@ -74,6 +75,8 @@ def run_toyworld_benchmark(output: Path, num_subjects: int = 8, seeds: tuple[int
     ceilings = {index: {name: fidelity_ceiling(subjects.make_subject(index), judge) for name, judge in judges.items()}
                 for index in indices}
     report.update({
+        "pareto_front": pareto_front({name: (row["heldout_alignment"], row["heldout_fidelity"])
+                                      for name, row in report["summary"].items()}),
         "setting": {**setting.__dict__, "overrides": list(setting.overrides)}, "subjects": indices,
         "seeds": list(seeds), "headline_judge": "heldout",
         "fidelity_ceiling": {name: statistics.fmean(c[name] for c in ceilings.values()) for name in judges},
@@ -205,6 +208,9 @@ def markdown_report(report: dict, setting: Setting) -> str:
         cells = [f"{format_delta(comparison[key])} {comparison[key]['wins']}/{comparison[key]['subjects']}"
                  for key in ("heldout_fidelity", "heldout_alignment", "fidelity", "alignment")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", verdicts(report["comparisons"]), "",
+              "Pareto front (held-out alignment and fidelity; no other objective is better on both): "
+              + ", ".join(report["pareto_front"]) + " (results.png)."]
     agreement, ceiling = report["judge_agreement"], report["fidelity_ceiling"]
     lines += ["", "Judge agreement (Pearson r, held-out vs reward judge): fidelity over runs "
               f"{agreement['fidelity']['runs']:.3f}, over paired deltas {agreement['fidelity']['paired_deltas']:.3f}; "
@@ -216,9 +222,25 @@ def markdown_report(report: dict, setting: Setting) -> str:
     return "\n".join(lines) + "\n"
 
 
+def verdicts(comparisons: dict, control: str = "baseline-tuned") -> str:
+    """Against the tuned DreamBooth, by the held-out judge: which methods gain fidelity (interval above 0) and
+    which hold alignment (the lower end of its interval at least ALIGNMENT_HOLDS)."""
+    rows = []
+    for name, comparison in comparisons.items():
+        method, _, against = name.partition(" vs ")
+        if against == control:
+            gains = comparison["heldout_fidelity"]["interval"][0] > 0
+            holds = comparison["heldout_alignment"]["interval"][0] >= ALIGNMENT_HOLDS
+            rows.append(f"{method}: fidelity {'up' if gains else 'not up'}, alignment "
+                        f"{'holds' if holds else 'does not hold'}")
+    return (f"Against {control} (held-out judge; fidelity up = interval above 0, alignment holds = lower end "
+            f">= {ALIGNMENT_HOLDS}): " + "; ".join(rows) + ".")
+
+
 def frontier_plot(report: dict, path: Path) -> Path:
     """Held-out fidelity against held-out alignment, one point per objective (mean over subjects) with the
-    95 % interval of its paired delta to DreamBooth as bars: where each method sits on the trade-off."""
+    95 % interval of its paired delta to DreamBooth as bars: where each method sits on the trade-off. The
+    Pareto front (objectives no other beats on both) is joined by a line."""
     from PIL import Image, ImageDraw
 
     summary = report["summary"]
@@ -242,6 +264,10 @@ def frontier_plot(report: dict, path: Path) -> Path:
     for value in (y_low, y_high):
         x, y = to_px(x_low, value)
         draw.text((x - 40, y - 6), f"{value:.2f}", fill="black")
+    front = pareto_front({name: (row["heldout_alignment"], row["heldout_fidelity"]) for name, row in summary.items()})
+    draw.line([to_px(summary[name]["heldout_alignment"], summary[name]["heldout_fidelity"]) for name in front],
+              fill="lightgray", width=3)
+    draw.text((width - margin - 150, margin + 8), "line: the Pareto front", fill="gray")
     colours = PALETTE
     for index, (objective, row) in enumerate(summary.items()):
         colour = colours[index % len(colours)]

@@ -1,0 +1,27 @@
+"""The Pareto front the toy benchmark draws and reports, and its verdicts against the tuned DreamBooth."""
+
+from rewardbooth.experiments.toyworld.benchmark import verdicts
+from rewardbooth.maths.statistics import pareto_front
+
+
+def test_the_front_keeps_only_points_no_other_beats_on_both():
+    points = {"dreambooth": (0.70, 0.32), "base": (0.85, 0.13), "critic": (0.72, 0.42), "worse": (0.70, 0.30),
+              "tie": (0.72, 0.42)}
+    assert pareto_front(points) == ["critic", "tie", "base"]
+
+
+def test_a_point_better_on_one_axis_only_stays_on_the_front():
+    assert pareto_front({"a": (0.0, 1.0), "b": (1.0, 0.0)}) == ["a", "b"]
+    assert pareto_front({"a": (0.0, 1.0), "b": (1.0, 1.0)}) == ["b"]
+
+
+def comparison(fidelity_low, alignment_low):
+    return {"heldout_fidelity": {"interval": [fidelity_low, 1.0]}, "heldout_alignment": {"interval": [alignment_low, 1.0]}}
+
+
+def test_verdicts_read_the_lower_ends_against_the_tuned_dreambooth():
+    text = verdicts({"m vs baseline-tuned": comparison(0.01, -0.019), "n vs baseline-tuned": comparison(-0.01, -0.03),
+                     "m vs baseline": comparison(-1.0, -1.0)})
+    assert "m: fidelity up, alignment holds" in text
+    assert "n: fidelity not up, alignment does not hold" in text
+    assert text.count(":") == 3  # the header's and one per method against the tuned DreamBooth only
