@@ -36,6 +36,7 @@ GRPO_BUDGET = ["objective.reward_every=2", "objective.grpo.group_size=4", "objec
                "objective.grpo.trained_steps=1"]
 SCENES = ["objective.scene_share=0.5", "data.scene_prompts=toy"]
 IDENTITY_ALIGNMENT = "objective.reward={toy_identity: 1, toy_alignment: 1}"
+ENCODER_ALIGNMENT = "objective.reward={toy_encoder_identity: 1, toy_alignment: 1}"
 BLACKBOX_ALIGNMENT = "objective.reward={toy_identity_blackbox: 1, toy_alignment: 1}"
 OBJECTIVES = {
     BASE_MODEL: [],
@@ -71,6 +72,11 @@ OBJECTIVES = {
     # (Setting.prompts="unseen"; `check_prompt_leak`).
     "direct-identity-alignment-scenes": ["objective.name=direct", IDENTITY_ALIGNMENT, "objective.critic_weight=0.3",
                                          *SCENES],
+    # The same with identity from the third encoder's cosine (what `direct-encoder-identity` climbs): the reward
+    # judge's own identity gradient on prompt-only states is climbed adversarially (tuning subject 1: reward
+    # judge fidelity 0.63, held-out 0.23), a third network's transfers.
+    "direct-encoder-alignment-scenes": ["objective.name=direct", ENCODER_ALIGNMENT, "objective.critic_weight=0.3",
+                                        *SCENES],
     "dpg-feature-blackbox-scenes": ["objective.name=dpg", *BLACKBOX, "critic.name=feature",
                                     "critic.encoder=toy_encoder", "critic.input=prediction", *SCENES],
     "grpo-blackbox-alignment-scenes": ["objective.name=grpo", BLACKBOX_ALIGNMENT, *GRPO_BUDGET, *SCENES],
@@ -89,6 +95,7 @@ CONTROLS = {
     "baseline-tuned-1600": ("baseline", "baseline-tuned"),
     "direct-encoder-identity": ("baseline", "baseline-tuned", "direct-toy-identity"),
     "direct-identity-alignment-scenes": ("baseline", "base-model", "baseline-tuned", "direct-toy-identity"),
+    "direct-encoder-alignment-scenes": ("baseline", "base-model", "baseline-tuned", "direct-encoder-identity"),
     "dpg-feature-blackbox-scenes": ("baseline", "base-model", "baseline-tuned", "dpg-feature-blackbox"),
     "grpo-blackbox-alignment-scenes": ("baseline", "base-model", "baseline-tuned", "grpo-blackbox"),
     BASE_MODEL: ("baseline",),
