@@ -214,6 +214,9 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
     "unseen-scores-all-prompts": ("src/rewardbooth/experiments/toyworld/experiment.py",
                                   '"unseen": subjects.held_out_prompt_set}', '"unseen": subjects.prompt_set}',
                                   [PROMPT_SETS_TEST]),
+    "benchmark-skips-hacking-trace": ("src/rewardbooth/experiments/toyworld/benchmark.py",
+                                      "    if missing_trace:\n", "    if False:\n",
+                                      ["tests/integration/test_bench_demo.py", "-k", "resumes"]),
     # Presets' reasons (issue 22 item 5): --help-config prints each preset value's reason and source.
     "help-drops-preset-reasons": (PRESETS, 'return f"preset: {reason}  (key: {helps[key]})" if reason else helps[key]',
                                   "return helps[key]", [PRESET_HELP_TEST]),

@@ -194,8 +194,13 @@ def test_toyworld_benchmark_resumes_and_summarizes(tmp_path):
     run_toyworld_benchmark(tmp_path, num_subjects=2, seeds=(0,), objectives=objectives, setting=setting,
                            first_subject=3)
     assert [path.stat().st_mtime_ns for path in first] == stamps  # finished runs are not redone
-    assert "| dpg-toy-identity-x0 vs baseline |" in (tmp_path / "results.md").read_text()
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| dpg-toy-identity-x0 vs baseline |" in markdown and "Hacking check" in markdown
     assert (tmp_path / "results.png").is_file()
+    # Both judges scored every trained run's validation grids (steps 0 and 1); base-model trains nothing.
+    assert set(report["hacking"]) == {"baseline", "dpg-toy-identity-x0"}
+    assert set(report["hacking"]["baseline"]) == {"0", "1"}
+    assert set(report["pareto_front"]) <= set(objectives) and report["pareto_front"]
 
 
 def test_bootstrap_interval_brackets_the_mean():

@@ -35,6 +35,7 @@ from rewardbooth.experiments.toyworld.experiment import (
     personalize_and_score,
     score_generated,
 )
+from rewardbooth.experiments.toyworld.hacking import fidelity_trace, gap_lines, gap_table
 from rewardbooth.maths.statistics import format_delta, paired_comparison, pareto_front
 from rewardbooth.toyworld import subjects
 
@@ -72,6 +73,8 @@ def run_toyworld_benchmark(output: Path, num_subjects: int = 8, seeds: tuple[int
     judges = load_judges()
     scores = {run: _scores(output, run, judges, recorded) for run in runs}
     report = summarize(scores, indices, seeds, objectives)
+    report["hacking"] = gap_table({objective: [scores[run]["trace"] for run in runs if run[2] == objective
+                                               and "trace" in scores[run]] for objective in objectives})
     ceilings = {index: {name: fidelity_ceiling(subjects.make_subject(index), judge) for name, judge in judges.items()}
                 for index in indices}
     report.update({
@@ -118,8 +121,13 @@ def _scores(output: Path, run: tuple, judges: dict, recorded: dict[str, dict]) -
     if not path.is_file():
         return recorded[_key(*run)]
     stored = json.loads(path.read_text())
-    if not set(KEYS) <= stored.keys():
+    missing_scores = not set(KEYS) <= stored.keys()
+    missing_trace = "trace" not in stored and (path.parent / "model" / "samples").is_dir()  # base-model has none
+    if missing_scores:
         stored.update(score_generated(path.parent, judges))
+    if missing_trace:
+        stored["trace"] = fidelity_trace(path.parent, judges)
+    if missing_scores or missing_trace:
         path.write_text(json.dumps(stored))
     return stored
 
@@ -211,6 +219,7 @@ def markdown_report(report: dict, setting: Setting) -> str:
     lines += ["", verdicts(report["comparisons"]), "",
               "Pareto front (held-out alignment and fidelity; no other objective is better on both): "
               + ", ".join(report["pareto_front"]) + " (results.png)."]
+    lines += ["", *gap_lines(report.get("hacking", {}))]
     agreement, ceiling = report["judge_agreement"], report["fidelity_ceiling"]
     lines += ["", "Judge agreement (Pearson r, held-out vs reward judge): fidelity over runs "
               f"{agreement['fidelity']['runs']:.3f}, over paired deltas {agreement['fidelity']['paired_deltas']:.3f}; "
