@@ -217,6 +217,12 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
     "benchmark-skips-hacking-trace": ("src/rewardbooth/experiments/toyworld/benchmark.py",
                                       "    if missing_trace:\n", "    if False:\n",
                                       ["tests/integration/test_bench_demo.py", "-k", "resumes"]),
+    "scene-reward-ignored": ("src/rewardbooth/training/setup.py", "    if objective.scene_reward is None:\n        return reward",
+                             "    if True:\n        return reward", [PROMPT_ONLY_TESTS, "-k", "scene_reward"]),
+    "scene-reward-on-photo-rows": ("src/rewardbooth/rewards/base.py",
+                                   "(self.scene if context.x0 is None else self.photo)",
+                                   "(self.photo if context.x0 is None else self.scene)",
+                                   [PROMPT_ONLY_TESTS, "-k", "scene_reward"]),
     # Presets' reasons (issue 22 item 5): --help-config prints each preset value's reason and source.
     "help-drops-preset-reasons": (PRESETS, 'return f"preset: {reason}  (key: {helps[key]})" if reason else helps[key]',
                                   "return helps[key]", [PRESET_HELP_TEST]),

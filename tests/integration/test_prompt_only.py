@@ -91,10 +91,31 @@ def test_the_look_forward_reward_cannot_score_a_state_without_a_reference():
     (["objective.anchor_weight=1", "objective.reward=wiring_rewards:Bright"], "but method.name=dreambooth trains"),
     (["objective.anchor_weight=1", "objective.scene_share=0", "method.name=lora"], "acts on prompt-only states"),
     (["data.scene_prompts=nowhere.txt", "objective.reward=wiring_rewards:Bright"], "is neither objects, live, toy"),
+    (["objective.name=direct", "objective.scene_reward=look_forward"], "objective.scene_reward 'look_forward' compares"),
+    (["objective.scene_reward=wiring_rewards:Bright", "objective.reward=wiring_rewards:Bright"],
+     "one critic cannot learn beside it"),
+    (["objective.name=direct", "objective.scene_share=0", "objective.scene_reward=wiring_rewards:Bright"],
+     "scores prompt-only rows: set objective.scene_share"),
 ])
 def test_what_prompt_only_states_cannot_honour_is_refused_in_one_line(overrides, message, subject_dir, tmp_path):
     with pytest.raises(UserError, match=message):
         check_prompt_only(config_of(subject_dir, tmp_path, *overrides))
+
+
+def test_the_scene_reward_scores_the_prompt_only_rows_and_the_reward_the_photo_rows(subject_dir, tmp_path):
+    # objective.reward may then compare with the reference latent: only photo rows reach it.
+    check_prompt_only(config_of(subject_dir, tmp_path, "objective.name=direct", "objective.reward=look_forward",
+                                "objective.scene_reward=wiring_rewards:Bright"))
+    config = config_of(subject_dir, tmp_path, "objective.name=direct", "objective.reward=wiring_rewards:Contexts",
+                       "objective.scene_reward=wiring_rewards:Contexts")
+    with tiny_run(config) as run:
+        batch, scene_rows, reference_rows = mixed_batch(run, config)
+        policy = make_policy(run)
+        policy.objective.losses(policy, batch, run.process, config, run.reward)
+    photo, scene = run.reward.photo.seen, run.reward.scene.seen
+    assert [context.prompts for context in scene] == [[batch.prompts[row] for row in scene_rows]]
+    assert [context.prompts for context in photo] == [[batch.prompts[row] for row in reference_rows]]
+    assert scene[0].x0 is None and photo[0].x0 is not None
 
 
 def test_prompt_only_rows_add_no_denoising_loss_and_reference_rows_keep_theirs(direct_run):

@@ -150,6 +150,10 @@ class ObjectiveConfig:
     scene_share: float = _field(0.0, "share of instance samples replaced by prompt-only states: a data.scene_prompts "
                                      "prompt, state sampled by the policy from noise (no mse, no reference latent)")
     scene_steps: int = _field(10, "sampler steps of the grid the prompt-only states are sampled on (no gradient)")
+    scene_reward: str | dict[str, float] | None = _field(
+        None, "reward of the prompt-only rows instead of objective.reward (which then scores the photo rows only), "
+              "e.g. {clip_text: 1} beside objective.reward={dino: 1}: identity where there is a photo, the prompt "
+              "where there is none (direct, grpo); options in objective.reward_options")
     anchor_weight: float = _field(0.0, "weight of mean |a_policy - a_base|^2 on prompt-only states (LoRA: adapters off)")
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
 

@@ -16,6 +16,7 @@ may weight several.
 
 from rewardbooth.rewards import backbones, face, look_forward, toy  # noqa: F401  (registers)
 from rewardbooth.rewards.base import (
+    ByRowKind,
     ImageScorer,
     OnDecodedImages,
     Reward,
@@ -36,6 +37,6 @@ from rewardbooth.rewards.base import (
     rewards,
 )
 
-__all__ = ["ImageScorer", "OnDecodedImages", "Reward", "RewardContext", "RewardOutput", "RewardSetup",
+__all__ = ["ByRowKind", "ImageScorer", "OnDecodedImages", "Reward", "RewardContext", "RewardOutput", "RewardSetup",
            "WeightedImageSum", "WeightedSum", "as_output", "build_reward", "build_scorer", "declared_kind",
            "differentiable_twin", "kind_of", "make_reward", "make_scorer", "reward_weights", "rewards"]

@@ -192,6 +192,21 @@ class WeightedImageSum(_Weighted):
         return self._sum(lambda scorer: scorer.score_images(images, prompts))
 
 
+class ByRowKind:
+    """One reward on the rows with a reference photo, another on the prompt-only rows (objective.scene_reward),
+    told apart by their context: a prompt-only row's carries no reference latent (`RewardContext.x0 is None`;
+    the trainer scores each kind of row with its own context)."""
+
+    kind = "latent"
+
+    def __init__(self, photo: Reward, scene: Reward):
+        self.photo, self.scene = photo, scene
+        self.differentiable = photo.differentiable and scene.differentiable
+
+    def __call__(self, x0_hat: torch.Tensor, context: RewardContext) -> RewardOutput:
+        return as_output((self.scene if context.x0 is None else self.photo)(x0_hat, context))
+
+
 def reward_weights(reward: str | Mapping[str, float]) -> dict[str, float]:
     """`objective.reward` as {name: weight}: a bare name has weight 1."""
     return {reward: 1.0} if isinstance(reward, str) else dict(reward)

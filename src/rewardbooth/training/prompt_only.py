@@ -27,6 +27,8 @@ def check_prompt_only(config: Config) -> None:
     objective = config.objective
     if objective.anchor_weight > 0:
         check_anchor(config)
+    if objective.scene_reward is not None:
+        check_scene_reward(config)
     if objective.scene_share == 0:
         return
     if not config.data.scene_prompts:
@@ -35,15 +37,31 @@ def check_prompt_only(config: Config) -> None:
     if not needs_of(objectives.get(objective.name), objective.name).reward:
         raise UserError(f"objective.scene_share={objective.scene_share} trains prompt-only states by a reward, "
                         f"which objective.name={objective.name} has none of: use dpg, direct or grpo")
-    for name in reward_weights(objective.reward):
+    # With objective.scene_reward, objective.reward scores the photo rows only: it may compare with their latent.
+    field, scoring = (("reward", objective.reward) if objective.scene_reward is None
+                      else ("scene_reward", objective.scene_reward))
+    for name in reward_weights(scoring):
         if getattr(rewards.get(name), "needs_reference", False):
-            raise UserError(f"objective.reward {name!r} compares x0_hat with the reference latent, which prompt-only "
+            raise UserError(f"objective.{field} {name!r} compares x0_hat with the reference latent, which prompt-only "
                             f"states (objective.scene_share>0) have none of: use image rewards, e.g. "
                             f"{{toy_identity: 1, toy_alignment: 1}}, or objective.scene_share=0")
     if needs_of(objectives.get(objective.name), objective.name).critic and config.critic.input == "residual":
         raise UserError("critic.input=residual compares x0_hat with the reference latent, which prompt-only states "
                         "(objective.scene_share>0) have none of: use critic.input=prediction")
     scene_prompts(config)  # a missing file or a prompt naming no concept fails here, before any slow work
+
+
+def check_scene_reward(config: Config) -> None:
+    """A reward for the prompt-only rows needs them, and an objective that scores rows without a critic: one
+    critic learns one function of x0_hat, which two rewards on two kinds of rows would make two."""
+    objective = config.objective
+    if objective.scene_share == 0:
+        raise UserError(f"objective.scene_reward={objective.scene_reward} scores prompt-only rows: set "
+                        f"objective.scene_share > 0 (and data.scene_prompts), or remove objective.scene_reward")
+    if needs_of(objectives.get(objective.name), objective.name).critic:
+        raise UserError(f"objective.scene_reward gives prompt-only rows another reward than objective.reward, which "
+                        f"one critic cannot learn beside it (objective.name={objective.name}): use objective.name="
+                        f"direct or grpo, or put both in objective.reward")
 
 
 def check_anchor(config: Config) -> None:

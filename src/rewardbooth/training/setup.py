@@ -29,6 +29,7 @@ from rewardbooth.models import ModelParts, load_model
 from rewardbooth.models.families import Process, conditioning_of_prompts
 from rewardbooth.models.parts import check_precision, check_resolution
 from rewardbooth.rewards import (
+    ByRowKind,
     Reward,
     RewardSetup,
     build_reward,
@@ -281,8 +282,7 @@ def build_objective(config: Config, parts: ModelParts, concept_images: list[torc
     needs = needs_of(objective, config.objective.name)
     reward, diagnostic, critic, critic_optimizer = None, None, None, None
     if needs.reward:
-        reward = build_concept_reward(lambda setup: build_reward(config.objective.reward,
-                                                                 config.objective.reward_options, setup),
+        reward = build_concept_reward(lambda setup: objective_reward(config, setup),
                                       reward_setups(config, concept_images, device))
         if needs.reward_gradient and not reward.differentiable:
             raise not_differentiable(config.objective.name, f"{config.objective.reward} (says the built reward)")
@@ -299,6 +299,15 @@ def build_objective(config: Config, parts: ModelParts, concept_images: list[torc
             critic = make_critic(spec, config.critic).to(device)
         critic_optimizer = make_critic_optimizer(critic, config.critic)
     return ObjectiveParts(objective, reward, diagnostic, critic, critic_optimizer)
+
+
+def objective_reward(config: Config, setup: RewardSetup) -> Reward:
+    """objective.reward, or with objective.scene_reward set, each on its own kind of row (photo, prompt-only)."""
+    objective = config.objective
+    reward = build_reward(objective.reward, objective.reward_options, setup)
+    if objective.scene_reward is None:
+        return reward
+    return ByRowKind(reward, build_reward(objective.scene_reward, objective.reward_options, setup))
 
 
 def build_twin(config: Config, concept_images: list[torch.Tensor], device: torch.device) -> Reward | None:
