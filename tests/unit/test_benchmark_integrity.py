@@ -26,9 +26,10 @@ def networks_used(objective, tmp_path):
                                                        Setting()))
     setup = RewardSetup(reference_images=torch.rand(3, 3, 32, 32), identifier="sks", device=torch.device("cpu"))
     built = []
+    scored = [config.objective.reward] + ([config.objective.scene_reward] if config.objective.scene_reward else [])
     if config.objective.name != "baseline":
-        built.append(build_reward(config.objective.reward, config.objective.reward_options, setup))
-        for name in reward_weights(config.objective.reward):  # and every declared twin (diagnostics)
+        built += [build_reward(reward, config.objective.reward_options, setup) for reward in scored]
+        for name in [name for reward in scored for name in reward_weights(reward)]:  # and every declared twin
             twin = getattr(rewards.get(name), "twin", None)
             if twin:
                 built.append(build_reward(twin, None, setup))
