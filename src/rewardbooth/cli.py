@@ -103,6 +103,9 @@ def _add_bench_toyworld(kinds) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a config override for every run (repeat), e.g. objective.gamma=0.99")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each")
+    parser.add_argument("--summarize-only", action="store_true",
+                        help="run nothing: summarise the stored runs (each comparison over the subject-seed pairs "
+                             "both sides have), e.g. while a long benchmark is still running elsewhere")
     parser.add_argument("--prompts", choices=("all", "unseen"), default="all",
                         help="prompts each run is scored on: the subject's 25, or those naming no scene or "
                              "position that prompt-only training uses (routes trained on scene prompts need it)")
@@ -255,7 +258,7 @@ def _run_bench_toyworld(args: argparse.Namespace) -> None:
         objective_overrides(objective)  # an unknown name fails before any run
     run_toyworld_benchmark(args.output, num_subjects=args.num_subjects, seeds=tuple(args.seeds),
                            objectives=tuple(args.objectives or OBJECTIVES), first_subject=args.first_subject,
-                           jobs=args.jobs,
+                           jobs=args.jobs, run_pending=not args.summarize_only,
                            setting=Setting(steps=args.train_steps, lr=args.lr, overrides=tuple(args.overrides),
                                            prompts=args.prompts))
     print((args.output / "results.md").read_text())

@@ -201,6 +201,13 @@ def test_toyworld_benchmark_resumes_and_summarizes(tmp_path):
     assert set(report["hacking"]) == {"baseline", "dpg-toy-identity-x0"}
     assert set(report["hacking"]["baseline"]) == {"0", "1"}
     assert set(report["pareto_front"]) <= set(objectives) and report["pareto_front"]
+    # Summarising only what is stored: seed 1 was never run, so nothing runs and every comparison uses seed 0.
+    partial = run_toyworld_benchmark(tmp_path, num_subjects=2, seeds=(0, 1), objectives=objectives, setting=setting,
+                                     first_subject=3, run_pending=False)
+    assert not list(tmp_path.glob("runs/*-seed1")) and partial["runs"]["baseline"] == 2
+    assert partial["comparisons"]["dpg-toy-identity-x0 vs baseline"]["heldout_fidelity"]["per_subject"] == \
+        comparison["per_subject"]
+    assert "Partial: runs stored per objective (of 4)" in (tmp_path / "results.md").read_text()
 
 
 def test_bootstrap_interval_brackets_the_mean():

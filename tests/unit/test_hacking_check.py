@@ -61,3 +61,5 @@ def test_the_gap_table_reports_the_widening_of_each_objective():
     lines = gap_lines(table)
     assert lines[-1] == "| hacked | -0.200 | +0.500 | +0.700 |"
     assert math.isclose(float(lines[-2].split("|")[-2]), 0.35)
+    longer = gap_lines({"short": {"0": 0.0, "600": 0.1}, "long": {"0": 0.0, "600": 0.1, "1600": 0.4}})
+    assert longer[-2].endswith("| +0.100 |") and longer[-1].endswith("| +0.400 |")

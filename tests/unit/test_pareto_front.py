@@ -25,3 +25,11 @@ def test_verdicts_read_the_lower_ends_against_the_tuned_dreambooth():
     assert "m: fidelity up, alignment holds" in text
     assert "n: fidelity not up, alignment does not hold" in text
     assert text.count(":") == 3  # the header's and one per method against the tuned DreamBooth only
+
+
+def test_a_comparison_uses_the_pairs_both_sides_have():
+    from rewardbooth.maths.statistics import paired_comparison
+
+    runs = {(1, 0): 0.2, (1, 1): 0.4, (2, 0): -0.1}  # subject 2 lacks seed 1, subject 3 every seed
+    comparison = paired_comparison(lambda subject, seed: runs.get((subject, seed)), [1, 2, 3], [0, 1])
+    assert comparison["per_subject"] == [0.30000000000000004, -0.1] and comparison["subjects"] == 2

@@ -28,13 +28,15 @@ def bootstrap_interval(values: Sequence[float], resamples: int = 10_000, seed: i
     return (float(low), float(high))
 
 
-def paired_comparison(score: Callable[[object, object], float], subjects: Sequence, seeds: Sequence) -> dict:
-    """`score(subject, seed)` is the method's value minus the control's for that run pair.
+def paired_comparison(score: Callable[[object, object], float | None], subjects: Sequence, seeds: Sequence) -> dict:
+    """`score(subject, seed)` is the method's value minus the control's for that run pair, or None where the
+    pair was not run (the subject's delta averages the seeds it has; a subject with none is left out).
 
     Returns {"delta": mean over subjects, "interval": (low, high), "wins": subjects with delta > 0,
     "subjects": how many, "per_subject": [delta per subject]}.
     """
-    per_subject = [statistics.fmean(score(subject, seed) for seed in seeds) for subject in subjects]
+    paired = [[value for seed in seeds if (value := score(subject, seed)) is not None] for subject in subjects]
+    per_subject = [statistics.fmean(values) for values in paired if values]
     return {"delta": statistics.fmean(per_subject), "interval": bootstrap_interval(per_subject),
             "wins": sum(delta > 0 for delta in per_subject), "subjects": len(per_subject),
             "per_subject": per_subject}

@@ -48,10 +48,12 @@ KEYS = tuple(metric_key(judge, metric) for judge in JUDGES for metric in METRICS
 
 def run_toyworld_benchmark(output: Path, num_subjects: int = 8, seeds: tuple[int, ...] = (0, 1, 2),
                            objectives: tuple[str, ...] = tuple(OBJECTIVES), setting: Setting | None = None,
-                           first_subject: int = REPORTED_SUBJECTS_START, jobs: int = 1) -> dict:
+                           first_subject: int = REPORTED_SUBJECTS_START, jobs: int = 1,
+                           run_pending: bool = True) -> dict:
     """`jobs` > 1 runs that many single-threaded processes at once: on a small CPU two one-thread runs
     finish ~1.6x sooner than two two-thread runs one after the other (the toy models are too small to use
-    two threads well)."""
+    two threads well). `run_pending=False` runs nothing and summarises the stored runs: each comparison over
+    the (subject, seed) pairs both sides have (an interrupted benchmark's partial seeds)."""
     setting = setting or Setting()
     objectives = ("baseline", *[name for name in objectives if name != "baseline"])  # deltas need baseline
     indices = list(range(first_subject, first_subject + num_subjects))
@@ -60,6 +62,9 @@ def run_toyworld_benchmark(output: Path, num_subjects: int = 8, seeds: tuple[int
         check_prompt_leak(objective, setting)  # before any run, not after hours of them
     recorded = _recorded(output, setting)
     pending = [run for run in runs if not _result_file(output, *run).is_file() and _key(*run) not in recorded]
+    if not run_pending:
+        runs, pending = [run for run in runs if run not in pending], []
+        objectives = tuple(objective for objective in objectives if any(run[2] == objective for run in runs))
     if jobs > 1 and len(pending) > 1:
         import multiprocessing
 
@@ -71,8 +76,9 @@ def run_toyworld_benchmark(output: Path, num_subjects: int = 8, seeds: tuple[int
         for run in progress(pending, desc="toy benchmark"):
             _run_one((output, *run, setting))
     judges = load_judges()
-    scores = {run: _scores(output, run, judges, recorded) for run in runs}
+    scores = {run: _scores(output, run, judges, recorded) for run in runs}  # only the stored runs, if not run_pending
     report = summarize(scores, indices, seeds, objectives)
+    report["runs"] = {objective: sum(run[2] == objective for run in runs) for objective in objectives}
     report["hacking"] = gap_table({objective: [scores[run]["trace"] for run in runs if run[2] == objective
                                                and "trace" in scores[run]] for objective in objectives})
     ceilings = {index: {name: fidelity_ceiling(subjects.make_subject(index), judge) for name, judge in judges.items()}
@@ -162,23 +168,31 @@ def _run_one(task: tuple) -> None:
 
 def summarize(scores: dict, indices: list[int], seeds: tuple[int, ...], objectives: tuple[str, ...]) -> dict:
     """Absolute means per objective, the paired comparisons of every method with its controls (each metric
-    by each judge), and how far the two judges agree."""
+    by each judge), and how far the two judges agree. A (subject, seed) run missing from `scores` is left
+    out: of an objective's mean, and of every comparison it is one side of."""
     def mean_of(objective: str, key: str) -> float:
-        return statistics.fmean(statistics.fmean(scores[(i, s, objective)][key] for s in seeds) for i in indices)
+        per_subject = [[scores[(i, s, objective)][key] for s in seeds if (i, s, objective) in scores] for i in indices]
+        return statistics.fmean(statistics.fmean(values) for values in per_subject if values)
 
-    summary = {objective: {**{key: mean_of(objective, key) for key in KEYS},
-                           "train_s": statistics.fmean(scores[(i, s, objective)]["train_s"]
-                                                       for i in indices for s in seeds)}
+    summary = {objective: {**{key: mean_of(objective, key) for key in KEYS}, "train_s": mean_of(objective, "train_s")}
                for objective in objectives}
     comparisons = {}
     for method in objectives:
         for control in CONTROLS.get(method, ("baseline",)):
-            if control not in objectives or control == method:
+            if control not in objectives or control == method or not any(
+                    _delta(scores, i, s, method, control, "train_s") is not None for i in indices for s in seeds):
                 continue
             comparisons[f"{method} vs {control}"] = {
-                key: paired_comparison(lambda i, s, k=key, m=method, c=control: scores[(i, s, m)][k] - scores[(i, s, c)][k],
+                key: paired_comparison(lambda i, s, k=key, m=method, c=control: _delta(scores, i, s, m, c, k),
                                        indices, seeds) for key in KEYS}
     return {"summary": summary, "comparisons": comparisons, "judge_agreement": judge_agreement(scores, comparisons)}
+
+
+def _delta(scores: dict, index: int, seed: int, method: str, control: str, key: str) -> float | None:
+    """method - control on one (subject, seed); None when either run is missing."""
+    if (index, seed, method) not in scores or (index, seed, control) not in scores:
+        return None
+    return scores[(index, seed, method)][key] - scores[(index, seed, control)][key]
 
 
 def judge_agreement(scores: dict, comparisons: dict) -> dict:
@@ -209,6 +223,11 @@ def markdown_report(report: dict, setting: Setting) -> str:
     for objective, row in report["summary"].items():
         lines.append(f"| {objective} | {row['heldout_fidelity']:.4f} | {row['heldout_alignment']:.4f} | "
                      f"{row['fidelity']:.4f} | {row['alignment']:.4f} | {row['train_s']:.1f} |")
+    expected = num_subjects * num_seeds
+    if any(count < expected for count in report.get("runs", {}).values()):
+        lines += ["", f"Partial: runs stored per objective (of {expected}): "
+                  + ", ".join(f"{name} {count}" for name, count in report["runs"].items())
+                  + ". Each comparison uses the (subject, seed) pairs both sides have."]
     lines += ["", "Paired deltas (method - control; mean over subjects [95 % bootstrap interval], subjects ahead):",
               "", "| comparison | Δ fidelity (held-out) | Δ alignment (held-out) | Δ fidelity (reward judge) | "
               "Δ alignment (reward judge) |", "|---|---|---|---|---|"]

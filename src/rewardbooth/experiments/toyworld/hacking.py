@@ -59,7 +59,7 @@ def gap_table(traces: dict[str, list[dict[str, dict[str, float]]]]) -> dict[str,
 
 
 def gap_lines(table: dict[str, dict[str, float]]) -> list[str]:
-    """The markdown table of `gap_table`, with each objective's widening (last step - first) beside
+    """The markdown table of `gap_table`, with each objective's widening (its last step - its first) beside
     DreamBooth's."""
     if not table:
         return []
@@ -70,6 +70,7 @@ def gap_lines(table: dict[str, dict[str, float]]) -> list[str]:
              "|---|" + "---|" * (len(steps) + 1)]
     for objective, row in table.items():
         cells = [f"{row[s]:+.3f}" if s in row else "" for s in steps]
-        widening = row[steps[-1]] - row[steps[0]] if steps[0] in row and steps[-1] in row else float("nan")
+        own = sorted(row, key=int)  # a longer run validates at more steps: its own first and last
+        widening = row[own[-1]] - row[own[0]]
         lines.append(f"| {objective} | " + " | ".join(cells) + f" | {widening:+.3f} |")
     return lines
