@@ -54,7 +54,7 @@ def with_identifier(caption: str, instance_prompt: str, identifier: str, mode: s
     if names_identifier(caption, identifier):
         return caption
     if mode == "require":
-        raise UserError(f"caption '{path}' does not name the identifier '{identifier}'; add it (e.g. "
+        raise UserError(f"caption '{path.with_suffix(CAPTION_SUFFIX)}' does not name the identifier '{identifier}'; add it (e.g. "
                         f"'{_example(instance_prompt, identifier)}') or set data.caption_identifier=insert")
     noun = class_noun(instance_prompt, identifier)
     if noun is not None:
