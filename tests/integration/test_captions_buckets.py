@@ -6,8 +6,9 @@ import contextlib
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
-from helpers import TINY_RUN, run_cli, tiny_args
+from helpers import TINY_RUN, StepRecorder, assert_same_weights, run_cli, tiny_args
 from rewardbooth.core.config import load_config
 from rewardbooth.data.images import make_example_subject
 from rewardbooth.training.loop import accumulate_gradients, make_policy
@@ -133,3 +134,22 @@ def test_a_bucketed_captioned_run_trains_validates_and_saves(portraits, tmp_path
     assert run_cli(tiny_args(portraits, out, f"model.pretrained={model}", "method.name=lora", "train.max_steps=2",
                              "validation.every=2", "data.aspect_buckets=true", "data.caption_dropout=0.2")) == 0
     assert (out / "pytorch_lora_weights.safetensors").is_file() and any((out / "samples").iterdir())
+
+
+def test_a_bucketed_run_with_caption_dropout_resumes_bitwise(portraits, tmp_path, monkeypatch):
+    """Ctrl-C after the step-2 checkpoint, then train.resume=latest: the buckets and dropped captions of
+    steps 2-5 are drawn again exactly, so result and metrics are those of the uninterrupted run."""
+    mixed = write_subject(tmp_path / "mixed", portrait=False)  # squares and portraits: two buckets to draw from
+    for index, path in enumerate(sorted(portraits.glob("*.png"))[1:]):
+        Image.open(path).save(mixed / f"portrait_{index}.png")
+    args = ["method.name=lora", "train.lr=1e-3", "train.max_steps=6", "train.checkpoint_every=2",
+            "validation.every=0", "data.aspect_buckets=true", "data.caption_dropout=0.5", "train.batch_size=2"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run_cli(tiny_args(mixed, straight, *args)) == 0
+    recorder = StepRecorder(monkeypatch, interrupt_at=3)
+    assert run_cli(tiny_args(mixed, resumed, *args)) == 130
+    recorder.interrupt_at = None
+    assert run_cli(tiny_args(mixed, resumed, *args, "train.resume=latest")) == 0
+    name = "pytorch_lora_weights.safetensors"
+    assert_same_weights(load_file(straight / name), load_file(resumed / name))
+    assert (straight / "metrics.jsonl").read_text() == (resumed / "metrics.jsonl").read_text()

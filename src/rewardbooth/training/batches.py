@@ -160,6 +160,15 @@ class TrainingData:
         self.scenes, self.scene_share = scenes or {}, scene_share  # instance prompt -> its scene prompts
         self.caption_dropout = caption_dropout
 
+    @property
+    def instance(self) -> ImageSet:
+        """The instance set (without buckets, the only one; with them, the first bucket's)."""
+        return self.instances[0]
+
+    @property
+    def prior(self) -> ImageSet | None:
+        return None if self.priors is None else self.priors[0]
+
     def bucket(self, step: int) -> int:
         """The step's bucket: drawn with probability proportional to its photos, from its own stream; 0 (no
         draw at all) with one bucket."""
