@@ -113,6 +113,9 @@ STEPS = [  # (model, objective, extra overrides): every objective, critic and ki
     ("tiny-flux", "direct", ["method.name=lora", "objective.reward=toy_identity"]),
     ("tiny-flux", "grpo", ["method.name=lora", "objective.grpo.num_steps=2", "objective.grpo.group_size=2",
                            "objective.grpo.trained_steps=1"]),
+    ("tiny-sd3", "dpg", ["method.name=lora"]),
+    ("tiny-sdxl", "dpg", ["method.name=lora"]),  # its size ids: the bucket's (test_training_data.py)
+    ("tiny-zimage", "dpg", ["method.name=lora"]),
 ]
 
 
