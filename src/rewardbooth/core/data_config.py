@@ -34,7 +34,8 @@ class DataConfig:
                                          "used first, class_<k>.png generated to top it up to num_class_images "
                                          "(default: a cache under ~/.cache/rewardbooth)")
     class_num_inference_steps: int = _field(25, "sampler steps used to generate class images")
-    resolution: int = _field(512, "training resolution in pixels; a multiple of the VAE factor")
+    resolution: int = _field(512, "training resolution in pixels; a multiple of the VAE factor (with aspect_buckets: "
+                                  "each bucket keeps about resolution^2 pixels)")
     center_crop: bool = _field(True, "center crop after resizing the short side (else resize the whole image); "
                                      "with aspect_buckets: crop the little left over from the nearest bucket")
     aspect_buckets: bool | tuple[str, ...] = _field(
