@@ -52,6 +52,9 @@ PROMPT_ONLY_TESTS = "tests/integration/test_prompt_only.py"
 ANCHOR_TEST = f"{PROMPT_ONLY_TESTS}::test_the_anchor_is_zero_at_the_base_and_its_gradient_points_back_toward_it"
 TEMPLATE_TESTS = ["tests/unit/test_scene_prompts.py"]
 
+SUBJECTS, CAPTIONS = "src/rewardbooth/training/subjects.py", "src/rewardbooth/data/captions.py"
+CAPTION_TESTS, DATA_TESTS = "tests/integration/test_captions_buckets.py", "tests/unit/test_training_data.py"
+
 PRESETS = "src/rewardbooth/core/presets.py"
 PRESET_HELP_TEST = "tests/unit/test_presets.py::test_help_config_prints_each_preset_values_reason_and_source"
 OPTIONS_TESTS = "tests/contract/test_training_options.py"
@@ -237,6 +240,23 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
                                           ["tests/integration/test_presets_train.py"]),
     "flow-ignores-density": ("src/rewardbooth/models/flow.py", "density=options.density or density, **given)",
                              "density=density, **given)", [OPTIONS_TESTS]),
+    # Captions and aspect buckets (issue 22 item 3): tests/integration/test_captions_buckets.py and the units.
+    "captions-ignored": (SUBJECTS, "        prompts = instance_captions(",
+                         "        prompts = [concept.instance_prompt] * len(loaded) or instance_captions(",
+                         [CAPTION_TESTS, "-k", "captions_reach"]),
+    "caption-identifier-not-inserted": (CAPTIONS, "    noun = class_noun(instance_prompt, identifier)\n    if noun",
+                                        "    return caption\n    noun = class_noun(instance_prompt, identifier)\n"
+                                        "    if noun", [CAPTION_TESTS, "-k", "captions_reach"]),
+    "buckets-ignored": (SUBJECTS, "    buckets = run_buckets(config, parts)\n", "    buckets = None\n",
+                        [CAPTION_TESTS, "-k", "portrait_latents"]),
+    "caption-dropout-ignored": (DATA, "        if self.caption_dropout > 0:", "        if False:",
+                                [DATA_TESTS, "-k", "dropout"]),
+    "bucket-drawn-from-global-rng": (DATA, "generator=step_generator(self.seed, step, BUCKET_STREAM)",
+                                     "generator=None", [DATA_TESTS, "-k", "bucket"]),
+    "sdxl-size-ids-stay-square": (BASE, "        return self.family.micro_conditioning(batch.size)",
+                                  "        return self.micro_conditioning", [DATA_TESTS, "-k", "sdxl"]),
+    "reward-decode-squashes-portraits": (DATA, "    if height == width:\n        return side, side",
+                                         "    if True:\n        return side, side", [DATA_TESTS, "-k", "aspect"]),
 }
 
 

@@ -54,6 +54,17 @@ def test_any_batch_and_resolution(name, condition_on_text, batch_size, size):
     assert q.shape == (batch_size,) and q.dtype == torch.float32 and torch.isfinite(q).all()
 
 
+@pytest.mark.parametrize("height,width", [(12, 20), (20, 12)])
+def test_non_square_latents_of_an_aspect_bucket(name, height, width):
+    """data.aspect_buckets: a portrait's (or landscape's) latents, at a grid the critic was not sized for."""
+    critic = make_critic(spec(8, (16, 16), 32), settings(name=name, hidden_channels=16, input="prediction"))
+    features = torch.randn(2, 8, height, width, requires_grad=True)
+    q = critic(features, torch.randint(1000, (2,)), torch.randn(2, 7, 32))
+    assert q.shape == (2,) and torch.isfinite(q).all()
+    (gradient,) = torch.autograd.grad(q.sum(), features)
+    assert gradient.shape == features.shape and torch.isfinite(gradient).all()
+
+
 def test_learns_to_regress_a_reward_of_its_features(name):
     torch.manual_seed(0)
     config = settings(name=name, hidden_channels=32, lr=3e-3, input="prediction")

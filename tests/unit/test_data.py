@@ -485,7 +485,7 @@ def test_fewer_than_three_photos_are_used_with_a_warning(tmp_path, caplog):
 
 
 def test_photos_far_below_the_training_resolution_are_reported(tmp_path, caplog):
-    from rewardbooth.training.setup import warn_if_small
+    from rewardbooth.training.subjects import warn_if_small
 
     photos = [(tmp_path / "tiny.png", Image.new("RGB", (1, 1))), (tmp_path / "small.png", Image.new("RGB", (8, 8))),
               (tmp_path / "fine.png", Image.new("RGB", (300, 400)))]

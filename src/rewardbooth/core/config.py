@@ -19,6 +19,8 @@ import yaml
 from rewardbooth.core import config_parsing
 from rewardbooth.core.config_parsing import build_dataclass, leaf_values, lookup, parse_override, set_key
 from rewardbooth.core.config_parsing import config_field as _field
+from rewardbooth.core.data_config import ConceptConfig as ConceptConfig  # re-exported: its home until now
+from rewardbooth.core.data_config import DataConfig
 from rewardbooth.core.errors import UserError
 
 PRESET_DIR = Path(__file__).parents[1] / "presets"
@@ -44,40 +46,6 @@ class ModelConfig:
     training_guidance: float | None = _field(
         None, "FLUX-dev: the guidance-embedding value the transformer gets in training (default: the family's "
               "3.5, diffusers' train_dreambooth_lora_flux.py; ai-toolkit-style trainers use 1.0)")
-
-
-@dataclass(frozen=True)
-class ConceptConfig:
-    """One more subject of a multi-concept run, with its own photos, prompt and identifier."""
-
-    instance_dir: str | None = _field(None, "folder of 3-6 photos of this subject")
-    instance_prompt: str | None = _field(None, "its training prompt, containing its identifier")
-    identifier: str | None = _field(None, "its rare token (custom_diffusion: its own new token, e.g. '<new2>')")
-    class_prompt: str | None = _field(None, "its class prompt, for prior preservation")
-    class_dir: str | None = _field(None, "its class-image cache folder (default: under ~/.cache/rewardbooth)")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    instance_dir: str | None = _field(None, "folder of 3-6 photos of the subject")
-    instance_prompt: str = _field("a photo of sks dog", "training prompt; must contain the identifier")
-    identifier: str = _field("sks", "rare token that names the subject inside prompts")
-    class_prompt: str = _field("a photo of dog", "prompt of the subject's class, for prior preservation")
-    prior_preservation: bool = _field(False, "add a class-image batch with the prior loss (DreamBooth)")
-    num_class_images: int = _field(100, "class images generated once with the base model and cached")
-    class_dir: str | None = _field(None, "class-image folder: its images (your own class photos, any name) are "
-                                         "used first, class_<k>.png generated to top it up to num_class_images "
-                                         "(default: a cache under ~/.cache/rewardbooth)")
-    class_num_inference_steps: int = _field(25, "sampler steps used to generate class images")
-    resolution: int = _field(512, "training resolution in pixels; a multiple of the VAE factor")
-    center_crop: bool = _field(True, "center crop after resizing the short side (else resize the whole image)")
-    random_flip: bool = _field(True, "random horizontal flips")
-    scene_prompts: str | None = _field(
-        None, "prompts without photos, for objective.scene_share: 'objects', 'live' (shipped lists), 'toy', or a "
-              "file with one prompt per line ({subject} = 'sks dog'); never DreamBench's prompts (docs/rewards.md)")
-    concepts: tuple[ConceptConfig, ...] = _field(
-        (), "more subjects trained in the same run (Custom Diffusion's multi-concept training), each "
-            "{instance_dir, instance_prompt, identifier, class_prompt}; the first subject is the one above")
 
 
 @dataclass(frozen=True)
@@ -326,6 +294,7 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("data.resolution", lambda v: v >= 8, "at least 8"),
     ("data.num_class_images", lambda v: v >= 1, "at least 1"),
     ("data.class_num_inference_steps", lambda v: v >= 1, "at least 1"),
+    ("data.caption_dropout", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("objective.gamma", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("objective.instance_weight", lambda v: v >= 0, "non-negative"),
     ("objective.prior_weight", lambda v: v >= 0, "non-negative"),

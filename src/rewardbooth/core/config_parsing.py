@@ -159,6 +159,9 @@ def _coerce_union(value: Any, args: tuple, key: str) -> Any:
     mappings = [a for a in inner if typing.get_origin(a) is dict]
     if isinstance(value, dict) and mappings:
         return _coerce(value, mappings[0], key)
+    sequences = [a for a in inner if typing.get_origin(a) is tuple]
+    if isinstance(value, (list, tuple, str)) and sequences:  # `bool | tuple[str, ...]`: a list, or one item
+        return _coerce(value, sequences[0], key)
     return _coerce(value, next((a for a in inner if a not in mappings), inner[0]), key)
 
 

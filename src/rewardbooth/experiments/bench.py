@@ -34,7 +34,8 @@ import torch
 from rewardbooth.core.config import Config, ModelConfig, load_config
 from rewardbooth.data.images import make_example_subject
 from rewardbooth.training.loop import make_policy, train_step
-from rewardbooth.training.setup import RunSetup, build_objective, build_run, load_concepts
+from rewardbooth.training.setup import RunSetup, build_objective, build_run
+from rewardbooth.training.subjects import load_concepts
 
 PLAIN, DIAGNOSED = "critic.diagnostics_every=0", "critic.diagnostics_every=1"
 # name -> (config overrides, target time and memory ratio against baseline)

@@ -123,8 +123,9 @@ class StableDiffusion:
     def native_resolution(self, parts: StableDiffusionParts) -> int:
         return parts.unet.config.sample_size * parts.vae_scale_factor
 
-    def micro_conditioning(self, resolution: int) -> torch.Tensor | None:
-        """Extra ids the denoiser takes besides text and t (none here)."""
+    def micro_conditioning(self, resolution: int | tuple[int, int]) -> torch.Tensor | None:
+        """Extra ids the denoiser takes besides text and t (none here), for images of `resolution` px (a side,
+        or (height, width))."""
         return None
 
     def tokenize(self, tokenizers: list, prompts: list[str]) -> tuple[torch.Tensor, ...]:
@@ -188,10 +189,12 @@ class StableDiffusionXL(StableDiffusion):
     load_options = {}
     sampling = SamplingDefaults(num_inference_steps=25, guidance_scale=5.0)  # StableDiffusionXLPipeline's guidance
 
-    def micro_conditioning(self, resolution: int) -> torch.Tensor:
-        """Our training images are resized and centre-cropped to the training size, as the stock pipeline
-        assumes at inference: original = target = (height, width), crop (0, 0). Shape: (1, 6)"""
-        return torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32)
+    def micro_conditioning(self, resolution: int | tuple[int, int]) -> torch.Tensor:
+        """Our training images are resized and centre-cropped to the training size (a square, or an aspect
+        bucket's (height, width)), as the stock pipeline assumes at inference: original = target =
+        (height, width), crop (0, 0). Shape: (1, 6)"""
+        height, width = (resolution, resolution) if isinstance(resolution, int) else resolution
+        return torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
 
     def encode_text(self, encoders: list[nn.Module], token_ids: tuple[torch.Tensor, ...]) -> Conditioning:
         """Both encoders' penultimate hidden states, concatenated, and the second's pooled projection.

@@ -117,7 +117,7 @@ def toy_encoder(device: torch.device, model: str | None = None) -> ImageEncoder:
 
     def features(images: torch.Tensor) -> torch.Tensor:
         images = images.to(device)
-        if images.shape[-1] != RESOLUTION:
+        if tuple(images.shape[-2:]) != (RESOLUTION, RESOLUTION):  # a bucket's portrait too
             images = F.interpolate(images, size=(RESOLUTION, RESOLUTION), mode="bilinear", antialias=True)
         return network(images)[0].float()  # the identity embedding, unit length
 

@@ -47,7 +47,7 @@ class _OnToyJudge:
         self.resolution = RESOLUTION
 
     def _resize(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[-1] == self.resolution:
+        if tuple(images.shape[-2:]) == (self.resolution, self.resolution):  # not a bucket's portrait
             return images
         return F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear", antialias=True)
 

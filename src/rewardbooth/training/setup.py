@@ -19,14 +19,13 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
 from torch import nn
 
-from rewardbooth.core.config import Config, DataConfig, check_values, flat_dict
+from rewardbooth.core.config import Config, check_values, flat_dict
 from rewardbooth.core.errors import UserError
-from rewardbooth.data import images as subject_data
-from rewardbooth.data.concepts import check_concepts, concept_data, concepts_of
+from rewardbooth.data.concepts import concepts_of
 from rewardbooth.maths.dpg import critic_input_channels
 from rewardbooth.methods import Method, make_method, methods
 from rewardbooth.models import ModelParts, load_model
-from rewardbooth.models.families import Process, conditioning_of_prompts
+from rewardbooth.models.families import Process
 from rewardbooth.models.parts import check_precision, check_resolution
 from rewardbooth.rewards import (
     ByRowKind,
@@ -38,8 +37,7 @@ from rewardbooth.rewards import (
     rewards,
 )
 from rewardbooth.rewards.concepts import build_concept_reward
-from rewardbooth.training.batches import ImageSet, TrainingData, image_decoder, with_flips
-from rewardbooth.training.class_images import class_image_dir, generate_class_images, read_class_images
+from rewardbooth.training.batches import TrainingData, image_decoder
 from rewardbooth.training.critic import CriticSpec, check_critic, make_critic, make_critic_optimizer
 from rewardbooth.training.frozen_text import (
     PromptInputs,
@@ -54,8 +52,9 @@ from rewardbooth.training.objectives import (
     needs_of,
     objectives,
 )
-from rewardbooth.training.prompt_only import check_prompt_only, scene_prompts
+from rewardbooth.training.prompt_only import check_prompt_only
 from rewardbooth.training.sharding import check_sharded_run, is_sharded, warn_if_fsdp_ignored
+from rewardbooth.training.subjects import build_training_data, load_subjects, run_buckets
 
 logger = logging.getLogger(__name__)
 
@@ -125,34 +124,6 @@ def make_accelerator(config: Config) -> Accelerator:
                                                            logging_dir=str(output_dir / "logs")))
 
 
-def load_concepts(config: Config) -> list[torch.Tensor]:
-    """Every concept's photos, the main subject first. Shape: -> [(N_k, 3, R, R) float32 in [0, 1]]"""
-    check_concepts(config.data)
-    loaded = []
-    for concept in concepts_of(config.data):
-        subject_data.check_identifier(concept.instance_prompt, concept.identifier)
-        if config.data.prior_preservation and subject_data.names_identifier(concept.class_prompt, concept.identifier):
-            # Class images of "a photo of sks dog" teach the model the subject, not the class it must keep.
-            raise UserError(f"class prompt {concept.class_prompt!r} contains the identifier {concept.identifier!r}, "
-                            f"which defeats prior preservation; name the class only (e.g. 'a photo of dog')")
-        images = subject_data.load_subject_images(concept.instance_dir)
-        warn_if_small(images, config.data.resolution)
-        loaded.append(torch.stack([subject_data.image_to_tensor(image, config.data.resolution,
-                                                                config.data.center_crop) for _, image in images]))
-    return loaded
-
-
-def warn_if_small(images: list[tuple[Path, object]], resolution: int) -> None:
-    """Photos far smaller than the training resolution are upscaled into a blur that the model then learns."""
-    small = sorted(((min(image.size), path, image.size) for path, image in images if min(image.size) * 2 < resolution),
-                   key=lambda entry: entry[0])
-    if small:
-        side, path, (width, height) = small[0]
-        logger.warning("%d of %d photos are far below data.resolution=%d (smallest: '%s', %dx%d px, upscaled %.0fx), "
-                       "so the subject will be learnt blurry; use photos of at least %d px", len(small), len(images),
-                       resolution, path, width, height, resolution / side, resolution // 2)
-
-
 def check_component_names(config: Config) -> None:
     """Resolve every registry name (importing dotted paths) before any slow work, so typos fail at once."""
     methods.get(config.method.name)
@@ -186,9 +157,11 @@ def build_run(config: Config) -> RunSetup:
         check_sharded_run(config)
     warn_if_fsdp_ignored(accelerator)
     set_seed(config.train.seed)  # for user components that draw from the global generators
-    concept_images = load_concepts(config)
+    subjects = load_subjects(config)  # photos, captions and identifiers checked before the model loads
+    concept_images = [subject.squares(config.data) for subject in subjects]
     parts = load_model(config.model)
     check_resolution(config.data.resolution, parts)
+    run_buckets(config, parts)  # a bad data.aspect_buckets size fails before anything slow or written
     check_precision(config.train.mixed_precision, parts)
     device, autocast_dtype = accelerator.device, AUTOCAST_DTYPES[config.train.mixed_precision]
     method = make_method(parts, config)
@@ -196,7 +169,7 @@ def build_run(config: Config) -> RunSetup:
     place_models(parts, method, device, autocast_dtype, train_text_encoder)
 
     trained_encoders = tuple(name for name in parts.named_text_encoders if name in method.trainable)
-    data = build_training_data(config, parts, concept_images, trained_encoders, accelerator)
+    data = build_training_data(config, parts, subjects, concept_images, trained_encoders, accelerator)
     validation_inputs = None
     if not trained_encoders:  # frozen: every prompt is encoded now (training data above, validation here)
         if config.validation.every:
@@ -323,44 +296,6 @@ def reward_setups(config: Config, concept_images: list[torch.Tensor], device: to
     """What each concept's reward is built from: its photos and its identifier."""
     return [RewardSetup(reference_images=images, identifier=concept.identifier, device=device)
             for concept, images in zip(concepts_of(config.data), concept_images, strict=True)]
-
-
-def build_training_data(config: Config, parts: ModelParts, concept_images: list[torch.Tensor],
-                        trained_encoders: tuple[str, ...], accelerator: Accelerator) -> TrainingData:
-    data_config, flip = config.data, config.data.random_flip
-    concepts = concepts_of(data_config)
-    cache = config.train.cache_latents
-    instance = prompted_set(concept_images, [c.instance_prompt for c in concepts], flip, parts.vae, cache)
-    prior = None
-    if data_config.prior_preservation:
-        class_images = [load_class_images(parts, concept_data(data_config, concept), accelerator)
-                        for concept in concepts]
-        prior = prompted_set(class_images, [c.class_prompt for c in concepts], flip, parts.vae, cache)
-    scenes = scene_prompts(config)  # prompts without photos, per concept (objective.scene_share)
-    prompts = [prompt for c in concepts for prompt in (c.instance_prompt, c.class_prompt) if prompt]
-    prompts += [prompt for options in scenes.values() for prompt in options if prompt not in prompts]
-    # Frozen text encoders give the same embedding every step: the family computes it once per prompt.
-    conditioning = conditioning_of_prompts(parts, prompts, trained_encoders)
-    return TrainingData(parts.vae, parts.latent_space, parts.process, instance, prior, conditioning,
-                        seed=config.train.seed, scenes=scenes, scene_share=config.objective.scene_share)
-
-
-def prompted_set(image_groups: list[torch.Tensor], prompts: list[str], flip: bool, vae, cache: bool) -> ImageSet:
-    """One image set over several concepts' images, each image labelled with its concept's prompt."""
-    groups = [with_flips(images, flip) for images in image_groups]
-    labels = [prompt for prompt, images in zip(prompts, groups, strict=True) for _ in range(len(images))]
-    return ImageSet(torch.cat(groups), labels, vae, cache=cache)
-
-
-def load_class_images(parts: ModelParts, data_config: DataConfig, accelerator: Accelerator) -> torch.Tensor:
-    """One concept's class images, generated once by the main process and cached. Shape: -> (M, 3, R, R)"""
-    folder = class_image_dir(data_config, parts.source)
-    if accelerator.is_main_process:
-        generate_class_images(parts, data_config, folder, accelerator.device)
-    accelerator.wait_for_everyone()
-    images = read_class_images(folder, data_config.num_class_images)  # a user's own photos too; corrupt ones skipped
-    return torch.stack([subject_data.image_to_tensor(image, data_config.resolution, data_config.center_crop)
-                        for _, image in images])
 
 
 def make_policy_optimizer(parameters: list[nn.Parameter], config: Config) -> torch.optim.Optimizer:

@@ -54,6 +54,13 @@ class Policy:
     objective: Objective
     diagnostic_reward: Reward | None = None  # a differentiable reward (or a black box's twin) for diagnostics
 
+    def size_ids(self, batch: Batch) -> torch.Tensor | None:
+        """The family's extra ids for the batch's images: SDXL's size ids of the step's aspect bucket, the run's
+        (data.resolution square) without buckets; None for families without any."""
+        if batch.size is None or self.micro_conditioning is None:
+            return self.micro_conditioning
+        return self.family.micro_conditioning(batch.size)
+
 
 @dataclass
 class Losses:
@@ -95,7 +102,7 @@ def denoise(policy: Policy, batch: Batch, process: Process, scene_steps: int | N
         x_t, timesteps = prompt_only_states(policy, batch, process, x_t, timesteps, scene_steps)
     # The deterministic policy's action is the denoiser's output, conditioned as the family conditions it.
     action, text = policy.family.denoise(policy.denoiser, x_t, timesteps, batch.conditioning,
-                                         policy.text_encoders, policy.micro_conditioning)
+                                         policy.text_encoders, policy.size_ids(batch))
     target = process.target(batch.x0, batch.noise, timesteps)
     mse = dpg.per_sample_mse(action, target)
     n = batch.num_instance

@@ -50,6 +50,7 @@ class Rollouts:
     next_times: torch.Tensor  # (S,) the time it steps to (< 0: the end of sampling)
     conditioning: dict[str, torch.Tensor]  # per image
     advantages: torch.Tensor  # (N,)
+    micro: torch.Tensor | None = None  # the family's extra ids for the batch's image size (SDXL's)
 
 
 @objectives.register("grpo")
@@ -95,7 +96,7 @@ class GroupRelativePolicyOptimization:
         for t, t_next in zip(times, next_times):
             t, t_next = t.expand(len(x)), t_next.expand(len(x))
             action, _ = policy.family.denoise(policy.denoiser, x, t, conditioning, policy.text_encoders,
-                                              policy.micro_conditioning)
+                                              policy.size_ids(batch))
             states.append(x)
             x, log_prob = process.stochastic_step(x, action.float(), t, t_next, options.eta, generator)
             next_states.append(x)
@@ -107,7 +108,7 @@ class GroupRelativePolicyOptimization:
         output = scorer(reward, x.float())
         advantages = rollout.group_advantages(output.scores, options.group_size, options.advantage_clip)
         return Rollouts(torch.stack(states), torch.stack(next_states), torch.stack(log_probs), times, next_times,
-                        conditioning, advantages.to(x.device)), output
+                        conditioning, advantages.to(x.device), policy.size_ids(batch)), output
 
     def reinforce(self, policy: Policy, process: RolloutProcess, rollouts: Rollouts,
                   generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -121,7 +122,7 @@ class GroupRelativePolicyOptimization:
             x_t, x_next = rollouts.states[column, rows], rollouts.next_states[column, rows]
             t, t_next = rollouts.times[column], rollouts.next_times[column]
             action, _ = policy.family.denoise(policy.denoiser, x_t, t, rollouts.conditioning, policy.text_encoders,
-                                              policy.micro_conditioning)
+                                              rollouts.micro)
             _, log_prob = process.stochastic_step(x_t, action.float(), t, t_next, options.eta, x_next=x_next)
             surrogate, ratio = rollout.clipped_surrogate(log_prob, rollouts.log_probs[column, rows],
                                                          rollouts.advantages, options.clip_range)
@@ -130,7 +131,7 @@ class GroupRelativePolicyOptimization:
             if options.kl_weight > 0:
                 with torch.no_grad(), adapters_off(policy.denoiser):
                     base_action, _ = policy.family.denoise(policy.denoiser, x_t, t, rollouts.conditioning,
-                                                           policy.text_encoders, policy.micro_conditioning)
+                                                           policy.text_encoders, rollouts.micro)
                     _, base_log_prob = process.stochastic_step(x_t, base_action.float(), t, t_next, options.eta,
                                                                x_next=x_next)
                 kls.append(rollout.kl_estimate(log_prob, base_log_prob).mean())

@@ -96,7 +96,7 @@ def anchor_terms(policy: Policy, step: Denoised, batch: Batch, config: Config) -
     with torch.no_grad(), adapters_off(policy.denoiser):
         base, _ = policy.family.denoise(policy.denoiser, step.x_t[rows], step.timesteps[rows],
                                         batch.conditioning.select(rows), policy.text_encoders,
-                                        policy.micro_conditioning)
+                                        policy.size_ids(batch))
     distance = dpg.per_sample_mse(step.action[rows], base).mean()
     return {"anchor": distance.detach(), "anchor_term": weight * distance}
 

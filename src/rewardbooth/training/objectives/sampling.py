@@ -79,7 +79,7 @@ def prompt_only_states(policy: Policy, batch: Batch, process: Process, x_t: torc
     for j in range(int(stops.max())):
         t, t_next = grid[j].expand(len(rows)), grid[j + 1].expand(len(rows))
         action, _ = policy.family.denoise(policy.denoiser, x.to(x_t.dtype), t, conditioning, policy.text_encoders,
-                                          policy.micro_conditioning)
+                                          policy.size_ids(batch))
         moved, _ = process.stochastic_step(x, action.float(), t, t_next, SCENE_ETA, generator)
         x = torch.where((stops > j).view(-1, *[1] * (x.dim() - 1)), moved, x)  # rows already there stay
     return x_t.index_put((rows,), x.to(x_t.dtype)), timesteps.index_put((rows,), grid[stops].to(timesteps.dtype))
