@@ -90,7 +90,8 @@ def test_quantized_lora_trains_and_applies_to_the_unquantized_base(flux_folder, 
      "but method.name=custom_diffusion trains its weights; use method.name=lora"),
 ], ids=["dreambooth", "custom-diffusion"])
 def test_a_method_training_the_base_is_refused(overrides, message, subject_dir, tmp_path, capsys):
-    args = tiny_args(subject_dir, tmp_path / "run", "model.pretrained=tiny-flux", "model.quantize=int8", *overrides)
+    args = tiny_args(subject_dir, tmp_path / "run", "model.pretrained=tiny-flux", "model.quantize=int8",
+                     "train.max_steps=2", "validation.every=0", *overrides)  # unrefused, a short run fails fast
     assert run_cli(args) == 2
     error = capsys.readouterr().err.strip()
     assert message in error and len(error.splitlines()) == 1
