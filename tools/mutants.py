@@ -234,6 +234,8 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
                              [QUANTIZED_TESTS, "-k", "nf4"]),
     "quantized-denoiser-cast": (SETUP, "            if is_quantized(module):", "            if False:",
                                 [QUANTIZED_TESTS, "-k", "trains"]),
+    "quantized-checkpoint-whole": (SETUP, "        keep_trained_state_only(parts.denoiser)", "        pass",
+                                   [QUANTIZED_TESTS, "-k", "checkpoint"]),
 }
 
 

@@ -106,3 +106,18 @@ def test_nf4_without_cuda_is_refused(subject_dir, tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert "model.quantize=nf4 (bitsandbytes 4-bit) needs a CUDA GPU" in error and "model.quantize=int8" in error
     assert len(error.splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_holds_the_adapters_and_resumes_the_same_run(flux_folder, subject_dir, tmp_path):
+    """accelerate's checkpoint of the quantized transformer: its adapters only (safetensors cannot write
+    torchao's weights, and resuming reloads them from the model); steps 1-2 + resume + step 3 = steps 1-3."""
+    steps = ["model.quantize=int8", "train.checkpoint_every=2"]
+    whole = train(subject_dir, tmp_path / "whole", flux_folder, *steps, "train.max_steps=3")
+    train(subject_dir, tmp_path / "cut", flux_folder, *steps, "train.max_steps=2")
+    checkpoint = tmp_path / "cut" / "checkpoints" / "step_000002"
+    stored = load_file(checkpoint / "model.safetensors")  # the first prepared model: the transformer
+    assert stored and all(".lora_A." in key or ".lora_B." in key for key in stored)
+    resumed = train(subject_dir, tmp_path / "cut", flux_folder, *steps, "train.max_steps=3", "train.resume=latest")
+    assert whole.keys() == resumed.keys()
+    for key in whole:
+        torch.testing.assert_close(resumed[key], whole[key], rtol=0, atol=0, msg=key)

@@ -86,3 +86,21 @@ def quantize_denoiser(parts: ModelParts, quantize: str, compute_dtype: torch.dty
 def is_quantized(module: torch.nn.Module) -> bool:
     """Whether diffusers loaded `module` quantized (its `.to(dtype)` is then refused or meaningless)."""
     return bool(getattr(module, "is_quantized", False))
+
+
+def keep_trained_state_only(module: torch.nn.Module) -> None:
+    """From now on `module.state_dict()` holds only the parameters that train now (the adapters), and loading
+    a state dict expects only those: what a checkpoint (accelerate's `save_state` / `load_state`) must hold of
+    a quantized base, whose frozen weights safetensors cannot write (torchao's tensor types) and which
+    resuming reloads from the model anyway. Names are read once, here, after the method added its adapters."""
+    trained = {name for name, parameter in module.named_parameters() if parameter.requires_grad}
+
+    def drop_frozen(module, state_dict, prefix, local_metadata) -> None:
+        for key in [key for key in state_dict if key.removeprefix(prefix) not in trained]:
+            del state_dict[key]
+
+    def forgive_frozen(module, incompatible_keys) -> None:
+        incompatible_keys.missing_keys[:] = [key for key in incompatible_keys.missing_keys if key in trained]
+
+    module.register_state_dict_post_hook(drop_frozen)
+    module.register_load_state_dict_post_hook(forgive_frozen)

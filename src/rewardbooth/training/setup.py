@@ -28,7 +28,7 @@ from rewardbooth.methods import Method, make_method, methods
 from rewardbooth.models import ModelParts, load_model
 from rewardbooth.models.families import Process, conditioning_of_prompts
 from rewardbooth.models.parts import check_precision, check_resolution
-from rewardbooth.models.quantization import check_quantize, is_quantized
+from rewardbooth.models.quantization import check_quantize, is_quantized, keep_trained_state_only
 from rewardbooth.rewards import (
     Reward,
     RewardSetup,
@@ -194,6 +194,8 @@ def build_run(config: Config) -> RunSetup:
     check_resolution(config.data.resolution, parts)
     check_precision(config.train.mixed_precision, parts)
     method = make_method(parts, config)
+    if is_quantized(parts.denoiser):
+        keep_trained_state_only(parts.denoiser)  # checkpoints hold its adapters, not its quantized base
     train_text_encoder = any(name in method.trainable for name in parts.named_text_encoders)
     place_models(parts, method, device, autocast_dtype, train_text_encoder)
 
