@@ -63,9 +63,10 @@ def test_a_built_in_is_quantized_in_memory():
 
 def test_quantized_lora_trains_and_applies_to_the_unquantized_base(flux_folder, subject_dir, tmp_path):
     """With what a big model needs beside it: gradient checkpointing of the transformer and the text encoders'
-    weights dropped once setup has encoded the prompts."""
+    weights dropped once setup has encoded the prompts; validation samples from the quantized model."""
     saved = train(subject_dir, tmp_path / "int8", flux_folder, "model.quantize=int8",
-                  "train.gradient_checkpointing=true", "train.offload_text_encoders=free")
+                  "train.gradient_checkpointing=true", "train.offload_text_encoders=free", "validation.every=2")
+    assert (tmp_path / "int8" / "samples" / "step_000002.png").is_file()
     rows = [json.loads(line) for line in (tmp_path / "int8" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(np.isfinite(row["loss"]) and np.isfinite(row["critic_loss"]) for row in rows)
     assert any("lora_B" in key and value.abs().sum() > 0 for key, value in saved.items())  # B starts at 0
