@@ -14,10 +14,12 @@
 #
 # The GPU machine reaches no package registry: its python3 has CUDA torch, transformers, accelerate, peft,
 # safetensors, tokenizers, pillow and pyyaml, but not diffusers. `prepare` puts wheels of diffusers (the
-# version installed here), of this project, of pytest and of the quantization backends (bitsandbytes for nf4,
-# torchao for int8/fp8: model.quantize) into .gpu-wheels/ (about 60 MB); carry that folder with the run
-# (device tool: carry [".gpu-wheels"]) and the script installs them with --no-index --no-deps into a venv that
-# sees the machine's own packages. Parts that need what is not there (dlib, for the face reward) are skipped.
+# version installed here), of pytest and of the quantization backends (bitsandbytes for nf4, torchao for
+# int8/fp8: model.quantize) into .gpu-wheels/ (53 MB, under the device tool's 64 MiB carry limit); carry that
+# folder with the run (device tool: carry [".gpu-wheels"]) and the script installs them with --no-index
+# --no-deps into a venv that sees the machine's own packages, and this project from the copied working tree
+# (its src/ on the venv's path: a wheel of it would add 17 MB of toy-world assets to the carry). Parts that
+# need what is not there (dlib, for the face reward) are skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 wheels=.gpu-wheels
@@ -30,7 +32,6 @@ prepare() {
   "$python" -m pip download --quiet --no-deps --only-binary=:all: -d "$wheels.partial" \
     "diffusers==$diffusers_version" pytest pluggy iniconfig pytest-timeout \
     "bitsandbytes>=0.45,<0.51" "torchao>=0.15,<0.19" || exit 1
-  "$python" -m pip wheel --quiet --no-deps -w "$wheels.partial" . || exit 1
   rm -rf "$wheels" && mv "$wheels.partial" "$wheels"
   du -sh "$wheels"; ls "$wheels"
 }
@@ -49,7 +50,9 @@ else
   if [ ! -x .venv-gpu/bin/python ]; then
     [ -d "$wheels" ] || { echo "no $wheels/: run 'bash benchmarks/gpu-check.sh prepare' here and carry it" >&2; exit 2; }
     python3 -m venv --system-site-packages .venv-gpu && \
-      .venv-gpu/bin/pip install --quiet --no-index --no-deps "$wheels"/*.whl || exit 1
+      .venv-gpu/bin/pip install --quiet --no-index --no-deps "$wheels"/*.whl && \
+      .venv-gpu/bin/python -c "import site, sys; open(site.getsitepackages()[0] + '/rewardbooth-src.pth', 'w').write(sys.argv[1])" \
+        "$PWD/src" || exit 1
   fi
   python=.venv-gpu/bin/python
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.csv" 2>&1
