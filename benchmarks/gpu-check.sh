@@ -8,14 +8,18 @@
 #   bash benchmarks/gpu-check.sh --dry-run all         # on a CPU: every part's commands at tiny scale (CI runs it)
 #
 # Parts: tests (the `gpu` test tier), sd (SD-1.5 512 px fp16, every DPG variant; LoRA), sdxl (SDXL LoRA 1024 px
-# bf16; evaluation throughput), flow (FLUX.1 LoRA 512 px bf16, SD3.5-medium LoRA 1024 px bf16, peak memory).
+# bf16; evaluation throughput), flow (FLUX.1 LoRA 512 px bf16, SD3.5-medium LoRA 1024 px bf16, peak memory),
+# quant (FLUX.1 LoRA over an nf4 base at 512 and 1024 px, peak memory against issue 22's targets).
 # `all` is every part in turn (too long for one call on a lease: run the parts one call each).
 #
 # The GPU machine reaches no package registry: its python3 has CUDA torch, transformers, accelerate, peft,
 # safetensors, tokenizers, pillow and pyyaml, but not diffusers. `prepare` puts wheels of diffusers (the
-# version installed here), of this project and of pytest into .gpu-wheels/; carry that folder with the run
-# (device tool: carry [".gpu-wheels"]) and the script installs them with --no-index --no-deps into a venv that
-# sees the machine's own packages. Parts that need what is not there (dlib, for the face reward) are skipped.
+# version installed here), of pytest and of the quantization backends (bitsandbytes for nf4, torchao for
+# int8/fp8: model.quantize) into .gpu-wheels/ (53 MB, under the device tool's 64 MiB carry limit); carry that
+# folder with the run (device tool: carry [".gpu-wheels"]) and the script installs them with --no-index
+# --no-deps into a venv that sees the machine's own packages, and this project from the copied working tree
+# (its src/ on the venv's path: a wheel of it would add 17 MB of toy-world assets to the carry). Parts that
+# need what is not there (dlib, for the face reward) are skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 wheels=.gpu-wheels
@@ -26,8 +30,8 @@ prepare() {
   local diffusers_version
   diffusers_version=$("$python" -c "import diffusers; print(diffusers.__version__)") || exit 1
   "$python" -m pip download --quiet --no-deps --only-binary=:all: -d "$wheels.partial" \
-    "diffusers==$diffusers_version" pytest pluggy iniconfig pytest-timeout || exit 1
-  "$python" -m pip wheel --quiet --no-deps -w "$wheels.partial" . || exit 1
+    "diffusers==$diffusers_version" pytest pluggy iniconfig pytest-timeout \
+    "bitsandbytes>=0.45,<0.51" "torchao>=0.15,<0.19" || exit 1
   rm -rf "$wheels" && mv "$wheels.partial" "$wheels"
   du -sh "$wheels"; ls "$wheels"
 }
@@ -35,7 +39,7 @@ prepare() {
 dry_run=0
 if [ "${1:-}" = "--dry-run" ]; then dry_run=1; shift; fi
 if [ "${1:-}" = "prepare" ]; then prepare; exit $?; fi
-[ $# -gt 0 ] || { echo "usage: gpu-check.sh [--dry-run] prepare | all | PART... (parts: tests sd sdxl flow)" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: gpu-check.sh [--dry-run] prepare | all | PART... (parts: tests sd sdxl flow quant)" >&2; exit 2; }
 
 out=${OUT:-benchmarks/results/gpu-$(date +%Y%m%d)}
 mkdir -p "$out"
@@ -46,7 +50,9 @@ else
   if [ ! -x .venv-gpu/bin/python ]; then
     [ -d "$wheels" ] || { echo "no $wheels/: run 'bash benchmarks/gpu-check.sh prepare' here and carry it" >&2; exit 2; }
     python3 -m venv --system-site-packages .venv-gpu && \
-      .venv-gpu/bin/pip install --quiet --no-index --no-deps "$wheels"/*.whl || exit 1
+      .venv-gpu/bin/pip install --quiet --no-index --no-deps "$wheels"/*.whl && \
+      .venv-gpu/bin/python -c "import site, sys; open(site.getsitepackages()[0] + '/rewardbooth-src.pth', 'w').write(sys.argv[1])" \
+        "$PWD/src" || exit 1
   fi
   python=.venv-gpu/bin/python
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.csv" 2>&1
@@ -63,11 +69,12 @@ step() {  # name, timeout in seconds, command...
 }
 # bench NAME LIMIT MODEL RESOLUTION PRECISION TIMED WARMUP [bench step options...]: on a dry run the model is its
 # tiny twin at 64 px, full precision, one timed step of baseline and DPG look-forward (options given later win),
-# so every option is exercised on the CPU in seconds.
+# and an nf4 base (bitsandbytes: CUDA only) is torchao's int8, so every option is exercised on the CPU in seconds.
 bench() {
   local name=$1 limit=$2 model=$3 resolution=$4 precision=$5 timed=$6 warmup=$7; shift 7
-  local dry=()
+  local dry=() options=("$@")
   if [ $dry_run = 1 ]; then
+    options=("${options[@]/model.quantize=nf4/model.quantize=int8}")
     dry=(--variants dpg-look-forward)
     case $model in sd15-random) model=tiny ;; sdxl-random) model=tiny-sdxl ;; flux-random) model=tiny-flux ;;
                    sd35m-random) model=tiny-sd3 ;; esac
@@ -75,7 +82,17 @@ bench() {
   fi
   step "$name" "$limit" "$python" -m rewardbooth bench step --model "$model" --resolution "$resolution" \
     --mixed-precision "$precision" --timed-steps "$timed" --warmup-steps "$warmup" \
-    --output "$out/$name.json" "${dry[@]}" "$@"
+    --output "$out/$name.json" "${dry[@]}" "${options[@]}"
+}
+# targets NAME [PEAK_GIB]: the bench report's peak memory (CUDA reserved) and DPG/baseline memory ratio against
+# issue 22's targets (rewardbooth.experiments.memory_targets); a dry run prints them without failing.
+targets() {
+  local name=$1 peak=() report=()
+  [ -n "${2:-}" ] && peak=(--peak-gib "$2")
+  [ $dry_run = 1 ] && report=(--report-only)
+  [ -f "$out/$name.json" ] || return 0  # its bench failed, and says so above
+  step "$name-targets" 60 "$python" -m rewardbooth.experiments.memory_targets "$out/$name.json" "${peak[@]}" \
+    "${report[@]}"
 }
 
 part_tests() {
@@ -105,13 +122,26 @@ part_flow() {
     --set train.gradient_checkpointing=true
   bench sd35m-1024-bf16-lora 110 sd35m-random 1024 bf16 5 1 --method lora --variants dpg-look-forward \
     --set train.gradient_checkpointing=true
+  targets flux-512-bf16-lora
+  targets sd35m-1024-bf16-lora 16
+}
+# FLUX.1 LoRA over an nf4 base (QLoRA): the 12 B transformer in 4 bits, T5's weights dropped after setup, the
+# transformer checkpointed. Building the random transformer, then saving and reloading it quantized, takes
+# about a minute of each limit (rewardbooth.models.quantization.quantize_denoiser).
+part_quant() {
+  local qlora=(--method lora --variants dpg-look-forward --set model.quantize=nf4
+               --set train.gradient_checkpointing=true --set train.offload_text_encoders=free)
+  bench flux-512-nf4-lora 240 flux-random 512 bf16 3 1 "${qlora[@]}"
+  targets flux-512-nf4-lora 24
+  bench flux-1024-nf4-lora 240 flux-random 1024 bf16 3 1 "${qlora[@]}"
+  targets flux-1024-nf4-lora 40
 }
 
 for part in "$@"; do
   case $part in
-    all) part_tests; part_sd; part_sdxl; part_flow ;;
-    tests|sd|sdxl|flow) "part_$part" ;;
-    *) echo "unknown part '$part': choose from tests sd sdxl flow all" >&2; exit 2 ;;
+    all) part_tests; part_sd; part_sdxl; part_flow; part_quant ;;
+    tests|sd|sdxl|flow|quant) "part_$part" ;;
+    *) echo "unknown part '$part': choose from tests sd sdxl flow quant all" >&2; exit 2 ;;
   esac
 done
 cat "$out/summary.txt"

@@ -59,6 +59,10 @@ PRESETS = "src/rewardbooth/core/presets.py"
 PRESET_HELP_TEST = "tests/unit/test_presets.py::test_help_config_prints_each_preset_values_reason_and_source"
 OPTIONS_TESTS = "tests/contract/test_training_options.py"
 
+# A quantized frozen base under LoRA (issue 22 item 2): tests/integration/test_quantized_lora.py.
+LOADERS, QUANTIZATION = "src/rewardbooth/models/loaders.py", "src/rewardbooth/models/quantization.py"
+QUANTIZED_TESTS = "tests/integration/test_quantized_lora.py"
+
 MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard it, when not the default])
     "card-over-users-readme": (CARD, "return next((name for name in CARD_NAMES if name not in foreign), None)",
                                "return CARD_NAMES[0]", [f"{CARD_TESTS[0]}::test_a_users_readme_is_left_alone_and_overwrite_removes_only_the_card"]),
@@ -257,6 +261,18 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
                                   "        return self.micro_conditioning", [DATA_TESTS, "-k", "sdxl"]),
     "reward-decode-squashes-portraits": (DATA, "    if height == width:\n        return side, side",
                                          "    if True:\n        return side, side", [DATA_TESTS, "-k", "aspect"]),
+    "folder-ignores-quantize": (LOADERS, "kwargs.update(pipeline_options(config.quantize, denoiser_name, ",
+                                "((", [QUANTIZED_TESTS, "-k", "folder_loads"]),
+    "built-in-ignores-quantize": (LOADERS, "parts = quantize_denoiser(parts, config.quantize, compute_dtype or "
+                                  "torch.float32)", "pass", [QUANTIZED_TESTS, "-k", "built_in"]),
+    "quantize-unchecked": (SETUP, "    check_quantize(config.model.quantize, config.method.name,\n",
+                           "    (config.model.quantize, config.method.name,\n", [QUANTIZED_TESTS, "-k", "refused"]),
+    "nf4-on-cpu-unchecked": (QUANTIZATION, 'if quantize == "nf4" and not cuda:', "if False:",
+                             [QUANTIZED_TESTS, "-k", "nf4"]),
+    "quantized-denoiser-cast": (SETUP, "            if is_quantized(module):", "            if False:",
+                                [QUANTIZED_TESTS, "-k", "trains"]),
+    "quantized-checkpoint-whole": (SETUP, "        keep_trained_state_only(parts.denoiser)", "        pass",
+                                   [QUANTIZED_TESTS, "-k", "checkpoint"]),
 }
 
 

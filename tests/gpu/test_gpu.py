@@ -107,3 +107,37 @@ def test_clip_features_match_transformers_processor_and_model():
     for photo, row in zip(photos, expected):
         assert F.cosine_similarity(ours.images(_pil_to_tensor(photo)[None]).cpu(), row[None]).item() > 0.999
     assert F.cosine_similarity(ours.text("a cat").cpu()[None], text).item() > 0.9999
+
+
+@pytest.mark.gpu
+def test_nf4_quantized_lora_on_cuda(subject_dir, tmp_path):
+    """model.quantize=nf4 (bitsandbytes, CUDA only): tiny-flux's transformer loads as 4-bit layers, LoRA trains
+    over it in bf16 with gradient checkpointing, and the saved LoRA applies to the unquantized stock pipeline."""
+    pytest.importorskip("bitsandbytes", reason="model.quantize=nf4 needs bitsandbytes (the quantize extra)")
+    import bitsandbytes as bnb
+    from diffusers import FluxPipeline
+
+    from rewardbooth.core.config import ModelConfig
+    from rewardbooth.models import load_model
+
+    folder = tmp_path / "tiny-flux"
+    load_model(ModelConfig("tiny-flux")).pipeline().save_pretrained(folder)
+    parts = load_model(ModelConfig(str(folder), quantize="nf4"), compute_dtype=torch.bfloat16)
+    assert isinstance(parts.transformer.transformer_blocks[0].attn.to_q, bnb.nn.Linear4bit)
+    out = tmp_path / "run"
+    assert run_cli(tiny_args(subject_dir, out, f"model.pretrained={folder}", "model.quantize=nf4",
+                             "method.name=lora", "train.mixed_precision=bf16", "train.gradient_checkpointing=true",
+                             "train.max_steps=3", "validation.every=0", "train.lr=1e-3")) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(row["loss"]) for row in rows)
+    saved = load_file(out / "pytorch_lora_weights.safetensors")
+    assert any("lora_B" in key and value.abs().sum() > 0 for key, value in saved.items())
+    stock = FluxPipeline.from_pretrained(folder).to("cuda")
+
+    def draw():
+        return np.asarray(stock("a photo of sks dog", num_inference_steps=2, height=64, width=64,
+                                generator=torch.Generator("cuda").manual_seed(0)).images[0]).astype(int)
+
+    base = draw()
+    stock.load_lora_weights(str(out))
+    assert np.abs(draw() - base).max() > 0

@@ -24,13 +24,18 @@ def test_dry_run_runs_every_part(tmp_path):
     result = run_script("--dry-run", "all", out=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     benches = sorted(path.name for path in tmp_path.glob("*.json"))
-    assert benches == ["evaluation.json", "flux-512-bf16-lora.json", "sd15-512-fp16-lora.json",
-                       "sd15-512-fp16.json", "sd35m-1024-bf16-lora.json", "sdxl-1024-bf16-lora.json"]
+    assert benches == ["evaluation.json", "flux-1024-nf4-lora.json", "flux-512-bf16-lora.json",
+                       "flux-512-nf4-lora.json", "sd15-512-fp16-lora.json", "sd15-512-fp16.json",
+                       "sd35m-1024-bf16-lora.json", "sdxl-1024-bf16-lora.json"]
     for name in benches:
         report = json.loads((tmp_path / name).read_text())
         if name != "evaluation.json":  # a step bench: DPG timed against the baseline
             assert report["ratios"]["dpg-look-forward"]["time"] > 0
     assert "exit 0" in (tmp_path / "summary.txt").read_text()
+    # The quantized part: nf4 (CUDA only) runs as int8 on the CPU, and its targets are checked (not enforced).
+    assert "model.quantize=int8" in json.loads((tmp_path / "flux-512-nf4-lora.json").read_text())["overrides"]
+    verdicts = (tmp_path / "flux-512-nf4-lora-targets.log").read_text()
+    assert "dpg-look-forward: peak" in verdicts and "(target <= 24 GiB)" in verdicts
 
 
 def test_unknown_part_is_refused(tmp_path):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +45,9 @@ class ModelConfig:
     training_guidance: float | None = _field(
         None, "FLUX-dev: the guidance-embedding value the transformer gets in training (default: the family's "
               "3.5, diffusers' train_dreambooth_lora_flux.py; ai-toolkit-style trainers use 1.0)")
+    quantize: Literal["none", "nf4", "int8", "fp8"] = _field(
+        "none", "method.name=lora: keep the frozen denoiser quantized (QLoRA): 'nf4' (bitsandbytes 4-bit, CUDA), "
+                "'int8' or 'fp8' (torchao weight-only, CPU too); the saved LoRA applies to the unquantized base")
 
 
 @dataclass(frozen=True)
@@ -341,18 +343,10 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
 ]
 
 
-def non_finite(value: Any) -> float | None:
-    """The first inf or nan anywhere in a config value (numbers inside {name: weight} maps and options too)."""
-    if isinstance(value, float):
-        return None if math.isfinite(value) else value
-    inner = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
-    return next((bad for bad in map(non_finite, inner) if bad is not None), None)
-
-
 def check_values(config: Config) -> None:
     """Range checks a type cannot express; raises UserError naming the key and the allowed values."""
     for key, value in flat_dict(config).items():
-        bad = non_finite(value)
+        bad = config_parsing.non_finite(value)
         if bad is not None:
             raise UserError(f"bad value {bad!r} for {key}: every number of a config must be finite (not inf or nan)")
     for key, test, requirement in _RANGES:

@@ -7,6 +7,7 @@ Errors are UserErrors naming the key (`train.max_steps`, `method.lora.rank`) and
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import field
@@ -200,3 +201,11 @@ def _coerce_scalar(value: Any, hint: type, key: str) -> Any:
     if not accepts(value):
         raise UserError(f"bad value {value!r} for {key}: {expected}")
     return convert(value)
+
+
+def non_finite(value: Any) -> float | None:
+    """The first inf or nan anywhere in a config value (numbers inside {name: weight} maps and options too)."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else value
+    inner = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return next((bad for bad in map(non_finite, inner) if bad is not None), None)

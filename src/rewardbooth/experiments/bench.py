@@ -176,6 +176,7 @@ def time_interleaved(steps: dict, timed_steps: int, warmup_steps: int) -> dict[s
     names = list(steps)
     seconds: dict[str, list[float]] = {name: [] for name in names}
     peaks: dict[str, list[int]] = {name: [] for name in names}
+    reserved: dict[str, list[int]] = {name: [] for name in names}  # what a card must hold (allocator cache too)
     for index in range(warmup_steps + timed_steps):
         order = names if index % 2 == 0 else names[::-1]
         for name in order:
@@ -189,8 +190,10 @@ def time_interleaved(steps: dict, timed_steps: int, warmup_steps: int) -> dict[s
                 seconds[name].append(time.perf_counter() - start)
                 if torch.cuda.is_available():
                     peaks[name].append(torch.cuda.max_memory_allocated())
+                    reserved[name].append(torch.cuda.max_memory_reserved())
     return {name: {"median_step_s": statistics.median(seconds[name]),
-                   "peak_memory_mib": max(peaks[name]) / 2**20 if peaks[name] else None} for name in names}
+                   "peak_memory_mib": max(peaks[name]) / 2**20 if peaks[name] else None,
+                   "peak_reserved_mib": max(reserved[name]) / 2**20 if reserved[name] else None} for name in names}
 
 
 def child_peak_rss(options: dict) -> float:

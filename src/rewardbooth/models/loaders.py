@@ -8,6 +8,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from diffusers import DiffusionPipeline
 
 from rewardbooth.core.config import ModelConfig
@@ -15,19 +16,24 @@ from rewardbooth.core.errors import UserError
 from rewardbooth.core.registry import Registry
 from rewardbooth.models.families import NO_OPTIONS, TrainingOptions, families, family_for_pipeline
 from rewardbooth.models.parts import ModelParts
+from rewardbooth.models.quantization import pipeline_options, quantize_denoiser
 
 loaders = Registry("model loader")
 
 
 
-def load_model(config: ModelConfig) -> ModelParts:
+def load_model(config: ModelConfig, compute_dtype: torch.dtype | None = None) -> ModelParts:
     """The parts of `config.pretrained`, carrying the user's training options (model.timestep_density, ...),
-    which their family checks here: a family without one refuses it in one line."""
+    which their family checks here: a family without one refuses it in one line. With `model.quantize` the
+    denoiser is quantized (rewardbooth.models.quantization), its unquantized layers in `compute_dtype` (fp32
+    when None): a diffusers folder as it loads, an in-memory model (built-in, factory) after."""
     name = config.pretrained
     if Path(name).expanduser().exists() or (name not in loaders and ":" not in name):
-        parts = loaders.get("diffusers")(config)
+        parts = load_diffusers(config, compute_dtype)
     else:
         parts = loaders.get(name)(config)
+        if config.quantize != "none":
+            parts = quantize_denoiser(parts, config.quantize, compute_dtype or torch.float32)
     options = TrainingOptions.of(config)
     if options == NO_OPTIONS:
         return parts
@@ -36,8 +42,9 @@ def load_model(config: ModelConfig) -> ModelParts:
 
 
 @loaders.register("diffusers")
-def load_diffusers(config: ModelConfig) -> ModelParts:
-    """Load the components of a diffusers folder or hub id of a registered family's pipeline (the path users pass)."""
+def load_diffusers(config: ModelConfig, compute_dtype: torch.dtype | None = None) -> ModelParts:
+    """Load the components of a diffusers folder or hub id of a registered family's pipeline (the path users pass),
+    the denoiser quantized as it loads when `model.quantize` asks."""
     source = str(Path(config.pretrained).expanduser()) if Path(config.pretrained).expanduser().exists() \
         else config.pretrained
     local = Path(source).exists()
@@ -51,12 +58,16 @@ def load_diffusers(config: ModelConfig) -> ModelParts:
         with warnings.catch_warnings():
             # diffusers passes huggingface_hub arguments it has deprecated: a warning the user can do nothing about.
             warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")
-            class_name = DiffusionPipeline.load_config(source, **kwargs).get("_class_name", "")
+            index = DiffusionPipeline.load_config(source, **kwargs)
+            class_name = index.get("_class_name", "")
             family = family_for_pipeline(class_name)
             if family is None:
                 known = ", ".join(n for name in families.names() for n in families.get(name).pipeline_class_names)
                 raise ValueError(f"model_index.json names {class_name or 'no pipeline class'}, not a pipeline of "
                                  f"a family here ({known})")
+            if config.quantize != "none":
+                denoiser_name = "unet" if "unet" in index else "transformer"
+                kwargs.update(pipeline_options(config.quantize, denoiser_name, compute_dtype or torch.float32))
             pipeline = family.pipeline_class.from_pretrained(source, variant=config.variant, **family.load_options,
                                                              **kwargs)
     except Exception as error:  # noqa: BLE001 - any failure here means the user's path or id is wrong

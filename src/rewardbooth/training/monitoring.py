@@ -102,10 +102,12 @@ def divergence_error(terms: dict[str, torch.Tensor], skips: SkipCount, step: int
 
 
 def non_finite_weights(modules: dict[str, torch.nn.Module | None]) -> str | None:
-    """'unet: conv_in.weight' for the first trained parameter holding inf or nan, or None if all are finite."""
+    """'unet: conv_in.weight' for the first trained parameter holding inf or nan, or None if all are finite.
+    Frozen ones are not read: training cannot change them, and a quantized base's (model.quantize) are tensor
+    types that have no isfinite."""
     for name, module in modules.items():
         for key, parameter in module.named_parameters() if module is not None else ():
-            if not bool(torch.isfinite(parameter.detach()).all()):
+            if parameter.requires_grad and not bool(torch.isfinite(parameter.detach()).all()):
                 return f"{name}: {key}"
     return None
 

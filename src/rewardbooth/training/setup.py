@@ -27,6 +27,7 @@ from rewardbooth.methods import Method, make_method, methods
 from rewardbooth.models import ModelParts, load_model
 from rewardbooth.models.families import Process
 from rewardbooth.models.parts import check_precision, check_resolution
+from rewardbooth.models.quantization import check_quantize, is_quantized, keep_trained_state_only
 from rewardbooth.rewards import (
     ByRowKind,
     Reward,
@@ -152,6 +153,8 @@ def build_run(config: Config) -> RunSetup:
     check_component_names(config)
     check_offload(config)
     accelerator = make_accelerator(config)
+    check_quantize(config.model.quantize, config.method.name,
+                   getattr(methods.get(config.method.name), "adapters_only", False), accelerator.device.type == "cuda")
     sharded = is_sharded(accelerator)
     if sharded:
         check_sharded_run(config)
@@ -159,12 +162,14 @@ def build_run(config: Config) -> RunSetup:
     set_seed(config.train.seed)  # for user components that draw from the global generators
     subjects = load_subjects(config)  # photos, captions and identifiers checked before the model loads
     concept_images = [subject.squares(config.data) for subject in subjects]
-    parts = load_model(config.model)
+    device, autocast_dtype = accelerator.device, AUTOCAST_DTYPES[config.train.mixed_precision]
+    parts = load_model(config.model, compute_dtype=autocast_dtype)
     check_resolution(config.data.resolution, parts)
     run_buckets(config, parts)  # a bad data.aspect_buckets size fails before anything slow or written
     check_precision(config.train.mixed_precision, parts)
-    device, autocast_dtype = accelerator.device, AUTOCAST_DTYPES[config.train.mixed_precision]
     method = make_method(parts, config)
+    if is_quantized(parts.denoiser):
+        keep_trained_state_only(parts.denoiser)  # checkpoints hold its adapters, not its quantized base
     train_text_encoder = any(name in method.trainable for name in parts.named_text_encoders)
     place_models(parts, method, device, autocast_dtype, train_text_encoder)
 
@@ -226,9 +231,13 @@ def place_models(parts: ModelParts, method: Method, device: torch.device,
     upcast = frozen_dtype == torch.float16 and parts.vae.config.get("force_upcast", False)
     parts.vae.to(device, torch.float32 if upcast else frozen_dtype)
     if getattr(method, "adapters_only", False):
-        # Adapter methods: the base weights are frozen too; only the adapters are kept in fp32.
+        # Adapter methods: the base weights are frozen too; only the adapters are kept in fp32. A quantized
+        # denoiser loaded its other layers in the autocast dtype already, and diffusers refuses to cast it.
         for module in (parts.denoiser, *parts.text_encoders):
-            module.to(device, frozen_dtype)
+            if is_quantized(module):
+                module.to(device)
+            else:
+                module.to(device, frozen_dtype)
         cast_training_params([parts.denoiser, *parts.text_encoders], dtype=torch.float32)
         return
     for encoder in parts.text_encoders:
