@@ -16,7 +16,14 @@ from typing import Any, Literal
 import yaml
 
 from rewardbooth.core import config_parsing
-from rewardbooth.core.config_parsing import build_dataclass, leaf_values, lookup, parse_override, set_key
+from rewardbooth.core.config_parsing import (
+    build_dataclass,
+    leaf_values,
+    lookup,
+    parse_override,
+    set_key,
+    text_override,
+)
 from rewardbooth.core.config_parsing import config_field as _field
 from rewardbooth.core.data_config import ConceptConfig as ConceptConfig  # re-exported: its home until now
 from rewardbooth.core.data_config import DataConfig
@@ -252,7 +259,7 @@ def load_config(source: str | Path | None = None, overrides: typing.Sequence[str
         key, value = parse_override(override)
         if "." not in key.strip("."):
             raise UserError(f"override {override!r}: keys look like 'section.key=value', e.g. 'train.max_steps=100'")
-        set_key(tree, key, value, override)
+        set_key(tree, key, text_override(Config, key, override, value), override)
     return from_dict(tree)
 
 

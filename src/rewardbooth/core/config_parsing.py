@@ -69,6 +69,18 @@ def parse_override(override: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def text_override(cls: type, key: str, override: str, value: Any) -> Any:
+    """A text field's override as written when YAML read it as a mapping or list: a path such as
+    `runs/x: y` or `photos {2024}` names a folder, not a YAML mapping."""
+    hint: Any = cls
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(hint) or part not in typing.get_type_hints(hint):
+            return value
+        hint = typing.get_type_hints(hint)[part]
+    text_only = hint is str or set(typing.get_args(hint)) == {str, type(None)}
+    return override.partition("=")[2].strip() if text_only and isinstance(value, (dict, list)) else value
+
+
 def set_key(tree: dict[str, Any], key: str, value: Any, override: str) -> None:
     """tree[a][b][c] = value for key 'a.b.c', making the mappings on the way."""
     *path, name = key.split(".")
