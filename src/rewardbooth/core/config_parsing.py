@@ -74,9 +74,10 @@ def text_override(cls: type, key: str, override: str, value: Any) -> Any:
     `runs/x: y` or `photos {2024}` names a folder, not a YAML mapping."""
     hint: Any = cls
     for part in key.split("."):
-        if not dataclasses.is_dataclass(hint) or part not in typing.get_type_hints(hint):
+        hints = typing.get_type_hints(hint) if dataclasses.is_dataclass(hint) else {}
+        if part not in hints:
             return value
-        hint = typing.get_type_hints(hint)[part]
+        hint = hints[part]
     text_only = hint is str or set(typing.get_args(hint)) == {str, type(None)}
     return override.partition("=")[2].strip() if text_only and isinstance(value, (dict, list)) else value
 

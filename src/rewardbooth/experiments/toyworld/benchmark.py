@@ -174,13 +174,12 @@ def summarize(scores: dict, indices: list[int], seeds: tuple[int, ...], objectiv
         per_subject = [[scores[(i, s, objective)][key] for s in seeds if (i, s, objective) in scores] for i in indices]
         return statistics.fmean(statistics.fmean(values) for values in per_subject if values)
 
-    summary = {objective: {**{key: mean_of(objective, key) for key in KEYS}, "train_s": mean_of(objective, "train_s")}
-               for objective in objectives}
+    summary = {objective: {key: mean_of(objective, key) for key in (*KEYS, "train_s")} for objective in objectives}
     comparisons = {}
     for method in objectives:
         for control in CONTROLS.get(method, ("baseline",)):
             if control not in objectives or control == method or not any(
-                    _delta(scores, i, s, method, control, "train_s") is not None for i in indices for s in seeds):
+                    _paired(scores, i, s, method, control) for i in indices for s in seeds):
                 continue
             comparisons[f"{method} vs {control}"] = {
                 key: paired_comparison(lambda i, s, k=key, m=method, c=control: _delta(scores, i, s, m, c, k),
@@ -188,9 +187,14 @@ def summarize(scores: dict, indices: list[int], seeds: tuple[int, ...], objectiv
     return {"summary": summary, "comparisons": comparisons, "judge_agreement": judge_agreement(scores, comparisons)}
 
 
+def _paired(scores: dict, index: int, seed: int, method: str, control: str) -> bool:
+    """Both runs of one (subject, seed) are stored."""
+    return (index, seed, method) in scores and (index, seed, control) in scores
+
+
 def _delta(scores: dict, index: int, seed: int, method: str, control: str, key: str) -> float | None:
     """method - control on one (subject, seed); None when either run is missing."""
-    if (index, seed, method) not in scores or (index, seed, control) not in scores:
+    if not _paired(scores, index, seed, method, control):
         return None
     return scores[(index, seed, method)][key] - scores[(index, seed, control)][key]
 
