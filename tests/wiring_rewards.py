@@ -46,3 +46,19 @@ class Contexts:
     def __call__(self, x0_hat, context):
         self.seen.append(context)
         return brightness(context.decode(x0_hat))
+
+
+class Scaled:
+    """The brightness of decode(x0_hat) times an option, `gain` (which options reach which reward)."""
+
+    differentiable = True
+
+    def __init__(self, setup, gain: float = 1.0):
+        self.gain = gain
+
+    def __call__(self, x0_hat, context):
+        return self.gain * brightness(context.decode(x0_hat))
+
+
+class OtherScaled(Scaled):
+    """A second option-taking reward, for the prompt-only rows."""

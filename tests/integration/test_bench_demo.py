@@ -43,6 +43,22 @@ def test_the_black_box_variants_read_random_real_size_backbones(tmp_path):
     assert not any(o.startswith("critic.") for o in variant_overrides("grpo-dino", tmp_path, 64))
 
 
+def test_the_recipe_variants_time_both_rewards_and_the_anchor(tmp_path):
+    """The fidelity-with-alignment recipe's rows read a DINO for the photo rows and a CLIP for the prompt-only
+    rows, and its step runs (the anchored row with LoRA, which it needs)."""
+    from rewardbooth.experiments.bench import variant_overrides
+
+    overrides = variant_overrides("direct-dino-clip-text-scenes-anchored", tmp_path / "backbones", 64)
+    options = next(o for o in overrides if o.startswith("objective.reward_options="))
+    assert "dino: {model:" in options and "clip_text: {model:" in options
+    assert "objective.reward_resolution=64" in overrides and "objective.anchor_weight=1.0" in overrides
+    output = tmp_path / "bench.json"
+    variants = ["direct-dino-clip-text-scenes", "direct-dino-clip-text-scenes-anchored"]
+    assert run_cli(["bench", "step", "--method", "lora", "--variants", *variants, "--timed-steps", "1",
+                    "--warmup-steps", "1", "--output", str(output)]) == 0
+    assert all(json.loads(output.read_text())["ratios"][name]["time"] > 0 for name in variants)
+
+
 @pytest.mark.parametrize("method", ["lora", "custom_diffusion"])
 def test_bench_times_each_method_and_sdxl(method, tmp_path):
     model = "tiny" if method == "custom_diffusion" else "tiny-sdxl"  # Custom Diffusion is SD-only

@@ -3,6 +3,7 @@ gets no DreamBooth mse, shows the reward no reference latent, and the anchor pul
 base model on it. Each test fails when its line is cut (tools/mutants.py: prompt-only-*, anchor-*)."""
 
 import contextlib
+import dataclasses
 import json
 import math
 
@@ -116,6 +117,24 @@ def test_the_scene_reward_scores_the_prompt_only_rows_and_the_reward_the_photo_r
     assert [context.prompts for context in scene] == [[batch.prompts[row] for row in scene_rows]]
     assert [context.prompts for context in photo] == [[batch.prompts[row] for row in reference_rows]]
     assert scene[0].x0 is None and photo[0].x0 is not None
+
+
+def with_reward_options(config, options):
+    """The config with objective.reward_options set in code (a dotted reward name is no YAML mapping key)."""
+    return dataclasses.replace(config, objective=dataclasses.replace(config.objective, reward_options=options))
+
+
+def test_reward_options_reach_the_reward_and_the_scene_reward_that_use_them(subject_dir, tmp_path):
+    config = config_of(subject_dir, tmp_path, "objective.name=direct", "objective.reward=wiring_rewards:Scaled",
+                       "objective.scene_reward=wiring_rewards:OtherScaled")
+    config = with_reward_options(config, {"wiring_rewards:Scaled": {"gain": 2.0},
+                                          "wiring_rewards:OtherScaled": {"gain": 3.0}})
+    with tiny_run(config) as run:
+        assert (run.reward.photo.gain, run.reward.scene.gain) == (2.0, 3.0)
+    config = with_reward_options(config, {"wiring_rewards:Scaled": {"gain": 2.0}, "clip_text": {"model": "x"}})
+    with pytest.raises(UserError, match="options for 'clip_text', which neither objective.reward nor"), \
+            tiny_run(config):
+        pass
 
 
 def test_prompt_only_rows_add_no_denoising_loss_and_reference_rows_keep_theirs(direct_run):

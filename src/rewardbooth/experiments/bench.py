@@ -38,6 +38,7 @@ from rewardbooth.training.setup import RunSetup, build_objective, build_run
 from rewardbooth.training.subjects import load_concepts
 
 PLAIN, DIAGNOSED = "critic.diagnostics_every=0", "critic.diagnostics_every=1"
+SCENES = ("objective.scene_share=0.5", "data.scene_prompts=live")
 # name -> (config overrides, target time and memory ratio against baseline)
 VARIANTS: dict[str, tuple[list[str], float | None]] = {
     "baseline": (["objective.name=baseline"], None),
@@ -55,7 +56,15 @@ VARIANTS: dict[str, tuple[list[str], float | None]] = {
     # Prompts without photos (docs/rewards.md): half the instance rows act at states the policy samples on a
     # 10-step grid first (up to 9 forwards without a graph on those rows), scored by CLIP-T against their prompt.
     "dpg-clip-text-scenes": (["objective.name=dpg", "objective.reward=clip_text", "critic.input=prediction",
-                              "objective.scene_share=0.5", "data.scene_prompts=live", PLAIN], None),
+                              *SCENES, PLAIN], None),
+    # The recipe for fidelity with alignment held (docs/rewards.md): DINO's exact gradient on the photo rows,
+    # CLIP-T's on the prompt-only rows (sampled first, as above); `-anchored` adds the base model's forward on
+    # those rows (LoRA only: `--method lora`).
+    "direct-dino-clip-text-scenes": (["objective.name=direct", "objective.reward=dino",
+                                      "objective.scene_reward=clip_text", *SCENES], None),
+    "direct-dino-clip-text-scenes-anchored": (["objective.name=direct", "objective.reward=dino",
+                                               "objective.scene_reward=clip_text", *SCENES,
+                                               "objective.anchor_weight=1.0"], None),
     "dpg-look-forward-diagnosed": (["objective.name=dpg", DIAGNOSED], None),
     "dpg-dino-diagnosed": (["objective.name=dpg", "objective.reward=dino", "critic.input=prediction", DIAGNOSED],
                            None),
@@ -106,11 +115,14 @@ def random_clip(folder: Path) -> Path:
 
 def variant_overrides(name: str, workdir: Path, resolution: int) -> list[str]:
     overrides = list(VARIANTS[name][0])
-    reward = next((o.split("=", 1)[1] for o in overrides if o.startswith("objective.reward=")), "look_forward")
-    if reward in ("dino", "clip_image", "clip_text"):
-        model = random_dino(workdir / "dino") if reward == "dino" else random_clip(workdir / "clip")
-        overrides.append(f"objective.reward_options={{{reward}: {{model: '{model}'}}}}")
-    if reward != "look_forward":
+    # Each image reward of the variant (on every row, or on the prompt-only rows) reads its backbone's folder.
+    rewards = [o.split("=", 1)[1] for o in overrides if o.startswith(("objective.reward=", "objective.scene_reward="))]
+    backbones = {reward: random_dino(workdir / "dino") if reward == "dino" else random_clip(workdir / "clip")
+                 for reward in rewards if reward in ("dino", "clip_image", "clip_text")}
+    if backbones:
+        options = ", ".join(f"{reward}: {{model: '{folder}'}}" for reward, folder in backbones.items())
+        overrides.append(f"objective.reward_options={{{options}}}")
+    if any(reward != "look_forward" for reward in rewards):
         overrides.append(f"objective.reward_resolution={min(resolution, DECODE_PIXELS)}")
     if "critic.name=feature" in overrides:
         overrides.append(f"critic.encoder_model={random_dinov2(workdir / 'dinov2')}")

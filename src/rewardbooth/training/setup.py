@@ -286,10 +286,20 @@ def build_objective(config: Config, parts: ModelParts, concept_images: list[torc
 def objective_reward(config: Config, setup: RewardSetup) -> Reward:
     """objective.reward, or with objective.scene_reward set, each on its own kind of row (photo, prompt-only)."""
     objective = config.objective
-    reward = build_reward(objective.reward, objective.reward_options, setup)
     if objective.scene_reward is None:
-        return reward
-    return ByRowKind(reward, build_reward(objective.scene_reward, objective.reward_options, setup))
+        return build_reward(objective.reward, objective.reward_options, setup)
+    # objective.reward_options serves both sums: each is built with the options of its own parts.
+    options = dict(objective.reward_options or {})
+    photo, scene = reward_weights(objective.reward), reward_weights(objective.scene_reward)
+    unknown = sorted(set(options) - set(photo) - set(scene))
+    if unknown:
+        raise UserError(f"objective.reward_options has options for {unknown[0]!r}, which neither objective.reward "
+                        f"nor objective.scene_reward uses ({', '.join({**photo, **scene})}): fix the name or add "
+                        f"the reward to one of them")
+    return ByRowKind(
+        build_reward(photo, {name: options[name] for name in photo if name in options}, setup),
+        build_reward(scene, {name: options[name] for name in scene if name in options}, setup,
+                     key="objective.scene_reward"))
 
 
 def build_twin(config: Config, concept_images: list[torch.Tensor], device: torch.device) -> Reward | None:
