@@ -14,7 +14,8 @@ from rewardbooth.core.presets import preset_notes, set_keys
 from rewardbooth.models import load_model
 
 # Each family preset and the tiny built-in of its family (what the test can load without the hub).
-FAMILY_PRESETS = {"flux-lora": "tiny-flux", "sd3-lora": "tiny-sd3", "sdxl-lora": "tiny-sdxl", "sd15-lora": "tiny"}
+FAMILY_PRESETS = {"flux-lora": "tiny-flux", "sd3-lora": "tiny-sd3", "sdxl-lora": "tiny-sdxl", "sd15-lora": "tiny",
+                  "sd15-lora-scenes": "tiny"}
 
 
 def test_the_family_presets_are_shipped():

@@ -57,8 +57,19 @@ def set_keys(tree: dict[str, Any], prefix: str = "") -> set[str]:
     return keys
 
 
-# Keys whose value is itself a mapping ({name: weight}, options): a reason names the key, not its entries.
-_MAPPING_KEYS = {"objective.reward", "objective.reward_options", "validation.reward", "validation.reward_options"}
+def mapping_keys(schema: type = Config, prefix: str = "") -> set[str]:
+    """The dotted keys whose value may itself be a mapping ({name: weight}, options), read from the config's
+    field types: a reason names such a key, not its entries."""
+    keys = set()
+    for name, hint in typing.get_type_hints(schema).items():
+        if dataclasses.is_dataclass(hint):
+            keys |= mapping_keys(hint, f"{prefix}{name}.")
+        elif any(typing.get_origin(arm) is dict or arm is dict for arm in (hint, *typing.get_args(hint))):
+            keys.add(f"{prefix}{name}")
+    return keys
+
+
+_MAPPING_KEYS = mapping_keys()
 
 
 def preset_notes(source: str | Path) -> PresetNotes:
