@@ -133,17 +133,20 @@ def make_components(tokenizer: CLIPTokenizer, num_layers: int = 6, num_heads: in
     return transformer, clip(), clip(), zero_t5(ByT5Tokenizer(), 2 * text_width)
 
 
-def make_scheduler() -> FlowMatchEulerDiscreteScheduler:
+def make_scheduler(shift: float | None = None) -> FlowMatchEulerDiscreteScheduler:
+    """SD3's scheduler with the toy's derived shift (or `shift`, for an ablation)."""
     num_tokens = (world.RESOLUTION // 2 // 2) ** 2  # 32 px -> 16x16 latents -> 8x8 patches of 2x2
-    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=token_shift(num_tokens))
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000,
+                                           shift=token_shift(num_tokens) if shift is None else shift)
 
 
-def make_parts(transformer, vae, text_encoders, tokenizer, source: str) -> StableDiffusion3Parts:
+def make_parts(transformer, vae, text_encoders, tokenizer, source: str,
+               scheduler: FlowMatchEulerDiscreteScheduler | None = None) -> StableDiffusion3Parts:
     text_encoder, text_encoder_2, text_encoder_3 = text_encoders
     return StableDiffusion3Parts(transformer=transformer, vae=vae, text_encoder=text_encoder,
                                  text_encoder_2=text_encoder_2, text_encoder_3=text_encoder_3, tokenizer=tokenizer,
-                                 tokenizer_2=tokenizer, tokenizer_3=ByT5Tokenizer(), scheduler=make_scheduler(),
-                                 source=source, family_name=FAMILY.name)
+                                 tokenizer_2=tokenizer, tokenizer_3=ByT5Tokenizer(),
+                                 scheduler=scheduler or make_scheduler(), source=source, family_name=FAMILY.name)
 
 
 def save_pipeline(folder: Path, parts: StableDiffusion3Parts, step: int, resume: dict | None) -> None:
@@ -184,10 +187,12 @@ def start(args, images, tokenizer: CLIPTokenizer) -> tuple[StableDiffusion3Parts
     if not args.init:
         transformer, *text_encoders = make_components(tokenizer, args.layers, args.heads, args.head_dim,
                                                       args.text_width)
-        return make_parts(transformer, calibrated_vae(images, args.seed), text_encoders, tokenizer, "toy-flow"), {}
-    pipeline = StableDiffusion3Pipeline.from_pretrained(args.init)
+        return make_parts(transformer, calibrated_vae(images, args.seed), text_encoders, tokenizer, "toy-flow",
+                          make_scheduler(args.shift)), {}
+    pipeline = StableDiffusion3Pipeline.from_pretrained(args.init)  # its scheduler keeps the run's shift
     parts = make_parts(pipeline.transformer.float(), pipeline.vae,
-                       (pipeline.text_encoder, pipeline.text_encoder_2, pipeline.text_encoder_3), tokenizer, str(args.init))
+                       (pipeline.text_encoder, pipeline.text_encoder_2, pipeline.text_encoder_3), tokenizer, str(args.init),
+                       pipeline.scheduler)
     resume = torch.load(args.init / "resume.pt") if (args.init / "resume.pt").is_file() else {}
     if resume:
         parts.transformer.load_state_dict(resume["transformer"])
@@ -261,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="share of images whose body carries a random pattern (unnamed in the caption)")
     parser.add_argument("--init", type=Path, help="continue from a folder this script wrote (step, EMA, optimizer)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--shift", type=float, help="timestep shift (default: derived from the token count, 0.375)")
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=32)
