@@ -77,3 +77,14 @@ def test_pretrainings_loss_is_the_familys_flow_loss_on_the_pipelines_conditionin
                                         Conditioning(token_ids=token_ids), parts.text_encoders)
     assert embeds.shape[1] == 16 + 256
     torch.testing.assert_close(loss, F.mse_loss(action, process.target(x0, noise, t)), rtol=1e-5, atol=1e-6)
+
+
+def test_the_derived_shift_trains_above_sigma_0_8_about_1_percent_of_the_time():
+    """docs/toyworld.md's reading of the shift ablation: s = 0.375 puts ~0.9 % of training σ above 0.8, SD3's
+    3 ~39 % (logit-normal(0, 1) u through σ' = sσ / (1 + (s - 1)σ))."""
+    from rewardbooth.models.flow import FlowProcess
+
+    for shift, expected in ((token_shift(64), 0.009), (3.0, 0.387)):
+        process = FlowProcess.from_scheduler_config(make_scheduler(shift).config)
+        sigma = process.noise_level(process.sample_timesteps(200_000, torch.Generator().manual_seed(0)))
+        assert float((sigma > 0.8).float().mean()) == pytest.approx(expected, abs=0.005)
