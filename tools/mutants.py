@@ -33,6 +33,7 @@ FROZEN = "src/rewardbooth/training/frozen_text.py"
 FROZEN_TEXT = "tests/integration/test_frozen_text.py"
 STOCK_STEP = "tests/integration/test_flow_families.py::test_denoise_is_what_the_stock_sampler_steps_with"
 FSDP_TEST = "tests/integration/test_fsdp.py"
+TOY_FLOW, TOY_FLOW_TESTS = "src/rewardbooth/experiments/toyworld/pretrain_flow.py", ["tests/unit/test_toy_flow.py"]
 
 FOLDER, RESULT = "src/rewardbooth/training/output_folder.py", "src/rewardbooth/training/result.py"
 STORAGE, CHECKPOINTS = "src/rewardbooth/core/storage.py", "src/rewardbooth/training/checkpoints.py"
@@ -189,6 +190,16 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
                                 [STOCK_STEP]),
     "flux-time-unscaled": (FLUX, "timestep=timesteps.to(x_t.dtype) / 1000", "timestep=timesteps.to(x_t.dtype)",
                            [STOCK_STEP]),
+    # SD3 without T5 and toy-flow's pretraining (issue 21).
+    "sd3-t5-less-unpadded": ("src/rewardbooth/models/sd3.py",
+                             "t5 = clip.new_zeros(clip.shape[0], T5_LENGTH, clip.shape[-1])",
+                             "t5 = clip.new_zeros(clip.shape[0], 0, clip.shape[-1])",
+                             ["tests/contract/test_family_contract.py", "-k", "without_t5"]),
+    "folded-padding-unweighted": ("src/rewardbooth/models/sd3_padding.py", "bias[0, -1] = self.log_copies",
+                                  "bias[0, -1] = 0.0", ["tests/unit/test_sd3_padding.py", "tests/unit/test_toy_flow.py"]),
+    "toy-flow-pretrains-without-t5-zeros": (TOY_FLOW, "[:, :ids.shape[1] + 1]", "[:, :ids.shape[1]]", TOY_FLOW_TESTS),
+    "toy-flow-shift-unscaled": (TOY_FLOW, "return reference_shift * math.sqrt(num_tokens / reference_tokens)",
+                                "return reference_shift", TOY_FLOW_TESTS),
     # FSDP (tests/integration/test_fsdp.py: the example config on two CPU processes against one process).
     "fsdp-critic-not-averaged": (TRAIN, "average_gradients(run.accelerator, run.critic)  # what DDP does",
                                  "None  # what DDP does", [FSDP_TEST, "-k", "like_one_process"]),

@@ -17,6 +17,7 @@ from rewardbooth.models.families import Conditioning, families, family_for_pipel
 
 TINY_MODEL = {"stable-diffusion": "tiny", "stable-diffusion-xl": "tiny-sdxl", "stable-diffusion-3": "tiny-sd3",
               "flux": "tiny-flux", "z-image": "tiny-zimage"}
+SHIPPED_MODELS = {"toy-flow": "stable-diffusion-3"}  # shipped pretrained folders the suite covers too: their family
 PROMPTS = ["a photo of sks dog", "a dog on the beach"]
 
 
@@ -24,9 +25,12 @@ def test_every_family_has_a_tiny_model():
     assert set(families.names()) == set(TINY_MODEL)
 
 
-@pytest.fixture(scope="module", params=sorted(TINY_MODEL))
+@pytest.fixture(scope="module", params=sorted(TINY_MODEL) + sorted(SHIPPED_MODELS))
 def family_parts(request):
-    return families.get(request.param), load_model(ModelConfig(TINY_MODEL[request.param]))
+    family_name = SHIPPED_MODELS.get(request.param, request.param)
+    parts = load_model(ModelConfig(TINY_MODEL.get(request.param, request.param)))
+    assert parts.family is families.get(family_name)  # a shipped folder is detected as its family
+    return parts.family, parts
 
 
 def latents_and_noise(parts, batch=3, side=8):
@@ -163,7 +167,11 @@ def test_latent_space_channels_and_timesteps(family_parts):
     assert t.shape == (500,) and t.dtype in (torch.int64, torch.float32) and 0 <= float(t.min()) < float(t.max()) < 1000
     assert torch.equal(t, process.sample_timesteps(500, torch.Generator().manual_seed(0)))
     if parts.prediction_type == "flow_prediction":  # never "epsilon" for a flow scheduler
-        assert t.dtype == torch.float32 and 400 < float(t.median()) < 900  # logit-normal with SD3's shift 3
+        # σ's median 0.5 (the densities are symmetric) after the static shift s: s / (1 + s) (SD3's 3: 0.75;
+        # toy-flow's 0.375: 0.27); none where the shift is dynamic (FLUX-dev).
+        config = parts.scheduler.config
+        shift = 1.0 if config.use_dynamic_shifting else config.shift
+        assert t.dtype == torch.float32 and abs(float(t.median()) - 1000 * shift / (1 + shift)) < 60
 
 
 def test_sampling_defaults_are_the_familys(family_parts):
@@ -225,3 +233,25 @@ def test_loading_a_folder_of_another_pipeline_names_it_and_the_supported_ones(tm
     with pytest.raises(UserError, match="PixArtAlphaPipeline, not a pipeline of a family here") as error:
         load_model(ModelConfig(str(tmp_path)))
     assert "StableDiffusion3Pipeline" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_sd3_without_t5_conditions_as_its_pipeline_does():
+    """text_encoder_3=None (diffusers' way to drop T5): the pipeline puts 256 zero tokens of the joint width in
+    T5's place; the family's own conditioning (what training sees) is the same, token for token."""
+    import dataclasses
+
+    parts = load_model(ModelConfig("tiny-sd3"))
+    parts = dataclasses.replace(parts, text_encoder_3=None, tokenizer_3=None)
+    family = parts.family
+    token_ids = family.tokenize(parts.tokenizers, PROMPTS)
+    assert [ids.shape for ids in token_ids] == [(2, 77), (2, 77), (2, 0)]
+    with torch.no_grad():
+        ours = family.encode_text(parts.text_encoders, token_ids)
+        stock = family.stock_conditioning(parts.pipeline(), PROMPTS)
+        assert ours.embeds["embeds"].shape == (2, 77 + 256, parts.transformer.config.joint_attention_dim)
+        for key, value in stock.embeds.items():
+            torch.testing.assert_close(ours.embeds[key], value, rtol=0, atol=0)
+        x_t, t = torch.randn(2, 4, 8, 8), torch.tensor([100.0, 700.0])
+        action, _ = family.denoise(parts.denoiser, x_t, t, Conditioning(token_ids=token_ids), parts.text_encoders)
+        stock_action, _ = family.denoise(parts.denoiser, x_t, t, stock)
+    torch.testing.assert_close(action, stock_action, rtol=0, atol=0)

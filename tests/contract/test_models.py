@@ -9,7 +9,7 @@ from rewardbooth.core.config import ModelConfig
 from rewardbooth.core.errors import UserError
 from rewardbooth.models import ModelParts, load_model, loaders
 
-FROM_DISK = {"diffusers", "toy"}  # loaders that read weights from a folder
+FROM_DISK = {"diffusers", "toy", "toy-flow"}  # loaders that read weights from a folder
 
 
 def load_by_name(name, tiny_folder):

@@ -27,6 +27,50 @@ def test_shipped_model_loads_and_generates_32px():
     assert np.asarray(images[0]).std() > 10  # a picture, not a flat field
 
 
+def test_shipped_flow_model_loads_as_a_stock_sd3_folder_and_generates_32px():
+    """toy-flow: a bare StableDiffusion3Pipeline.from_pretrained loads it (its T5 slot outputs the zeros the
+    pipeline uses without T5), the loader detects the SD3 family, and the pipeline draws the world."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from rewardbooth.experiments.toyworld.pretrain_flow import token_shift
+    from rewardbooth.toyworld.assets import BASE_FLOW_MODEL_DIR
+
+    stock = StableDiffusion3Pipeline.from_pretrained(BASE_FLOW_MODEL_DIR)
+    ids = stock.tokenizer_3(["a red ball"], padding="max_length", max_length=256, return_tensors="pt").input_ids
+    assert not stock.text_encoder_3(ids)[0].any()
+    parts = load_model(ModelConfig("toy-flow"))
+    assert parts.family.name == "stable-diffusion-3" and parts.vae_scale_factor == 2
+    assert parts.scheduler.config.shift == token_shift(64)
+    assert parts.vae.config.shift_factor is not None and parts.transformer.dtype == torch.float32
+    images = parts.pipeline()(["a red ball on the beach", "a blue box in the snow"], num_inference_steps=10,
+                              guidance_scale=4.0, height=32, width=32,
+                              generator=[torch.Generator().manual_seed(k) for k in range(2)]).images
+    assert [image.size for image in images] == [(32, 32)] * 2
+    assert np.asarray(images[0]).std() > 10  # a picture, not a flat field
+
+
+def test_a_missing_flow_model_folder_names_the_script_that_builds_it(tmp_path, monkeypatch):
+    from rewardbooth.core.errors import UserError
+    from rewardbooth.toyworld import assets
+
+    monkeypatch.setattr(assets, "BASE_FLOW_MODEL_DIR", tmp_path / "base-flow")
+    with pytest.raises(UserError, match="rewardbooth.experiments.toyworld.pretrain_flow --output .*base-flow"):
+        load_model(ModelConfig("toy-flow"))
+
+
+def test_judge_eval_scores_the_flow_model(tmp_path):
+    """`judge_eval --model toy-flow`: the base model's attribute accuracies by the judge, for the flow toy."""
+    import json
+
+    from rewardbooth.experiments.toyworld import judge_eval
+
+    judge_eval.main(["--model", "toy-flow", "--count", "4", "--steps", "2", "--output", str(tmp_path / "r.json")])
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["base_model"] == "toy-flow"
+    accuracy = report["base_model_accuracy_on_4_held_out_captions"]
+    assert set(accuracy) == {"class", "colour", "scene", "size", "position"}
+
+
 def test_shipped_weights_are_small():
     from rewardbooth.toyworld.assets import ASSETS
 

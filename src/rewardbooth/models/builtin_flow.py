@@ -1,4 +1,5 @@
-"""The flow families' built-ins, offline and in code: `tiny-sd3`, `tiny-flux` and `tiny-zimage` (the configs of
+"""The flow families' built-ins, offline and in code: `toy-flow` (the toy world's shipped SD3-architecture base
+model, rewardbooth.experiments.toyworld.pretrain_flow), `tiny-sd3`, `tiny-flux` and `tiny-zimage` (the configs of
 diffusers' own StableDiffusion3Pipeline / FluxPipeline / ZImagePipeline fast tests, with an in-memory byte-level
 CLIPTokenizer, `ByT5Tokenizer()` in the T5 slot, and an in-memory byte-level Qwen2Tokenizer with Qwen3's chat template). Every component is built in eval mode and T5 with dropout 0: modules built in code start in
 train mode, and a reloaded pipeline would otherwise draw other images than the one that saved it."""
@@ -6,6 +7,7 @@ train mode, and a reloaded pipeline would otherwise draw other images than the o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import torch
 from diffusers import (
@@ -57,6 +59,16 @@ def _t5(tokenizer: ByT5Tokenizer) -> T5EncoderModel:
     return T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=TEXT_WIDTH, d_kv=8, d_ff=37, num_layers=2,
                                    num_heads=4, dropout_rate=0.0, pad_token_id=tokenizer.pad_token_id,
                                    eos_token_id=tokenizer.eos_token_id))
+
+
+@loaders.register("toy-flow")
+def load_toy_flow(config: ModelConfig) -> StableDiffusion3Parts:
+    """The toy world's base model as a rectified-flow transformer (32 px, 3.5 M MMDiT), shipped with the package."""
+    from rewardbooth.models.loaders import load_diffusers
+    from rewardbooth.toyworld.assets import BASE_FLOW_MODEL_DIR, require
+
+    folder = require(BASE_FLOW_MODEL_DIR, "model_index.json", "rewardbooth.experiments.toyworld.pretrain_flow")
+    return load_diffusers(dataclasses.replace(config, pretrained=str(folder)))
 
 
 @loaders.register("tiny-sd3")

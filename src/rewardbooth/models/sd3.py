@@ -5,6 +5,10 @@ exactly as diffusers' StableDiffusion3Pipeline conditions it.
   followed by T5-XXL's 256 tokens on the sequence axis; the pooled projections of both CLIPs, concatenated.
 - Time: the transformer takes 1000σ; σ from a logit-normal density with the scheduler's static shift (3).
 - Latents: (z - shift) * scale from the VAE config; 2x2 patches are made inside the transformer.
+- Without T5 (text_encoder_3 None, as the toy world's `toy-flow`): the pipeline puts 256 zero tokens of the
+  joint width in T5's place (`_get_t5_prompt_embeds`), and so does `encode_text`: the CLIP part is zero-padded
+  to its own width (the widest it can know without the transformer) and `denoise` pads both to the
+  transformer's `joint_attention_dim`, which is the same zero padding the pipeline does in one step.
 
 `train_text_encoder` is refused: T5 never trains, and the CLIPs' per-step encoding beside a precomputed T5
 embedding is not wired (the transformer trains; see docs/architecture.md).
@@ -121,22 +125,29 @@ class StableDiffusion3:
         return None
 
     def tokenize(self, tokenizers: list, prompts: list[str]) -> tuple[torch.Tensor, ...]:
-        """CLIP ids padded to 77, T5 ids to 256, as the pipeline pads them. Shape: -> (B, 77), (B, 77), (B, 256)"""
+        """CLIP ids padded to their context (77), T5 ids to 256, as the pipeline pads them; no T5 tokenizer: an
+        empty id tensor in its place. Shape: -> (B, 77), (B, 77), (B, 256) or (B, 0)"""
         clip = [t(prompts, padding="max_length", max_length=t.model_max_length, truncation=True,
                   return_tensors="pt").input_ids for t in tokenizers[:2]]
+        if tokenizers[2] is None:
+            return (*clip, torch.zeros(len(prompts), 0, dtype=torch.int64))
         t5 = tokenizers[2](prompts, padding="max_length", max_length=T5_LENGTH, truncation=True,
                            add_special_tokens=True, return_tensors="pt").input_ids
         return (*clip, t5)
 
     def encode_text(self, encoders: list[nn.Module], token_ids: tuple[torch.Tensor, ...]) -> Conditioning:
-        """Shape: -> {"embeds": (B, 77 + 256, D_joint), "pooled": (B, P_L + P_G)}"""
+        """Shape: -> {"embeds": (B, 77 + 256, D_joint), "pooled": (B, P_L + P_G)}; without T5, D_joint is the
+        CLIPs' width D_L + D_G (`denoise` pads it to the transformer's)"""
         hidden, pooled = [], []
         for ids, encoder in zip(token_ids[:2], encoders[:2], strict=True):
             output = encoder(ids.to(device_of(encoder)), output_hidden_states=True)
             hidden.append(output.hidden_states[-2])
             pooled.append(output[0])
-        t5 = encoders[2](token_ids[2].to(device_of(encoders[2])))[0]
         clip = torch.cat(hidden, dim=-1)
+        if encoders[2] is None:  # the pipeline's zeros in T5's place (its _get_t5_prompt_embeds)
+            t5 = clip.new_zeros(clip.shape[0], T5_LENGTH, clip.shape[-1])
+        else:
+            t5 = encoders[2](token_ids[2].to(device_of(encoders[2])))[0]
         clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))  # as the pipeline: zeros up to T5's width
         return Conditioning({"embeds": torch.cat([clip, t5.to(clip.dtype)], dim=-2),
                              "pooled": torch.cat(pooled, dim=-1)})
@@ -169,6 +180,7 @@ class StableDiffusion3:
         if conditioning.token_ids:
             conditioning = self.encode_text(encoders, conditioning.token_ids)
         embeds = conditioning.embeds["embeds"]
+        embeds = F.pad(embeds, (0, denoiser.config.joint_attention_dim - embeds.shape[-1]))  # no T5: see above
         action = denoiser(hidden_states=x_t, timestep=timesteps, encoder_hidden_states=embeds,
                           pooled_projections=conditioning.embeds["pooled"], return_dict=False)[0]
         return action, embeds

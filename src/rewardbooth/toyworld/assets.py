@@ -6,6 +6,7 @@ from rewardbooth.core.errors import UserError
 
 ASSETS = Path(__file__).parent / "assets"
 BASE_MODEL_DIR = ASSETS / "base"
+BASE_FLOW_MODEL_DIR = ASSETS / "base-flow"  # `toy-flow`: the same world as a rectified-flow transformer (SD3)
 JUDGE_DIR = ASSETS / "judge"
 HELDOUT_JUDGE_DIR = ASSETS / "judge-heldout"  # scores only, never a reward (see toyworld.judge)
 # A third identity network (seed 2, subjects 30,000+): what a feature critic may read, never a reward or a judge.

@@ -1,0 +1,90 @@
+"""toy-flow's derived numbers (experiments/toyworld/pretrain_flow.py): the timestep shift from the token count,
+the VAE's latent calibration, and the T5 stand-in whose output is the pipeline's zeros."""
+
+import math
+
+import pytest
+import torch
+from transformers import ByT5Tokenizer
+
+from rewardbooth.experiments.toyworld.pretrain_flow import (
+    latent_calibration,
+    make_scheduler,
+    token_shift,
+    zero_t5,
+)
+from rewardbooth.models.families import LatentSpace
+
+
+def test_shift_is_sd3s_scaled_by_the_square_root_of_the_token_ratio():
+    assert token_shift(4096) == 3.0  # SD3's own: 1024 px, 64x64 patches
+    assert token_shift(64) == pytest.approx(3 * math.sqrt(64 / 4096)) == pytest.approx(0.375)
+    assert token_shift(1024, reference_shift=1.0, reference_tokens=1024) == 1.0
+    assert token_shift(16384) == pytest.approx(6.0)  # 4x the tokens: twice the shift
+
+
+def test_the_saved_scheduler_carries_the_toys_shift():
+    scheduler = make_scheduler()  # 32 px -> 16x16 latents -> 64 patches of 2x2
+    assert scheduler.config.shift == token_shift(64) and not scheduler.config.use_dynamic_shifting
+    sigma = 0.5  # σ' = sσ / (1 + (s - 1)σ): below 1, the shift moves σ toward less noise
+    expected = 0.375 * sigma / (1 + (0.375 - 1) * sigma)
+    index = int(torch.argmin((torch.linspace(1, 1 / 1000, 1000) - sigma).abs()))
+    assert float(scheduler.sigmas[index]) == pytest.approx(expected, abs=1e-3)
+
+
+def test_latent_calibration_makes_the_denoisers_latents_standard():
+    latents = torch.tensor([1.0, 3.0, 5.0, 7.0]).reshape(1, 1, 2, 2)
+    shift, scale = latent_calibration(latents)
+    assert shift == 4.0 and scale == pytest.approx(1 / math.sqrt(20 / 3))  # mean 4; unbiased variance 20/3
+    latents = torch.randn(4096, 4, 2, 2, generator=torch.Generator().manual_seed(0)) * 2.5 + 0.7
+    z = LatentSpace(*reversed(latent_calibration(latents))).from_vae(latents)
+    assert abs(float(z.mean())) < 1e-4 and float(z.std()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_the_t5_stand_in_outputs_exactly_the_pipelines_zeros():
+    tokenizer = ByT5Tokenizer()
+    t5 = zero_t5(tokenizer, 32)
+    ids = tokenizer(["a red ball on the beach", "sks"], padding="max_length", max_length=256,
+                    return_tensors="pt").input_ids
+    output = t5(ids)[0]
+    assert output.shape == (2, 256, 32) and torch.equal(output, torch.zeros_like(output))
+
+
+def test_pretrainings_loss_is_the_familys_flow_loss_on_the_pipelines_conditioning():
+    """flow_loss folds T5's 256 zero tokens into one; the family's own denoise (what fine-tuning runs) sees all
+    of them: the same loss, with the same σ and noise."""
+    import torch.nn.functional as F
+    from transformers import CLIPTokenizer
+
+    from rewardbooth.experiments.toyworld.pretrain_flow import FAMILY, flow_loss, make_components, make_parts
+    from rewardbooth.models.families import Conditioning
+    from rewardbooth.toyworld.assets import BASE_MODEL_DIR
+
+    tokenizer = CLIPTokenizer.from_pretrained(BASE_MODEL_DIR, subfolder="tokenizer")
+    torch.manual_seed(0)
+    transformer, *text_encoders = make_components(tokenizer, num_layers=2, num_heads=2, head_dim=8, text_width=16)
+    parts = make_parts(transformer, None, text_encoders, tokenizer, "test")
+    process = FAMILY.process(parts)
+    x0 = torch.randn(3, 4, 16, 16)
+    ids = FAMILY.tokenize(parts.tokenizers, ["a red ball on the beach", "a blue box", ""])[0]
+    with torch.no_grad():
+        loss = flow_loss(parts, process, x0, ids, torch.Generator().manual_seed(5))
+        generator = torch.Generator().manual_seed(5)
+        noise = torch.randn(x0.shape, generator=generator)
+        t = process.sample_timesteps(3, generator)
+        token_ids = FAMILY.tokenize(parts.tokenizers, ["a red ball on the beach", "a blue box", ""])
+        action, embeds = FAMILY.denoise(parts.transformer, process.diffuse(x0, noise, t), t,
+                                        Conditioning(token_ids=token_ids), parts.text_encoders)
+    assert embeds.shape[1] == 16 + 256
+    torch.testing.assert_close(loss, F.mse_loss(action, process.target(x0, noise, t)), rtol=1e-5, atol=1e-6)
+
+
+def test_the_derived_shift_trains_above_sigma_0_8_about_1_percent_of_the_time():
+    """docs/toyworld.md's reading of the shift ablation: s = 0.375 puts ~0.9 % of training σ above 0.8, SD3's
+    3 ~39 % (logit-normal(0, 1) u through σ' = sσ / (1 + (s - 1)σ))."""
+    from rewardbooth.models.flow import FlowProcess
+
+    for shift, expected in ((token_shift(64), 0.009), (3.0, 0.387)):
+        process = FlowProcess.from_scheduler_config(make_scheduler(shift).config)
+        sigma = process.noise_level(process.sample_timesteps(200_000, torch.Generator().manual_seed(0)))
+        assert float((sigma > 0.8).float().mean()) == pytest.approx(expected, abs=0.005)
