@@ -198,8 +198,10 @@ MUTANTS = {  # name: (file, original text, mutated text[, the tests that guard i
     "folded-padding-unweighted": ("src/rewardbooth/models/sd3_padding.py", "bias[0, -1] = self.log_copies",
                                   "bias[0, -1] = 0.0", ["tests/unit/test_sd3_padding.py", "tests/unit/test_toy_flow.py"]),
     "toy-flow-pretrains-without-t5-zeros": (TOY_FLOW, "[:, :ids.shape[1] + 1]", "[:, :ids.shape[1]]", TOY_FLOW_TESTS),
-    "toy-flow-shift-unscaled": (TOY_FLOW, "return reference_shift * math.sqrt(num_tokens / reference_tokens)",
-                                "return reference_shift", TOY_FLOW_TESTS),
+    "toy-flow-shift-unscaled": (TOY_FLOW, "max(1.0, reference_shift * math.sqrt(num_tokens / reference_tokens))",
+                                "max(1.0, reference_shift)", TOY_FLOW_TESTS),
+    "toy-flow-shift-unclamped": (TOY_FLOW, "max(1.0, reference_shift * math.sqrt(num_tokens / reference_tokens))",
+                                 "reference_shift * math.sqrt(num_tokens / reference_tokens)", TOY_FLOW_TESTS),
     # FSDP (tests/integration/test_fsdp.py: the example config on two CPU processes against one process).
     "fsdp-critic-not-averaged": (TRAIN, "average_gradients(run.accelerator, run.critic)  # what DDP does",
                                  "None  # what DDP does", [FSDP_TEST, "-k", "like_one_process"]),

@@ -16,20 +16,21 @@ from rewardbooth.experiments.toyworld.pretrain_flow import (
 from rewardbooth.models.families import LatentSpace
 
 
-def test_shift_is_sd3s_scaled_by_the_square_root_of_the_token_ratio():
+def test_shift_is_sd3s_scaled_by_the_square_root_of_the_token_ratio_and_never_below_one():
     assert token_shift(4096) == 3.0  # SD3's own: 1024 px, 64x64 patches
-    assert token_shift(64) == pytest.approx(3 * math.sqrt(64 / 4096)) == pytest.approx(0.375)
-    assert token_shift(1024, reference_shift=1.0, reference_tokens=1024) == 1.0
     assert token_shift(16384) == pytest.approx(6.0)  # 4x the tokens: twice the shift
+    assert token_shift(1024) == pytest.approx(1.5)
+    assert token_shift(576) == pytest.approx(1.125)  # 3·√(576/4096): above ~455 tokens the rule itself
+    assert token_shift(64) == token_shift(256) == 1.0  # the rule would give 0.375 and 0.75: no shift instead
 
 
 def test_the_saved_scheduler_carries_the_toys_shift():
     scheduler = make_scheduler()  # 32 px -> 16x16 latents -> 64 patches of 2x2
-    assert scheduler.config.shift == token_shift(64) and not scheduler.config.use_dynamic_shifting
-    sigma = 0.5  # σ' = sσ / (1 + (s - 1)σ): below 1, the shift moves σ toward less noise
-    expected = 0.375 * sigma / (1 + (0.375 - 1) * sigma)
-    index = int(torch.argmin((torch.linspace(1, 1 / 1000, 1000) - sigma).abs()))
-    assert float(scheduler.sigmas[index]) == pytest.approx(expected, abs=1e-3)
+    assert scheduler.config.shift == token_shift(64) == 1.0 and not scheduler.config.use_dynamic_shifting
+    for shift in (1.0, 0.375):  # σ' = sσ / (1 + (s - 1)σ): the toy's leaves σ as it is; 0.375 lowers it
+        sigma, sigmas = 0.5, make_scheduler(shift).sigmas
+        index = int(torch.argmin((torch.linspace(1, 1 / 1000, 1000) - sigma).abs()))
+        assert float(sigmas[index]) == pytest.approx(shift * sigma / (1 + (shift - 1) * sigma), abs=1e-3)
 
 
 def test_latent_calibration_makes_the_denoisers_latents_standard():
@@ -79,12 +80,12 @@ def test_pretrainings_loss_is_the_familys_flow_loss_on_the_pipelines_conditionin
     torch.testing.assert_close(loss, F.mse_loss(action, process.target(x0, noise, t)), rtol=1e-5, atol=1e-6)
 
 
-def test_the_derived_shift_trains_above_sigma_0_8_about_1_percent_of_the_time():
-    """docs/toyworld.md's reading of the shift ablation: s = 0.375 puts ~0.9 % of training σ above 0.8, SD3's
-    3 ~39 % (logit-normal(0, 1) u through σ' = sσ / (1 + (s - 1)σ))."""
+def test_the_unclamped_shift_trains_above_sigma_0_8_about_1_percent_of_the_time():
+    """docs/toyworld.md's reading of the shift ablation: s = 0.375 (the √ rule unclamped) puts ~0.9 % of training
+    σ above 0.8, the toy's s = 1 ~8 %, SD3's 3 ~39 % (logit-normal(0, 1) u through σ' = sσ / (1 + (s - 1)σ))."""
     from rewardbooth.models.flow import FlowProcess
 
-    for shift, expected in ((token_shift(64), 0.009), (3.0, 0.387)):
+    for shift, expected in ((0.375, 0.009), (token_shift(64), 0.084), (3.0, 0.387)):
         process = FlowProcess.from_scheduler_config(make_scheduler(shift).config)
         sigma = process.noise_level(process.sample_timesteps(200_000, torch.Generator().manual_seed(0)))
         assert float((sigma > 0.8).float().mean()) == pytest.approx(expected, abs=0.005)
