@@ -13,6 +13,7 @@ from pathlib import Path
 from rewardbooth.core.errors import UserError
 from rewardbooth.core.progress import quiet_libraries
 
+TOY_MODEL_CHOICES = ("toy", "toy-flow")  # experiments.toyworld.experiment.TOY_MODELS, without importing torch
 WRITE_FAILURES = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG, errno.EROFS)
 
 
@@ -109,6 +110,8 @@ def _add_bench_toyworld(kinds) -> None:
     parser.add_argument("--prompts", choices=("all", "unseen"), default="all",
                         help="prompts each run is scored on: the subject's 25, or those naming no scene or "
                              "position that prompt-only training uses (routes trained on scene prompts need it)")
+    parser.add_argument("--model", choices=TOY_MODEL_CHOICES, default="toy",
+                        help="the base model: toy (DDPM UNet) or toy-flow (rectified-flow SD3 transformer)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/toyworld"), help="the benchmark folder")
 
 
@@ -129,6 +132,8 @@ def _add_demo(commands) -> None:
     parser.add_argument("--num-prompts", type=int, default=25, help="first N prompts of the subject's set")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
+    parser.add_argument("--model", choices=TOY_MODEL_CHOICES, default="toy",
+                        help="the shipped base model: toy (DDPM UNet) or toy-flow (rectified-flow SD3 transformer)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,7 +265,7 @@ def _run_bench_toyworld(args: argparse.Namespace) -> None:
                            objectives=tuple(args.objectives or OBJECTIVES), first_subject=args.first_subject,
                            jobs=args.jobs, run_pending=not args.summarize_only,
                            setting=Setting(steps=args.train_steps, lr=args.lr, overrides=tuple(args.overrides),
-                                           prompts=args.prompts))
+                                           prompts=args.prompts, model=args.model))
     print((args.output / "results.md").read_text())
 
 
@@ -330,7 +335,7 @@ def _run_demo(args: argparse.Namespace) -> None:
     with _flags({"overwrite=True": "--overwrite"}):
         results = run_demo(args.output, subject_index=args.subject, train_steps=args.train_steps,
                            num_images=args.num_images, num_prompts=args.num_prompts, overwrite=args.overwrite,
-                           seed=args.seed)
+                           seed=args.seed, model=args.model)
     print(format_table(results))
     print(f"\nreport: {args.output / 'report.html'}")
 

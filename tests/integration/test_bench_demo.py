@@ -230,6 +230,26 @@ def test_toyworld_benchmark_resumes_and_summarizes(tmp_path):
     assert "Partial: runs stored per objective (of 4)" in (tmp_path / "results.md").read_text()
 
 
+def test_a_toyworld_benchmark_cell_on_the_flow_toy(tmp_path, capsys):
+    """`--model toy-flow`: the same cell (DreamBooth, DPG, the floor) personalizes the rectified-flow toy, and
+    the demo runs on it."""
+    from rewardbooth.experiments.toyworld.benchmark import run_toyworld_benchmark
+    from rewardbooth.experiments.toyworld.experiment import Setting
+
+    setting = Setting(steps=2, images_per_prompt=1, num_prompts=2, num_class_images=2, model="toy-flow")
+    report = run_toyworld_benchmark(tmp_path / "bench", num_subjects=1, seeds=(0,), first_subject=3,
+                                    objectives=("dpg-look-forward", "base-model"), setting=setting)
+    assert set(report["summary"]) == {"baseline", "dpg-look-forward", "base-model"}
+    assert report["setting"]["model"] == "toy-flow"
+    config = (tmp_path / "bench/runs/subject003-seed0/dpg-look-forward/model/config.yaml").read_text()
+    assert "pretrained: toy-flow" in config
+    demo = tmp_path / "demo"
+    assert run_cli(["demo", "--model", "toy-flow", "--output", str(demo), "--train-steps", "1", "--num-images", "1",
+                    "--num-prompts", "1"]) == 0
+    assert json.loads((demo / "results.json").read_text())["model"] == "toy-flow"
+    assert "(`toy-flow`)" in (demo / "report.html").read_text()
+
+
 def test_bootstrap_interval_brackets_the_mean():
     from rewardbooth.maths.statistics import bootstrap_interval
 

@@ -68,3 +68,23 @@ def test_the_benchmark_refuses_a_leaking_route_before_any_run(tmp_path, monkeypa
     monkeypatch.setattr(benchmark, "_run_one", no_run)
     with pytest.raises(UserError, match="leak"):
         benchmark.run_toyworld_benchmark(tmp_path, num_subjects=1, seeds=(0,), objectives=(SCENE_ROUTES[0],))
+
+
+def test_a_results_folder_of_one_toy_model_refuses_the_other(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps({"setting": {"prompts": "all", "model": "toy-flow"},
+                                                       "per_subject": {}}))
+    with pytest.raises(UserError, match="holds runs of the 'toy-flow' model, not 'toy': pass --model toy-flow"):
+        _recorded(tmp_path, Setting())
+    assert _recorded(tmp_path, Setting(model="toy-flow")) == {}
+    (tmp_path / "results.json").write_text(json.dumps({"setting": {"prompts": "all"}, "per_subject": {}}))
+    with pytest.raises(UserError, match="--model toy"):  # results from before the field: the toy model's
+        _recorded(tmp_path, Setting(model="toy-flow"))
+
+
+def test_an_unknown_toy_model_is_refused_and_the_cli_offers_every_known_one():
+    from rewardbooth.cli import TOY_MODEL_CHOICES
+    from rewardbooth.experiments.toyworld.experiment import TOY_MODELS
+
+    assert TOY_MODEL_CHOICES == TOY_MODELS
+    with pytest.raises(UserError, match="unknown toy-world model 'flux': use one of toy, toy-flow"):
+        Setting(model="flux")

@@ -27,8 +27,10 @@ MARKER = ".rewardbooth-demo"  # lets `overwrite` replace an interrupted demo, an
 
 
 def run_demo(output: Path, subject_index: int = 0, train_steps: int = 300, num_images: int = 2,
-             num_prompts: int = 25, overwrite: bool = False, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Scores per method (and the base model's floor); the report lands in output/report.html."""
+             num_prompts: int = 25, overwrite: bool = False, seed: int = 0,
+             model: str = "toy") -> dict[str, dict[str, float]]:
+    """Scores per method (and the base model's floor); the report lands in output/report.html. `model` is the
+    shipped base model personalized: `toy` (DDPM UNet) or `toy-flow` (rectified-flow SD3 transformer)."""
     from rewardbooth.experiments.toyworld.experiment import (
         BASE_MODEL,
         Setting,
@@ -37,11 +39,11 @@ def run_demo(output: Path, subject_index: int = 0, train_steps: int = 300, num_i
     )
     from rewardbooth.toyworld import subjects
 
+    setting = Setting(steps=train_steps, images_per_prompt=num_images, num_prompts=num_prompts, model=model)
     _prepare_folder(output, overwrite)
     started = time.perf_counter()
     judges = load_judges()
     subject = subjects.make_subject(subject_index)
-    setting = Setting(steps=train_steps, images_per_prompt=num_images, num_prompts=num_prompts)
     results = {}
     phases = [*DEMO_OBJECTIVES, BASE_MODEL]
     for index, objective in enumerate(phases, 1):
@@ -81,7 +83,8 @@ def _write_outputs(output: Path, subject, judge, results: dict, setting) -> Path
     floor = {m: results[BASE_MODEL][f"heldout_{m}"] for m in ("fidelity", "alignment")}
     score_plot(means, floor, ceiling, differences(methods, prompts), output / "scores.png", LABELS)
     (output / "results.json").write_text(json.dumps({
-        "subject": subject.index, "steps": setting.steps, "images_per_prompt": setting.images_per_prompt,
+        "subject": subject.index, "model": setting.model, "steps": setting.steps,
+        "images_per_prompt": setting.images_per_prompt,
         "judge": "heldout", "fidelity_ceiling": ceiling, "results": results}, indent=2))
     table = {LABELS[o]: {"fidelity": r["heldout_fidelity"], "alignment": r["heldout_alignment"],
                          "fidelity (reward judge)": r["fidelity"], "alignment (reward judge)": r["alignment"],
@@ -89,8 +92,8 @@ def _write_outputs(output: Path, subject, judge, results: dict, setting) -> Path
     gain = means["dpg-look-forward"]["fidelity"] - means["baseline"]["fidelity"]
     return write_demo_report(
         output, f"RewardBooth demo: toy subject {subject.index}, a patterned {subject.object_class}",
-        f"DreamBooth and DPG with the look-forward reward, {setting.steps} steps each from the same base model and "
-        f"seed. DPG's fidelity is {gain:+.3f} against DreamBooth's on this subject.",
+        f"DreamBooth and DPG with the look-forward reward, {setting.steps} steps each from the same base model "
+        f"(`{setting.model}`) and seed. DPG's fidelity is {gain:+.3f} against DreamBooth's on this subject.",
         [str(p.relative_to(output)) for p in reference_paths],
         [subjects.instance_prompt(subject), subjects.class_prompt(subject) + " (class images, prior loss)"],
         methods, prompts, table, "scores.png",

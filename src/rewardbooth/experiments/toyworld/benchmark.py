@@ -112,10 +112,12 @@ def _recorded(output: Path, setting: Setting) -> dict[str, dict]:
     if not results.is_file():
         return {}
     stored = json.loads(results.read_text())
-    prompts = stored.get("setting", {}).get("prompts", "all")  # results from before the field: all prompts
-    if prompts != setting.prompts:
-        raise UserError(f"{results} holds runs scored on the {prompts!r} prompts, not {setting.prompts!r}: "
-                        f"pass --prompts {prompts} or another --output folder")
+    # Results from before a field had its default: all prompts, the toy model.
+    for field, default, what in (("prompts", "all", "scored on the {} prompts"), ("model", "toy", "of the {} model")):
+        stored_value, value = stored.get("setting", {}).get(field, default), getattr(setting, field)
+        if stored_value != value:
+            raise UserError(f"{results} holds runs {what.format(repr(stored_value))}, not {value!r}: pass "
+                            f"--{field} {stored_value} or another --output folder")
     per_subject = stored.get("per_subject", {})
     return {key: value for key, value in per_subject.items() if set(KEYS) <= value.keys()}
 

@@ -151,6 +151,13 @@ class Setting:
     # "all": the subject's 25 prompts; "unseen": those naming no scene or position that prompt-only training
     # uses (subjects.held_out_prompt_set), for comparing routes that train on scene prompts with any other.
     prompts: str = "all"
+    # The base model personalized: `toy` (DDPM UNet) or `toy-flow` (the same world as a rectified-flow SD3
+    # transformer on toy's VAE and tokenizer, docs/toyworld.md): everything else is the same for both.
+    model: str = "toy"
+
+    def __post_init__(self) -> None:
+        if self.model not in TOY_MODELS:
+            raise UserError(f"unknown toy-world model {self.model!r}: use one of {', '.join(TOY_MODELS)}")
 
     def prompt_list(self, subject: subjects.Subject) -> list[str]:
         if self.prompts not in PROMPT_SETS:
@@ -159,6 +166,7 @@ class Setting:
 
 
 PROMPT_SETS = {"all": subjects.prompt_set, "unseen": subjects.held_out_prompt_set}
+TOY_MODELS = ("toy", "toy-flow")  # registered model names (models/builtin.py, models/builtin_flow.py)
 
 
 def check_prompt_leak(objective: str, setting: Setting) -> None:
@@ -178,9 +186,8 @@ def personalize_and_score(subject: subjects.Subject, objective: str, seed: int, 
     started = time.perf_counter()
     if objective == BASE_MODEL:
         from rewardbooth.data.images import remove_identifier
-        from rewardbooth.toyworld.assets import BASE_MODEL_DIR
 
-        return _generate_and_score(str(BASE_MODEL_DIR), [remove_identifier(p, subjects.IDENTIFIER) for p in prompts],
+        return _generate_and_score(setting.model, [remove_identifier(p, subjects.IDENTIFIER) for p in prompts],
                                    folder, seed, judges, setting, train_s=0.0)
     model_dir = train(load_config("default", training_overrides(subject, objective, seed, folder, class_dir, setting)))
     return _generate_and_score(str(model_dir), prompts, folder, seed, judges, setting,
@@ -197,7 +204,7 @@ def training_overrides(subject: subjects.Subject, objective: str, seed: int, fol
     """The `default` preset's overrides for one toy-world run of `objective` (trained into folder/model)."""
     prompts = setting.prompt_list(subject)
     return [
-        "model.pretrained=toy", f"data.instance_dir={folder / 'subject'}",
+        f"model.pretrained={setting.model}", f"data.instance_dir={folder / 'subject'}",
         f"data.instance_prompt={subjects.instance_prompt(subject)}", f"data.class_prompt={subjects.class_prompt(subject)}",
         "data.resolution=32", f"data.num_class_images={setting.num_class_images}", f"data.class_dir={class_dir}",
         f"train.lr={setting.lr}", f"train.max_steps={setting.steps}", f"train.seed={seed}", "train.checkpoint_every=0",
@@ -237,7 +244,8 @@ def score_generated(folder: Path, judges: dict[str, Judge]) -> dict[str, float]:
 @torch.no_grad()
 def fidelity_ceiling(subject: subjects.Subject, judge: Judge, views: int = 8) -> float:
     """The fidelity of new views of the subject after a round trip through the base model's VAE: what a
-    model that had learned the subject perfectly could score, since it can only draw what the VAE decodes."""
+    model that had learned the subject perfectly could score, since it can only draw what the VAE decodes.
+    `toy-flow` has the same VAE weights (only its latents' shift and scale differ, which a round trip undoes)."""
     from diffusers import AutoencoderKL
 
     from rewardbooth.toyworld.assets import BASE_MODEL_DIR
