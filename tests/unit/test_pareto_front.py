@@ -33,3 +33,14 @@ def test_a_comparison_uses_the_pairs_both_sides_have():
     runs = {(1, 0): 0.2, (1, 1): 0.4, (2, 0): -0.1}  # subject 2 lacks seed 1, subject 3 every seed
     comparison = paired_comparison(lambda subject, seed: runs.get((subject, seed)), [1, 2, 3], [0, 1])
     assert comparison["per_subject"] == [0.30000000000000004, -0.1] and comparison["subjects"] == 2
+
+
+def test_a_tuning_variant_is_compared_with_its_routes_controls_and_the_route_itself():
+    from rewardbooth.experiments.toyworld.benchmark import controls_of
+
+    route = "direct-encoder-identity-scene-alignment"
+    assert "baseline-tuned" in controls_of(route) and route not in controls_of(route)
+    variant = controls_of(f"{route}@objective.instance_weight=4")
+    assert variant == (*controls_of(route), route)
+    assert controls_of("baseline@train.lr=2e-4") == ("baseline",)
+    assert "no objective here is compared with baseline-tuned" in verdicts({"m vs baseline": comparison(0, 0)})

@@ -179,7 +179,7 @@ def summarize(scores: dict, indices: list[int], seeds: tuple[int, ...], objectiv
     summary = {objective: {key: mean_of(objective, key) for key in (*KEYS, "train_s")} for objective in objectives}
     comparisons = {}
     for method in objectives:
-        for control in CONTROLS.get(method, ("baseline",)):
+        for control in controls_of(method):
             if control not in objectives or control == method or not any(
                     _paired(scores, i, s, method, control) for i in indices for s in seeds):
                 continue
@@ -187,6 +187,14 @@ def summarize(scores: dict, indices: list[int], seeds: tuple[int, ...], objectiv
                 key: paired_comparison(lambda i, s, k=key, m=method, c=control: _delta(scores, i, s, m, c, k),
                                        indices, seeds) for key in KEYS}
     return {"summary": summary, "comparisons": comparisons, "judge_agreement": judge_agreement(scores, comparisons)}
+
+
+def controls_of(objective: str) -> tuple[str, ...]:
+    """What an objective is compared with: its route's controls, and for a tuning variant
+    (`name@section.key=value`) the route itself too."""
+    route = objective.split("@")[0]
+    controls = CONTROLS.get(route, ("baseline",))
+    return tuple(dict.fromkeys(controls if route == objective else (*controls, route)))
 
 
 def _paired(scores: dict, index: int, seed: int, method: str, control: str) -> bool:
@@ -268,7 +276,7 @@ def verdicts(comparisons: dict, control: str = "baseline-tuned") -> str:
             rows.append(f"{method}: fidelity {'up' if gains else 'not up'}, alignment "
                         f"{'holds' if holds else 'does not hold'}")
     return (f"Against {control} (held-out judge; fidelity up = interval above 0, alignment holds = lower end "
-            f">= {ALIGNMENT_HOLDS}): " + "; ".join(rows) + ".")
+            f">= {ALIGNMENT_HOLDS}): " + ("; ".join(rows) or f"no objective here is compared with {control}") + ".")
 
 
 def frontier_plot(report: dict, path: Path) -> Path:
