@@ -250,7 +250,7 @@ def _run_bench_step(args: argparse.Namespace) -> None:
     report = run_bench(model=args.model, resolution=args.resolution, batch_size=args.batch_size,
                        timed_steps=args.timed_steps, warmup_steps=args.warmup_steps,
                        mixed_precision=args.mixed_precision, output=args.output,
-                       variants=tuple(args.variants or VARIANTS), method=args.method,
+                       variants=tuple(args.variants) if args.variants else None, method=args.method,
                        extra_overrides=tuple(args.overrides))
     print(format_report(report))
 

@@ -63,6 +63,24 @@ def test_the_recipe_variants_time_both_rewards_and_the_anchor(tmp_path):
             report["variants"][name]["mean_step_s"] / report["variants"]["baseline"]["mean_step_s"])
 
 
+@pytest.mark.parametrize("method", ["dreambooth", "lora"])
+def test_every_default_variant_is_one_the_method_can_run(method, tmp_path, capsys):
+    """`rewardbooth bench step` with no --variants times every variant its --method can run: each passes the
+    checks a run makes before building anything (the anchored recipe only with LoRA)."""
+    from rewardbooth.experiments.bench import METHOD_ONLY, bench_config, variant_overrides, variants_for
+    from rewardbooth.training.prompt_only import check_prompt_only
+
+    names = variants_for(method)
+    assert ("direct-dino-clip-text-scenes-anchored" in names) == (method == "lora")
+    for name in names:
+        config = bench_config("tiny", 64, 1, "no", tmp_path,
+                              [f"method.name={method}", *variant_overrides(name, tmp_path, 64)])
+        check_prompt_only(config)
+    anchored = next(iter(METHOD_ONLY))
+    assert run_cli(["bench", "step", "--variants", anchored]) == 2
+    assert f"bench variant {anchored!r} needs --method lora" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("method", ["lora", "custom_diffusion"])
 def test_bench_times_each_method_and_sdxl(method, tmp_path):
     model = "tiny" if method == "custom_diffusion" else "tiny-sdxl"  # Custom Diffusion is SD-only

@@ -77,6 +77,10 @@ def write_line(line: str) -> None:
 def quiet_libraries() -> None:
     """Keep the terminal for our progress bars: no per-call pipeline bars or library chatter."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Set before diffusers imports torchao (when installed, for model.quantize): on a CPU machine torchao warns
+    # "Failed to load" for each CUDA kernel library it skips, and torch's pytree about its Enum registrations.
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     import diffusers
     import transformers
     from huggingface_hub.utils import logging as hub_logging

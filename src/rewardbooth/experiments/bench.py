@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from rewardbooth.core.config import Config, ModelConfig, load_config
+from rewardbooth.core.errors import UserError
 from rewardbooth.data.images import make_example_subject
 from rewardbooth.training.loop import make_policy, train_step
 from rewardbooth.training.setup import RunSetup, build_objective, build_run
@@ -69,6 +70,22 @@ VARIANTS: dict[str, tuple[list[str], float | None]] = {
     "dpg-dino-diagnosed": (["objective.name=dpg", "objective.reward=dino", "critic.input=prediction", DIAGNOSED],
                            None),
 }
+# Variants that only one base method can run (the anchor switches LoRA adapters off for the base model).
+METHOD_ONLY = {"direct-dino-clip-text-scenes-anchored": "lora"}
+
+
+def variants_for(method: str, names: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """The variants to time with `method`: those named (refused in one line if one needs another method), or
+    every variant the method can run."""
+    if names is None:
+        return tuple(name for name in VARIANTS if METHOD_ONLY.get(name, method) == method)
+    for name in names:
+        if METHOD_ONLY.get(name, method) != method:
+            raise UserError(f"bench variant {name!r} needs --method {METHOD_ONLY[name]} (it was given --method "
+                            f"{method}): pass --method {METHOD_ONLY[name]} or leave the variant out")
+    return names
+
+
 # What each base method needs besides its name (Custom Diffusion learns a new token, so the prompt names it).
 METHOD_OVERRIDES = {"dreambooth": [], "lora": [],
                     "custom_diffusion": ["data.identifier=<new1>", "data.instance_prompt=a photo of <new1> dog"]}
@@ -232,14 +249,14 @@ def memory_child(options: dict) -> float:
 
 def run_bench(model: str = "tiny", resolution: int | None = None, batch_size: int = 1, timed_steps: int = 10,
               warmup_steps: int = 2, mixed_precision: str | None = None, output: Path | None = None,
-              variants: tuple[str, ...] = tuple(VARIANTS), method: str = "dreambooth",
+              variants: tuple[str, ...] | None = None, method: str = "dreambooth",
               extra_overrides: tuple[str, ...] = ()) -> dict:
     """The report (`format_report` makes it text; also written to `output` as JSON). `extra_overrides`
     (`section.key=value`) apply to every variant, e.g. train.gradient_checkpointing=true."""
     cuda = torch.cuda.is_available()
     resolution = resolution or (64 if model.startswith("tiny") or not cuda else native_resolution(model))
     mixed_precision = mixed_precision or ("fp16" if cuda else "no")
-    variants = ("baseline", *[name for name in variants if name != "baseline"])
+    variants = ("baseline", *[name for name in variants_for(method, variants) if name != "baseline"])
     common = [f"method.name={method}", *METHOD_OVERRIDES.get(method, []), *extra_overrides]
     with tempfile.TemporaryDirectory() as workdir:
         workdir = Path(workdir)
