@@ -106,7 +106,8 @@ part_tests() {
 }
 part_sd() {
   bench sd15-512-fp16 130 sd15-random 512 fp16 8 2
-  bench sd15-512-fp16-lora 60 sd15-random 512 fp16 8 2 --method lora --variants dpg-look-forward
+  bench sd15-512-fp16-lora 90 sd15-random 512 fp16 8 2 --method lora --variants dpg-look-forward \
+    direct-dino-clip-text-scenes-anchored  # the sd15-lora-scenes recipe's step (docs/rewards.md)
 }
 part_sdxl() {
   bench sdxl-1024-bf16-lora 110 sdxl-random 1024 bf16 5 1 --method lora --variants dpg-look-forward \

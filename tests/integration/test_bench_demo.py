@@ -53,7 +53,8 @@ def test_the_recipe_variants_time_both_rewards_and_the_anchor(tmp_path):
     assert "dino: {model:" in options and "clip_text: {model:" in options
     assert "objective.reward_resolution=64" in overrides and "objective.anchor_weight=1.0" in overrides
     output = tmp_path / "bench.json"
-    variants = ["direct-dino-clip-text-scenes", "direct-dino-clip-text-scenes-anchored"]
+    # Beside a variant without prompt-only rows (the shared run's data switches their share per variant).
+    variants = ["dpg-look-forward", "direct-dino-clip-text-scenes", "direct-dino-clip-text-scenes-anchored"]
     assert run_cli(["bench", "step", "--method", "lora", "--variants", *variants, "--timed-steps", "1",
                     "--warmup-steps", "1", "--output", str(output)]) == 0
     report = json.loads(output.read_text())
@@ -61,6 +62,16 @@ def test_the_recipe_variants_time_both_rewards_and_the_anchor(tmp_path):
         assert report["variants"][name]["mean_step_s"] == pytest.approx(sum(report["variants"][name]["step_s"]) / 1)
         assert report["ratios"][name]["mean_time"] == pytest.approx(
             report["variants"][name]["mean_step_s"] / report["variants"]["baseline"]["mean_step_s"])
+
+
+def test_the_shared_run_is_built_from_a_variant_with_prompt_only_rows(tmp_path):
+    from rewardbooth.experiments.bench import bench_config, host_variant, variant_overrides
+
+    configs = {name: bench_config("tiny", 64, 1, "no", tmp_path, variant_overrides(name, tmp_path, 64))
+               for name in ("baseline", "direct-dino-clip-text-scenes", "dpg-look-forward")}
+    assert host_variant(configs) == "direct-dino-clip-text-scenes"  # its scene prompts are encoded for all
+    del configs["direct-dino-clip-text-scenes"]
+    assert host_variant(configs) == "dpg-look-forward"
 
 
 @pytest.mark.parametrize("method", ["dreambooth", "lora"])

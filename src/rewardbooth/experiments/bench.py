@@ -178,6 +178,13 @@ def bench_config(model: str, resolution: int, batch_size: int, mixed_precision: 
     ])
 
 
+def host_variant(configs: dict[str, Config]) -> str:
+    """The variant whose run holds the models for all: one with prompt-only rows if there is one, so that its
+    scene prompts are encoded with the rest (each variant then sets the shared data's share for its steps)."""
+    names = list(configs)
+    return next((name for name in reversed(names) if configs[name].objective.scene_share > 0), names[-1])
+
+
 def with_objective(run: RunSetup, config: Config) -> RunSetup:
     """The run with this variant's objective, reward and critic (same UNet, data and optimizer)."""
     built = build_objective(config, run.parts, load_concepts(config), run.accelerator.device)
@@ -191,6 +198,7 @@ def make_step(run: RunSetup, config: Config):
     policy = make_policy(run)
 
     def step(index: int) -> None:
+        run.data.scene_share = config.objective.scene_share  # the data is shared: each variant its own share
         train_step(run, policy, config, index)
 
     return step
@@ -264,8 +272,9 @@ def run_bench(model: str = "tiny", resolution: int | None = None, batch_size: in
         configs = {name: bench_config(model, resolution, batch_size, mixed_precision, workdir, overrides[name])
                    for name in variants}
         # One run holds the models; each variant builds only its own reward and critic on top.
-        run = build_run(configs[variants[-1]])
-        steps_by_variant = {name: make_step(run if name == variants[-1] else with_objective(run, config), config)
+        host = host_variant(configs)
+        run = build_run(configs[host])
+        steps_by_variant = {name: make_step(run if name == host else with_objective(run, config), config)
                             for name, config in configs.items()}
         results = time_interleaved(steps_by_variant, timed_steps, warmup_steps)
         del run, steps_by_variant
