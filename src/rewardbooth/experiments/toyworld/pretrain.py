@@ -175,20 +175,25 @@ class swapped_in:
         self.ema.restore(self.model.parameters())
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_run_arguments(parser: argparse.ArgumentParser, lr: float, init_help: str) -> None:
+    """The options both toy pretraining scripts take: data, batch, rate, saving, time limit, continuation."""
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--num-images", type=int, default=60_000)
-    parser.add_argument("--vae-steps", type=int, default=1000)
-    parser.add_argument("--unet-steps", type=int, default=20_000)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=lr)
     parser.add_argument("--save-every", type=int, default=1000)
     parser.add_argument("--minutes", type=float, default=float("inf"), help="stop (and save) after this long")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pattern-share", type=float, default=0.5,
                         help="share of images whose body carries a random pattern (unnamed in the caption)")
-    parser.add_argument("--init", type=Path, help="continue from a folder this script wrote (all three models)")
+    parser.add_argument("--init", type=Path, help=init_help)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_run_arguments(parser, lr=5e-4, init_help="continue from a folder this script wrote (all three models)")
+    parser.add_argument("--vae-steps", type=int, default=1000)
+    parser.add_argument("--unet-steps", type=int, default=20_000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     deadline = time.time() + args.minutes * 60

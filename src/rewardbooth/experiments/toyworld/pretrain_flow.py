@@ -72,7 +72,12 @@ from transformers import (
 )
 
 from rewardbooth.evaluation.plots import make_grid
-from rewardbooth.experiments.toyworld.pretrain import SAMPLE_PROMPTS, encode_dataset, swapped_in
+from rewardbooth.experiments.toyworld.pretrain import (
+    SAMPLE_PROMPTS,
+    add_run_arguments,
+    encode_dataset,
+    swapped_in,
+)
 from rewardbooth.models.sd3 import T5_LENGTH, StableDiffusion3, StableDiffusion3Parts
 from rewardbooth.models.sd3_padding import folded_padding
 from rewardbooth.models.tokenizers import MAX_LENGTH
@@ -258,17 +263,8 @@ def train(parts: StableDiffusion3Parts, latents, token_ids, args, resume: dict, 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--num-images", type=int, default=60_000)
+    add_run_arguments(parser, lr=3e-4, init_help="continue from a folder this script wrote (step, EMA, optimizer)")
     parser.add_argument("--steps", type=int, default=20_000, help="the cosine schedule's length (resumed runs too)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--save-every", type=int, default=1000)
-    parser.add_argument("--minutes", type=float, default=float("inf"), help="stop (and save) after this long")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pattern-share", type=float, default=0.5,
-                        help="share of images whose body carries a random pattern (unnamed in the caption)")
-    parser.add_argument("--init", type=Path, help="continue from a folder this script wrote (step, EMA, optimizer)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--shift", type=float, help="timestep shift (default: derived from the token count: 1 for the toy's 64 tokens)")
     parser.add_argument("--layers", type=int, default=6)
