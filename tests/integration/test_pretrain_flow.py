@@ -34,3 +34,13 @@ def test_pretraining_saves_a_stock_sd3_folder_and_continues_from_it(tmp_path):
     assert resumed["step"] == 4 and resumed["schedule"]["last_epoch"] == 5  # the schedule went on from step 3
     assert json.loads((second / "scheduler" / "scheduler_config.json").read_text())["shift"] == 0.5  # kept
     assert all(state["step"] == 5 for state in resumed["optimizer"]["state"].values())
+
+
+def test_a_folder_without_its_resume_state_restarts_warm_at_its_step(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    pretrain_flow.main(["--output", str(first), "--steps", "3", "--save-every", "100", *TINY])
+    (first / "resume.pt").unlink()  # as shipped: weights and step only
+    pretrain_flow.main(["--output", str(second), "--init", str(first), "--steps", "6", "--save-every", "100", *TINY])
+    resumed = torch.load(second / "resume.pt")
+    assert resumed["step"] == 5 and resumed["restart"] == 3 and resumed["schedule"]["last_epoch"] == 6
+    assert all(state["step"] == 3 for state in resumed["optimizer"]["state"].values())  # a fresh optimizer

@@ -8,7 +8,9 @@ import torch
 from transformers import ByT5Tokenizer
 
 from rewardbooth.experiments.toyworld.pretrain_flow import (
+    WARMUP,
     latent_calibration,
+    learning_rate_factor,
     make_scheduler,
     token_shift,
     zero_t5,
@@ -89,3 +91,12 @@ def test_the_unclamped_shift_trains_above_sigma_0_8_about_1_percent_of_the_time(
         process = FlowProcess.from_scheduler_config(make_scheduler(shift).config)
         sigma = process.noise_level(process.sample_timesteps(200_000, torch.Generator().manual_seed(0)))
         assert float((sigma > 0.8).float().mean()) == pytest.approx(expected, abs=0.005)
+
+
+def test_the_learning_rate_warms_up_from_each_fresh_optimizer_under_one_cosine():
+    assert learning_rate_factor(0, 0, 100_000) == pytest.approx(1 / WARMUP)
+    assert learning_rate_factor(WARMUP - 1, 0, 100_000) == pytest.approx(1.0, abs=1e-3)
+    # a warm restart at step 1000 of 2000: the cosine is at 0.5 there, and the warmup starts again
+    assert learning_rate_factor(1000, 1000, 2000) == pytest.approx(0.5 / WARMUP)
+    assert learning_rate_factor(1000 + WARMUP - 1, 1000, 2000) == pytest.approx(
+        0.5 * (1 + math.cos(math.pi * (1000 + WARMUP - 1) / 2000)))

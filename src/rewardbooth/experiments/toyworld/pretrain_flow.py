@@ -205,8 +205,22 @@ def start(args, images, tokenizer: CLIPTokenizer) -> tuple[StableDiffusion3Parts
     resume = torch.load(args.init / "resume.pt") if (args.init / "resume.pt").is_file() else {}
     if resume:
         parts.transformer.load_state_dict(resume["transformer"])
-    logger.info("continuing from %s at step %d", args.init, resume.get("step", 0))
+        logger.info("continuing from %s at step %d", args.init, resume["step"])
+    else:  # a shipped folder (no resume.pt): its EMA weights are the start, at its step, with a fresh optimizer
+        state = args.init / "pretrain_state.json"
+        step = json.loads(state.read_text())["transformer_step"] if state.is_file() else -1
+        resume = {"step": step, "restart": step + 1}
+        logger.info("warm restart from %s at step %d: fresh optimizer, %d-step warmup", args.init, step + 1, WARMUP)
     return parts, resume
+
+
+WARMUP = 500
+
+
+def learning_rate_factor(step: int, restart: int, steps: int) -> float:
+    """Linear warmup over WARMUP steps from `restart` (0, or where a fresh optimizer took over), times a cosine
+    over the whole run's `steps`."""
+    return min(1.0, (step - restart + 1) / WARMUP) * 0.5 * (1 + math.cos(math.pi * min(step / steps, 1)))
 
 
 def train(parts: StableDiffusion3Parts, latents, token_ids, args, resume: dict, deadline: float) -> None:
@@ -217,15 +231,18 @@ def train(parts: StableDiffusion3Parts, latents, token_ids, args, resume: dict, 
         module.train().requires_grad_(True)
     parameters = [p for module in modules for p in module.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=1e-2, fused=True)
-    warmup = 500
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s / args.steps, 1))))
+    restart = resume.get("restart", 0)  # a fresh optimizer warms up again, wherever the cosine stands
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, restart, args.steps))
     ema = EMAModel(parts.transformer.parameters(), decay=0.999)
     first = resume.get("step", -1) + 1
-    if resume:
+    if "optimizer" in resume:
         ema.load_state_dict(resume["ema"])
         optimizer.load_state_dict(resume["optimizer"])
         schedule.load_state_dict(resume["schedule"])
+    elif first:  # put the fresh schedule at the folder's step
+        schedule.last_epoch = first
+        for group, base in zip(optimizer.param_groups, schedule.base_lrs):
+            group["lr"] = base * learning_rate_factor(first, restart, args.steps)
     generator = torch.Generator().manual_seed(args.seed + 1 + first)  # a resumed run draws new batches
     empty = FAMILY.tokenize(parts.tokenizers, [""])[0][0]
     mean, std = latents
@@ -248,7 +265,7 @@ def train(parts: StableDiffusion3Parts, latents, token_ids, args, resume: dict, 
             logger.info("step %d/%d loss %.4f lr %.2e %.3f s/step", step, args.steps, loss.item(),
                         schedule.get_last_lr()[0], (time.time() - started) / (step - first + 1))
         if (step and step % args.save_every == 0) or last:
-            state = {"step": step, "transformer": parts.transformer.state_dict(), "ema": ema.state_dict(),
+            state = {"step": step, "restart": restart, "transformer": parts.transformer.state_dict(), "ema": ema.state_dict(),
                      "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}
             for module in modules:
                 module.eval()
@@ -263,7 +280,8 @@ def train(parts: StableDiffusion3Parts, latents, token_ids, args, resume: dict, 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_run_arguments(parser, lr=3e-4, init_help="continue from a folder this script wrote (step, EMA, optimizer)")
+    add_run_arguments(parser, lr=3e-4, init_help="continue from a folder this script wrote: exactly with its resume.pt (step, EMA, optimizer), "
+                      "else from its weights and step with a fresh optimizer (the shipped folder)")
     parser.add_argument("--steps", type=int, default=20_000, help="the cosine schedule's length (resumed runs too)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--shift", type=float, help="timestep shift (default: derived from the token count: 1 for the toy's 64 tokens)")
