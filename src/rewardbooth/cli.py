@@ -260,7 +260,7 @@ def _run_bench_toyworld(args: argparse.Namespace) -> None:
     from rewardbooth.experiments.toyworld.experiment import OBJECTIVES, Setting, objective_overrides
 
     for objective in args.objectives or ():
-        objective_overrides(objective)  # an unknown name fails before any run
+        objective_overrides(objective, args.model)  # an unknown name fails before any run
     run_toyworld_benchmark(args.output, num_subjects=args.num_subjects, seeds=tuple(args.seeds),
                            objectives=tuple(args.objectives or OBJECTIVES), first_subject=args.first_subject,
                            jobs=args.jobs, run_pending=not args.summarize_only,

@@ -44,13 +44,11 @@ OBJECTIVES = {
     # Controls: DreamBooth with the instance loss doubled (DPG look-forward adds a second, inverse-SNR
     # weighted instance loss), and the exact reward gradient in place of the critic's (`direct`).
     "baseline-iw2": ["objective.name=baseline", "objective.instance_weight=2"],
-    # The tuned DreamBooth: the best of 7 settings (lr 5e-5 / 1e-4 / 2e-4 x instance weight 1 / 2, and weight
-    # 4) on tuning subjects 1-4 by the reward judge's fidelity, alignment within 0.02 of the default's
-    # (benchmarks/toyworld-tuning/results.md): the same tuning budget DPG's lambda got.
-    "baseline-tuned": ["objective.name=baseline", "objective.instance_weight=4"],
+    # The tuned DreamBooth: the base model's own tuned setting (TUNED_DREAMBOOTH).
+    "baseline-tuned": ["objective.name=baseline"],
     # The tuned DreamBooth given the CPU seconds of the costliest black-box route (grpo-blackbox, 2.7x a
-    # 600-step DreamBooth run): the equal-compute control for the rollout and feature-critic routes.
-    "baseline-tuned-1600": ["objective.name=baseline", "objective.instance_weight=4", "train.max_steps=1600"],
+    # 600-step DreamBooth run on `toy`): the equal-compute control for the rollout and feature-critic routes.
+    "baseline-tuned-1600": ["objective.name=baseline", "train.max_steps=1600"],
     "dpg-look-forward": ["objective.name=dpg"],
     "direct-look-forward": ["objective.name=direct"],
     "dpg-look-forward-paper": ["objective.name=dpg", *PAPER_OBJECTIVE],
@@ -110,21 +108,29 @@ CONTROLS = {
     "baseline-iw2": ("baseline",),
     "baseline-tuned": ("baseline",),
 }
+# The tuned DreamBooth of each base model: the best of the same 7 settings (lr 5e-5 / 1e-4 / 2e-4 x instance
+# weight 1 / 2, and weight 4) on tuning subjects 1-4 by the reward judge's fidelity, alignment within 0.02 of
+# the default's: the same tuning budget DPG's lambda got. toy: benchmarks/toyworld-tuning/results.md;
+# toy-flow: benchmarks/toyworld-flow-tuning/results.md.
+# Both came out at instance weight 4 and lr 1e-4 (toy-flow: reward-judge fidelity 0.416 against 0.414 for weight 2
+# and 0.383 for the default; lr 2e-4 lost 0.07-0.08 alignment).
+TUNED_DREAMBOOTH = {"toy": ["objective.instance_weight=4"], "toy-flow": ["objective.instance_weight=4"]}
+TUNED_OBJECTIVES = ("baseline-tuned", "baseline-tuned-1600")
 # The two judges: `judge` also gives the toy_identity reward; `heldout` never does, so it scores the claims.
 JUDGES = ("judge", "heldout")
 METRICS = ("fidelity", "alignment")
 
 
-def objective_overrides(objective: str) -> list[str]:
-    """An objective's config overrides. `name@section.key=value@...` is objective `name` with more overrides
-    (how tuning grids are written: `baseline@train.lr=2e-4@objective.instance_weight=2`)."""
+def objective_overrides(objective: str, model: str = "toy") -> list[str]:
+    """An objective's config overrides on base model `model`. `name@section.key=value@...` is objective `name`
+    with more overrides (how tuning grids are written: `baseline@train.lr=2e-4@objective.instance_weight=2`)."""
     name, *extra = objective.split("@")
     if name not in OBJECTIVES or any("=" not in item or "." not in item.split("=")[0] for item in extra):
         raise UserError(f"unknown toy-world objective {objective!r}: use one of {', '.join(OBJECTIVES)}, "
                         f"optionally followed by @section.key=value overrides")
     if name == BASE_MODEL and extra:
         raise UserError(f"{BASE_MODEL!r} trains nothing: it takes no overrides ({objective!r})")
-    return [*OBJECTIVES[name], *extra]
+    return [*OBJECTIVES[name], *(TUNED_DREAMBOOTH[model] if name in TUNED_OBJECTIVES else ()), *extra]
 
 
 def metric_key(judge: str, metric: str) -> str:
@@ -171,7 +177,7 @@ TOY_MODELS = ("toy", "toy-flow")  # registered model names (models/builtin.py, m
 
 def check_prompt_leak(objective: str, setting: Setting) -> None:
     """A route trained on the toy scene prompts is scored only on prompts that name none of their scenes."""
-    overrides = [*objective_overrides(objective), *setting.overrides]
+    overrides = [*objective_overrides(objective, setting.model), *setting.overrides]
     if setting.prompts != "unseen" and any(o.startswith("data.scene_prompts=") for o in overrides):
         raise UserError(f"{objective!r} trains on the toy scene prompts, so scoring it on prompts naming those "
                         f"scenes would leak: benchmark it with --prompts unseen")
@@ -212,7 +218,7 @@ def training_overrides(subject: subjects.Subject, objective: str, seed: int, fol
         f"validation.prompts={[subjects.instance_prompt(subject), prompts[0]]}", "validation.num_images=4",
         f"validation.guidance_scale={GUIDANCE_SCALE}", f"validation.num_inference_steps={NUM_INFERENCE_STEPS}",
         "train.max_skipped_steps=0",  # a diverged run is a result here (scored, counted as non-finite), not an error
-        *objective_overrides(objective), *setting.overrides,
+        *objective_overrides(objective, setting.model), *setting.overrides,
     ]
 
 
