@@ -93,6 +93,27 @@ def test_the_unclamped_shift_trains_above_sigma_0_8_about_1_percent_of_the_time(
         assert float((sigma > 0.8).float().mean()) == pytest.approx(expected, abs=0.005)
 
 
+
+def test_the_look_forward_reward_weighs_the_instance_loss_20x_on_toy_and_under_0_3x_on_toy_flow():
+    """docs/toyworld.md (toy-flow benchmark, why): the latent look-forward reward -||x̂0 - x0||² is the instance
+    loss reweighted by (1 - ᾱ)/ᾱ under DDPM and by σ² under the flow (tests/unit/test_dpg.py has both
+    identities). Averaged over each toy's own training noise levels: ~20 (84 % of it from t ≥ 800) on `toy`'s
+    scaled-linear schedule with t uniform, ~0.29 on toy-flow's logit-normal σ with shift 1."""
+    from diffusers import DDPMScheduler
+
+    from rewardbooth.maths import dpg
+    from rewardbooth.models.flow import FlowProcess
+    from rewardbooth.toyworld.assets import BASE_MODEL_DIR
+
+    ddpm = DDPMScheduler.from_pretrained(BASE_MODEL_DIR, subfolder="scheduler")
+    weight = dpg.inverse_snr(ddpm.alphas_cumprod)  # t uniform over 0..999: the mean over the table
+    assert float(weight.mean()) == pytest.approx(20.3, abs=0.1)
+    assert float(weight[800:].sum() / weight.sum()) == pytest.approx(0.84, abs=0.01)
+    process = FlowProcess.from_scheduler_config(make_scheduler(token_shift(64)).config, density="logit_normal")
+    sigma = process.noise_level(process.sample_timesteps(200_000, torch.Generator().manual_seed(0)))
+    assert float(sigma.square().mean()) == pytest.approx(0.29, abs=0.01) and float(sigma.max()) <= 1
+
+
 def test_the_learning_rate_warms_up_from_each_fresh_optimizer_under_one_cosine():
     assert learning_rate_factor(0, 0, 100_000) == pytest.approx(1 / WARMUP)
     assert learning_rate_factor(WARMUP - 1, 0, 100_000) == pytest.approx(1.0, abs=1e-3)
