@@ -270,6 +270,7 @@ def test_a_toyworld_benchmark_cell_on_the_flow_toy(tmp_path, capsys):
                                     objectives=("dpg-look-forward", "base-model"), setting=setting)
     assert set(report["summary"]) == {"baseline", "dpg-look-forward", "base-model"}
     assert report["setting"]["model"] == "toy-flow"
+    assert (tmp_path / "bench/results.md").read_text().startswith("Toy-world benchmark on `toy-flow`:")
     config = (tmp_path / "bench/runs/subject003-seed0/dpg-look-forward/model/config.yaml").read_text()
     assert "pretrained: toy-flow" in config
     demo = tmp_path / "demo"

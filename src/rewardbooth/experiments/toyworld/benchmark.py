@@ -227,7 +227,7 @@ def judge_agreement(scores: dict, comparisons: dict) -> dict:
 
 def markdown_report(report: dict, setting: Setting) -> str:
     num_subjects, num_seeds = len(report["subjects"]), len(report["seeds"])
-    lines = [f"Toy-world benchmark: {num_subjects} subjects x {num_seeds} seeds, {setting.steps} steps at lr "
+    lines = [f"Toy-world benchmark on `{setting.model}`: {num_subjects} subjects x {num_seeds} seeds, {setting.steps} steps at lr "
              f"{setting.lr:g}{', ' + ' '.join(setting.overrides) if setting.overrides else ''}"
              f"{PROMPTS_NOTE[setting.prompts]}. Fidelity and "
              "alignment by the held-out judge (never a reward) and by the reward judge (which also gives the "
