@@ -39,7 +39,8 @@ in the token count between 256 and 4,096 tokens, extrapolated to 64 gives e^0.47
 Every `--save-every` steps (and at the end, or when `--minutes` run out) the EMA pipeline is written with a
 sample grid and `resume.pt` (the raw weights, EMA and optimizer state, the step), so `--init` continues the
 run exactly where it stopped, across sessions. The shipped `toyworld/assets/base-flow` is this script's output
-without `resume.pt`.
+without `resume.pt`; `--init` on such a folder restarts warm at its step (pretrain_state.json): its weights, a
+fresh AdamW warmed up again, the cosine where it stood.
 """
 
 from __future__ import annotations
