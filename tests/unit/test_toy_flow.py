@@ -114,6 +114,32 @@ def test_the_look_forward_reward_weighs_the_instance_loss_20x_on_toy_and_under_0
     assert float(sigma.square().mean()) == pytest.approx(0.29, abs=0.01) and float(sigma.max()) <= 1
 
 
+
+def test_an_image_reward_reaches_the_action_six_times_weaker_on_toy_flow_than_on_toy():
+    """docs/toyworld.md (toy-flow benchmark, why): an image reward r(D(x̂0)) reaches the action through
+    ∂x̂0/∂a, -sqrt((1 - ᾱ)/ᾱ) for an ε-predicting DDPM and -σ for a velocity-predicting flow. Averaged over each
+    toy's training noise levels: ~3.0 on `toy`, ~0.50 on toy-flow."""
+    from diffusers import DDPMScheduler
+
+    from rewardbooth.maths import dpg
+    from rewardbooth.models.flow import FlowProcess
+    from rewardbooth.toyworld.assets import BASE_MODEL_DIR
+
+    ddpm = DDPMScheduler.from_pretrained(BASE_MODEL_DIR, subfolder="scheduler")
+    alpha_bar = ddpm.alphas_cumprod[torch.tensor([10, 500, 990])]
+    x_t, action = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2, requires_grad=True)
+    x0_hat = dpg.predict_x0(x_t, action, alpha_bar, "epsilon")
+    (slope,) = torch.autograd.grad(x0_hat.sum(), action)
+    torch.testing.assert_close(slope[:, 0, 0, 0], -dpg.inverse_snr(alpha_bar).sqrt())
+    assert float(dpg.inverse_snr(ddpm.alphas_cumprod).sqrt().mean()) == pytest.approx(3.0, abs=0.05)
+
+    process = FlowProcess.from_scheduler_config(make_scheduler(token_shift(64)).config, density="logit_normal")
+    timesteps = process.sample_timesteps(200_000, torch.Generator().manual_seed(0))
+    x_t, action = torch.randn(4, 4, 2, 2), torch.randn(4, 4, 2, 2, requires_grad=True)
+    (slope,) = torch.autograd.grad(process.look_forward(x_t, action, timesteps[:4]).sum(), action)
+    torch.testing.assert_close(slope[:, 0, 0, 0], -process.noise_level(timesteps[:4]))
+    assert float(process.noise_level(timesteps).mean()) == pytest.approx(0.50, abs=0.01)
+
 def test_the_learning_rate_warms_up_from_each_fresh_optimizer_under_one_cosine():
     assert learning_rate_factor(0, 0, 100_000) == pytest.approx(1 / WARMUP)
     assert learning_rate_factor(WARMUP - 1, 0, 100_000) == pytest.approx(1.0, abs=1e-3)
