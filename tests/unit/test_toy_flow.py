@@ -114,7 +114,6 @@ def test_the_look_forward_reward_weighs_the_instance_loss_20x_on_toy_and_under_0
     assert float(sigma.square().mean()) == pytest.approx(0.29, abs=0.01) and float(sigma.max()) <= 1
 
 
-
 def test_an_image_reward_reaches_the_action_six_times_weaker_on_toy_flow_than_on_toy():
     """docs/toyworld.md (toy-flow benchmark, why): an image reward r(D(x̂0)) reaches the action through
     ∂x̂0/∂a, -sqrt((1 - ᾱ)/ᾱ) for an ε-predicting DDPM and -σ for a velocity-predicting flow. Averaged over each
@@ -139,6 +138,7 @@ def test_an_image_reward_reaches_the_action_six_times_weaker_on_toy_flow_than_on
     (slope,) = torch.autograd.grad(process.look_forward(x_t, action, timesteps[:4]).sum(), action)
     torch.testing.assert_close(slope[:, 0, 0, 0], -process.noise_level(timesteps[:4]))
     assert float(process.noise_level(timesteps).mean()) == pytest.approx(0.50, abs=0.01)
+
 
 def test_the_learning_rate_warms_up_from_each_fresh_optimizer_under_one_cosine():
     assert learning_rate_factor(0, 0, 100_000) == pytest.approx(1 / WARMUP)
